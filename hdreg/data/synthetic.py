@@ -1,0 +1,271 @@
+"""DeTone et al. (2016) synthetic pairs, generated on the fly, seeded per pair.
+
+Protocol (for one pair, from a grayscale image already resized to ``image_size``):
+
+1. pick a ``P×P`` window whose top-left pixel ``(x0, y0)`` leaves a margin of ρ on every side;
+2. perturb its four corners by independent ``U[-ρ, ρ]`` offsets (redrawn in the rare case where
+   the perturbed quadrilateral is not convex, which no homography of the square can produce
+   without folding);
+3. ``H_a_from_b = DLT(corners, corners + offsets)``; image B is image A warped so that
+   ``B(p) = A(H_a_from_b · p)`` (the "inverse homography" warp of the paper);
+4. crop the same window from both: patch A and patch B.
+
+The label ``offsets`` is where patch B's corners lie in A's frame minus the corners
+(DESIGN.md). Pair ``i`` of a stream with seed ``s`` depends only on ``(s, stream, i)``, never on
+worker count or order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    "STREAMS",
+    "DeToneProtocol",
+    "PhotometricJitter",
+    "SyntheticPairs",
+    "generate_pair",
+    "pair_rng",
+    "worker_init_fn",
+]
+
+# Independent random streams: the same seed never gives the same pairs in two roles.
+STREAMS = {"benchmark": 0, "train": 1, "val": 2, "test": 3}
+
+
+def pair_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """The generator for pair ``index`` of ``stream`` under ``seed`` (independent of any other)."""
+    return np.random.default_rng([int(seed), int(stream), int(index)])
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader worker set-up: one OpenCV thread per worker process.
+
+    OpenCV otherwise starts a thread pool of all cores in every worker, and N workers oversubscribe
+    the machine N-fold (measured here: half the pairs/s with 2 workers on 2 cores). Seeding needs
+    nothing: every pair has its own generator (:func:`pair_rng`).
+    """
+    cv2.setNumThreads(1)
+
+
+@dataclass(frozen=True)
+class PhotometricJitter:
+    """Random brightness, contrast and gamma, drawn independently for image A and image B.
+
+    On intensities ``x`` in [0, 1]: ``x ← x^γ``, then ``x ← (x − ½)·c + ½ + b``, clipped, with
+    ``γ = exp(U[−gamma, gamma])``, ``c = exp(U[−contrast, contrast])``,
+    ``b = U[−brightness, brightness]``. Applied to 8-bit images through a lookup table.
+    """
+
+    brightness: float = 0.2
+    contrast: float = 0.3
+    gamma: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("brightness", "contrast", "gamma"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 2):
+                raise ValueError(f"jitter {name} must be in [0, 2], got {value}")
+
+    def draw_lut(self, rng: np.random.Generator) -> np.ndarray:
+        """A random ``(256,) uint8`` lookup table."""
+        g = math.exp(rng.uniform(-self.gamma, self.gamma))
+        c = math.exp(rng.uniform(-self.contrast, self.contrast))
+        b = rng.uniform(-self.brightness, self.brightness)
+        x = np.arange(256, dtype=np.float64) / 255.0
+        y = (x**g - 0.5) * c + 0.5 + b
+        return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class DeToneProtocol:
+    """Parameters of the pair generator, validated on construction.
+
+    Attributes:
+        image_size: ``(width, height)`` the source images are resized to (320×240 in the paper).
+        patch_size: side ``P`` of the square patches (128).
+        rho: maximum corner perturbation ρ in pixels (32 in DeTone et al.; 45 in Nguyen et al.).
+        jitter: optional photometric jitter, off by default.
+    """
+
+    image_size: tuple[int, int] = (320, 240)
+    patch_size: int = 128
+    rho: float = 32.0
+    jitter: PhotometricJitter | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        w, h = self.image_size
+        if not (isinstance(self.patch_size, int | np.integer) and self.patch_size >= 8):
+            raise ValueError(f"patch_size must be an integer >= 8, got {self.patch_size!r}")
+        if not (math.isfinite(self.rho) and self.rho >= 0):
+            raise ValueError(f"rho must be a finite number >= 0, got {self.rho!r}")
+        if 2 * self.rho >= self.patch_size - 1:
+            raise ValueError(
+                f"rho = {self.rho} is too large for patch_size = {self.patch_size}: "
+                "perturbations of rho >= (patch_size - 1) / 2 can fold the patch"
+            )
+        margin = math.ceil(self.rho)
+        for name, side in (("width", w), ("height", h)):
+            if self.patch_size + 2 * margin > side:
+                raise ValueError(
+                    f"patch_size + 2 * ceil(rho) = {self.patch_size} + 2 * {margin} = "
+                    f"{self.patch_size + 2 * margin} exceeds the image {name} {side}: the perturbed "
+                    "patch must stay inside the image; lower rho or patch_size, or enlarge "
+                    "image_size"
+                )
+
+    @property
+    def margin(self) -> int:
+        return math.ceil(self.rho)
+
+
+def _is_convex(quad: np.ndarray) -> bool:
+    """True when the quadrilateral ``(4, 2)`` (in order) is strictly convex."""
+    pts = quad.tolist()  # plain floats: this runs once per pair, numpy's overhead would dominate
+    signs = set()
+    for i in range(4):
+        (x0, y0), (x1, y1), (x2, y2) = pts[i], pts[(i + 1) % 4], pts[(i + 2) % 4]
+        cross = (x1 - x0) * (y2 - y1) - (y1 - y0) * (x2 - x1)
+        signs.add(cross > 0 if cross != 0 else None)
+    return signs in ({True}, {False})
+
+
+def _apply_lut(image: np.ndarray, lut: np.ndarray | None) -> np.ndarray:
+    return image if lut is None else cv2.LUT(image, lut)
+
+
+def generate_pair(
+    image: np.ndarray,
+    protocol: DeToneProtocol,
+    rng: np.random.Generator,
+    *,
+    with_full_image: bool = False,
+) -> dict[str, np.ndarray]:
+    """One DeTone pair from a grayscale ``uint8`` image of ``protocol.image_size``.
+
+    Returns a dict of arrays:
+        ``patch_a``, ``patch_b``: ``(P, P) uint8``;
+        ``offsets``: ``(4, 2) float32`` (patch B's corners in A's frame minus the corners);
+        ``corners``: ``(4, 2) float32`` patch corners in the full image;
+        ``top_left``: ``(2,) int64`` ``(x0, y0)``;
+        with ``with_full_image``: ``image_a``, the full image A ``(H, W) uint8`` (jittered like
+        patch A), which the unsupervised model warps.
+    """
+    w, h = protocol.image_size
+    if image.shape != (h, w) or image.dtype != np.uint8:
+        raise ValueError(
+            f"image must be uint8 of shape (height, width) = {(h, w)}, got {image.dtype} "
+            f"{image.shape}"
+        )
+    p, m, rho = protocol.patch_size, protocol.margin, protocol.rho
+    x0 = int(rng.integers(m, w - p - m, endpoint=True))
+    y0 = int(rng.integers(m, h - p - m, endpoint=True))
+    corners = np.array(
+        [[x0, y0], [x0 + p - 1, y0], [x0 + p - 1, y0 + p - 1], [x0, y0 + p - 1]], np.float32
+    )
+    while True:
+        offsets = rng.uniform(-rho, rho, size=(4, 2)).astype(np.float32)
+        if _is_convex(corners + offsets):
+            break
+    # H_a_from_b in window coordinates: patch B pixel q -> image A pixel (corner shift included).
+    local = corners - corners[0]
+    H_a_from_patch = cv2.getPerspectiveTransform(local, corners + offsets)
+    image_a = _apply_lut(image, protocol.jitter.draw_lut(rng)) if protocol.jitter else image
+    source_b = _apply_lut(image, protocol.jitter.draw_lut(rng)) if protocol.jitter else image
+    patch_b = cv2.warpPerspective(
+        source_b,
+        H_a_from_patch,
+        (p, p),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,  # never used: the perturbed quad lies inside the image
+    )
+    out = {
+        "patch_a": np.ascontiguousarray(image_a[y0 : y0 + p, x0 : x0 + p]),
+        "patch_b": patch_b,
+        "offsets": offsets,
+        "corners": corners,
+        "top_left": np.array([x0, y0], np.int64),
+    }
+    if with_full_image:
+        out["image_a"] = image_a
+    return out
+
+
+class SyntheticPairs(Dataset):
+    """Map-style dataset of DeTone pairs: item ``i`` is pair ``start + i`` of a seeded stream.
+
+    The source image of a pair is drawn uniformly from ``images`` by the pair's own generator, so
+    item ``i`` is the same whatever the DataLoader's workers or order. Items are dicts of tensors:
+    ``patch_a``, ``patch_b`` ``(1, P, P) uint8``; ``offsets``, ``corners`` ``(4, 2) float32``;
+    ``top_left`` ``(2,) int64``; and with ``with_full_image`` ``image_a (1, H, W) uint8``.
+    Images stay 8-bit until they reach the device (see the LightningModules).
+
+    Args:
+        images: ``(N, H, W) uint8`` source images of ``protocol.image_size``.
+        protocol: the pair protocol.
+        seed: seed of the stream.
+        length: number of pairs.
+        stream: which stream (``STREAMS``): the same seed gives independent pairs per stream.
+        start: index of the first pair (e.g. to continue a stream after resuming training).
+        with_full_image: also return the full image A (for the unsupervised model).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        protocol: DeToneProtocol,
+        *,
+        seed: int,
+        length: int,
+        stream: str = "train",
+        start: int = 0,
+        with_full_image: bool = False,
+    ) -> None:
+        if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
+            raise ValueError(
+                f"images must be a non-empty (N, H, W) uint8 array, got {images.dtype} "
+                f"{images.shape}"
+            )
+        w, h = protocol.image_size
+        if images.shape[1:] != (h, w):
+            raise ValueError(
+                f"images are {images.shape[2]}x{images.shape[1]} but the protocol expects {w}x{h}"
+            )
+        if stream not in STREAMS:
+            raise ValueError(f"stream must be one of {sorted(STREAMS)}, got {stream!r}")
+        if length < 0 or start < 0:
+            raise ValueError(f"length and start must be >= 0, got {length} and {start}")
+        self.images = images
+        self.protocol = protocol
+        self.seed = int(seed)
+        self.stream = stream
+        self.length = int(length)
+        self.start = int(start)
+        self.with_full_image = with_full_image
+
+    def __len__(self) -> int:
+        return self.length
+
+    def pair(self, index: int) -> tuple[int, dict[str, np.ndarray]]:
+        """``(image index, arrays)`` of pair ``start + index``."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"pair index {index} out of range for {self.length} pairs")
+        rng = pair_rng(self.seed, STREAMS[self.stream], self.start + index)
+        k = int(rng.integers(len(self.images)))
+        return k, generate_pair(
+            self.images[k], self.protocol, rng, with_full_image=self.with_full_image
+        )
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        _, arrays = self.pair(index)
+        item = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        for key in ("patch_a", "patch_b", "image_a"):
+            if key in item:
+                item[key] = item[key][None]
+        return item

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when it is absent (e.g. a user's machine)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared test data not found: {path}")
+    return path
+
+
+def textured_image(h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:
+    """Blurred noise plus a few shapes: texture that every keypoint detector finds."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w)).astype(np.uint8), (0, 0), 2.0)
+    for _ in range(25):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        r = int(rng.integers(4, 20))
+        cv2.circle(img, (x, y), r, int(rng.integers(0, 256)), -1)
+        cv2.rectangle(img, (x, y), (x + r, y + 2 * r), int(rng.integers(0, 256)), 2)
+    return img
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A folder of small images in several formats, one nested, plus files that are not images."""
+    root = tmp_path / "imgs"
+    (root / "sub").mkdir(parents=True)
+    cv2.imwrite(str(root / "a.png"), textured_image(seed=1))
+    cv2.imwrite(
+        str(root / "b.jpg"), cv2.cvtColor(textured_image(300, 400, seed=2), cv2.COLOR_GRAY2BGR)
+    )
+    cv2.imwrite(
+        str(root / "sub" / "c.ppm"), cv2.cvtColor(textured_image(seed=3), cv2.COLOR_GRAY2BGR)
+    )
+    return root

@@ -1,0 +1,279 @@
+"""Image sources, the DeTone pair generator, splits and benchmark files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from hdreg.data.benchmark import (
+    make_synthetic_benchmark,
+    read_synthetic_benchmark,
+    write_synthetic_benchmark,
+)
+from hdreg.data.sources import (
+    SAMPLE_IMAGES,
+    coco_source,
+    folder_source,
+    load_gray,
+    load_images,
+    resolve_source,
+    sample_source,
+    split_by_image,
+)
+from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter, SyntheticPairs
+from hdreg.geometry import four_point_to_homography, inside_mask, warp_grid, warp_perspective
+
+from .conftest import shared_data, textured_image
+
+
+class TestSources:
+    def test_samples_are_read_from_installed_package(self):
+        src = sample_source()
+        assert src.kind == "samples" and len(src.files) == len(SAMPLE_IMAGES)
+        images = load_images(src)
+        assert images.images.shape == (len(SAMPLE_IMAGES), 240, 320)
+        assert images.images.dtype == np.uint8
+        assert images.groups.count("motorcycle") == 2
+
+    def test_folder_recursive_and_formats(self, image_folder):
+        src = folder_source(image_folder)
+        assert src.files == ("a.png", "b.jpg", "sub/c.ppm")
+        images = load_images(src, (160, 120))
+        assert images.images.shape == (3, 120, 160)
+
+    def test_modes_become_8bit_gray(self, tmp_path):
+        gray = textured_image(40, 50)
+        cv2.imwrite(str(tmp_path / "g16.png"), gray.astype(np.uint16) * 257)
+        rgba = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGRA)
+        cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+        cv2.imwrite(str(tmp_path / "rgb.tiff"), cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+        cv2.imwrite(str(tmp_path / "g.pgm"), gray)
+        cv2.imwrite(str(tmp_path / "w.webp"), gray, [cv2.IMWRITE_WEBP_QUALITY, 101])
+        for name in ("g16.png", "rgba.png", "rgb.tiff", "g.pgm", "w.webp"):
+            out = load_gray(tmp_path / name)
+            assert out.dtype == np.uint8 and out.shape == (40, 50), name
+            assert np.abs(out.astype(int) - gray).max() <= 1, name
+
+    def test_bad_files_skipped_with_one_warning(self, image_folder):
+        (image_folder / "notes.txt").write_text("not an image")
+        (image_folder / "fake.jpg").write_text("not an image either")
+        good = (image_folder / "a.png").read_bytes()
+        (image_folder / "truncated.png").write_bytes(good[: len(good) // 2])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            images = load_images(folder_source(image_folder))
+        messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        assert len(messages) == 1
+        assert "skipped 2 of 5 files" in messages[0]
+        assert "fake.jpg" in messages[0] and "truncated.png" in messages[0]
+        assert images.names == ["a.png", "b.jpg", "sub/c.ppm"]
+
+    def test_no_usable_image_is_an_error(self, tmp_path):
+        (tmp_path / "x.jpg").write_text("junk")
+        with (
+            pytest.raises(ValueError, match=f"no usable image under {tmp_path}"),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            load_images(folder_source(tmp_path))
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(ValueError, match="no image files"):
+            folder_source(tmp_path / "empty")
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            folder_source(tmp_path / "missing")
+
+    def test_coco_layout(self, tmp_path, image_folder):
+        for split in ("train2014", "val2014"):
+            (tmp_path / "coco" / split).mkdir(parents=True)
+            for f in ("a.png", "b.jpg"):
+                (tmp_path / "coco" / split / f).write_bytes((image_folder / f).read_bytes())
+        src = resolve_source(tmp_path / "coco", coco_split="val")
+        assert src.kind == "coco" and src.root.name == "val2014" and len(src.files) == 2
+        assert coco_source(tmp_path / "coco", "train").root.name == "train2014"
+        with pytest.raises(FileNotFoundError, match="train2017 or train2014"):
+            coco_source(tmp_path, "train")
+
+    def test_frames_grouped(self):
+        src = folder_source(shared_data("photos"))
+        groups = {src.group_of(i) for i, f in enumerate(src.files) if "scannet" in f}
+        assert len(groups) == 15  # 30 frames, 15 scenes
+
+
+class TestSplits:
+    def test_disjoint_complete_and_grouped(self):
+        groups = [f"g{i // 2}" for i in range(40)]  # 20 groups of 2
+        train, val, test = split_by_image(groups, (0.7, 0.15, 0.15), seed=0)
+        assert sorted(train + val + test) == list(range(40))
+        for a, b in ((train, val), (train, test), (val, test)):
+            assert not {groups[i] for i in a} & {groups[i] for i in b}
+        assert len(val) == 6 and len(test) == 6
+        assert split_by_image(groups, (0.7, 0.15, 0.15), seed=0) == (train, val, test)
+        assert split_by_image(groups, (0.7, 0.15, 0.15), seed=1) != (train, val, test)
+
+    def test_samples_split(self):
+        images = load_images(sample_source())
+        train, val, test = split_by_image(images.groups, (0.7, 0.15, 0.15), seed=0)
+        assert train and val and test
+
+    def test_too_few_groups(self):
+        with pytest.raises(ValueError, match="cannot split 2 image group"):
+            split_by_image(["a", "b"], (0.8, 0.1, 0.1), 0)
+
+
+class TestProtocol:
+    def test_validation_messages(self):
+        with pytest.raises(ValueError, match="exceeds the image height 240"):
+            DeToneProtocol(image_size=(320, 240), patch_size=128, rho=60)
+        with pytest.raises(ValueError, match="rho must be"):
+            DeToneProtocol(rho=float("nan"))
+        with pytest.raises(ValueError, match="patch_size must be an integer"):
+            DeToneProtocol(patch_size=4)
+        with pytest.raises(ValueError, match="jitter gamma"):
+            PhotometricJitter(gamma=-1)
+        DeToneProtocol(rho=45)  # Nguyen et al.'s range fits 320x240
+
+
+@pytest.fixture(scope="module")
+def sample_images():
+    return load_images(sample_source()).images
+
+
+class TestGenerator:
+    def test_label_self_consistent(self, sample_images):
+        """A warped by the stored offsets reproduces B (the label's direction is right)."""
+        ds = SyntheticPairs(
+            sample_images, DeToneProtocol(), seed=3, length=16, with_full_image=True
+        )
+        batch = next(iter(DataLoader(ds, batch_size=16)))
+        corners = batch["corners"]
+        H_a_from_b = four_point_to_homography(corners, corners + batch["offsets"])
+        image_a = batch["image_a"].float()
+        pred_b = warp_perspective(image_a, H_a_from_b, (128, 128), top_left_b=batch["top_left"])
+        diff = (pred_b - batch["patch_b"].float()).abs()
+        assert diff.mean() < 1.0
+        # and patch A is the same window of image A
+        x0, y0 = batch["top_left"][0].tolist()
+        assert torch.equal(
+            batch["image_a"][0, :, y0 : y0 + 128, x0 : x0 + 128], batch["patch_a"][0]
+        )
+
+    def test_offsets_and_positions_distribution(self, sample_images):
+        ds = SyntheticPairs(sample_images, DeToneProtocol(), seed=0, length=3000, stream="val")
+        offsets = np.stack([ds.pair(i)[1]["offsets"] for i in range(3000)])
+        tl = np.stack([ds.pair(i)[1]["top_left"] for i in range(3000)])
+        assert offsets.min() >= -32 and offsets.max() <= 32
+        assert abs(offsets.mean()) < 0.6 and abs(offsets.std() - 64 / np.sqrt(12)) < 0.5
+        assert tl[:, 0].min() == 32 and tl[:, 0].max() == 160
+        assert tl[:, 1].min() == 32 and tl[:, 1].max() == 80
+        # identity baseline MACE for rho = 32: E||U[-32, 32]^2|| = 24.49 px
+        assert abs(np.linalg.norm(offsets, axis=-1).mean() - 24.49) < 0.4
+
+    def test_deterministic_across_workers(self, sample_images):
+        ds = SyntheticPairs(sample_images, DeToneProtocol(), seed=7, length=24)
+        one = next(iter(DataLoader(ds, batch_size=24, num_workers=0)))
+        two = torch.utils.data.default_collate(
+            list(DataLoader(ds, batch_size=None, num_workers=2, sampler=list(reversed(range(24)))))[
+                ::-1
+            ]
+        )
+        for key in one:
+            assert torch.equal(one[key], two[key]), key
+        shifted = SyntheticPairs(sample_images, DeToneProtocol(), seed=7, length=4, start=20)
+        assert torch.equal(shifted[0]["patch_b"], ds[20]["patch_b"])
+        other = SyntheticPairs(sample_images, DeToneProtocol(), seed=7, length=24, stream="test")
+        assert not torch.equal(other[0]["offsets"], ds[0]["offsets"])
+
+    def test_jitter_independent_on_a_and_b(self, sample_images):
+        plain = SyntheticPairs(sample_images, DeToneProtocol(), seed=1, length=8)
+        jit = SyntheticPairs(
+            sample_images, DeToneProtocol(jitter=PhotometricJitter()), seed=1, length=8
+        )
+        for i in range(8):
+            p, j = plain[i], jit[i]
+            assert torch.equal(p["offsets"], j["offsets"])  # same geometry
+            assert not torch.equal(p["patch_a"], j["patch_a"])
+        # the intensity maps of A and B differ: mean brightness ratio is not constant
+        ratios = [
+            jit[i]["patch_a"].float().mean() / jit[i]["patch_b"].float().mean() for i in range(8)
+        ]
+        assert np.std(ratios) > 0.02
+
+    def test_wrong_images(self):
+        with pytest.raises(ValueError, match="images are 100x80 but the protocol expects 320x240"):
+            SyntheticPairs(np.zeros((2, 80, 100), np.uint8), DeToneProtocol(), seed=0, length=1)
+
+
+class TestBenchmarkFile:
+    def test_round_trip_and_patch_consistency(self, tmp_path, sample_images):
+        from hdreg.data.sources import ImageSet
+
+        images = ImageSet(
+            sample_images, [f"{i}.png" for i in range(len(sample_images))], [], tmp_path
+        )
+        bench = make_synthetic_benchmark(images, 32, seed=5)
+        path = write_synthetic_benchmark(bench, tmp_path / "b.npz")
+        back = read_synthetic_benchmark(path)
+        for key in ("patch_a", "patch_b", "offsets", "corners", "sources"):
+            assert np.array_equal(getattr(back, key), getattr(bench, key))
+        assert (back.rho, back.patch_size, back.seed, back.image_size) == (32.0, 128, 5, (320, 240))
+        # warping patch A by the stored offsets reproduces patch B inside the overlap
+        local = torch.from_numpy(back.corners - back.corners[:, :1])
+        H = four_point_to_homography(local, local + torch.from_numpy(back.offsets))
+        a = torch.from_numpy(back.patch_a)[:, None].float()
+        pred = warp_perspective(a, H, (128, 128))
+        b = torch.from_numpy(back.patch_b)[:, None].float()
+        overlap = inside_mask(warp_grid(H, (128, 128)), (128, 128)) > 0
+        assert overlap.float().mean() > 0.3
+        assert (pred - b).abs()[overlap].mean() < 1.0
+
+    def test_cli_identical_twice_and_identity_mace(self, tmp_path):
+        photos = shared_data("photos")
+        outs = []
+        for name in ("a.npz", "b.npz"):
+            cmd = [sys.executable, "-m", "hdreg.cli", "make-benchmark", "--source", str(photos),
+                   "--n", "1000", "--seed", "0", "--out", str(tmp_path / name)]  # fmt: skip
+            subprocess.run(cmd, check=True, capture_output=True)
+            outs.append(np.load(tmp_path / name))
+        assert sorted(outs[0].files) == sorted(outs[1].files)
+        for key in outs[0].files:
+            assert np.array_equal(outs[0][key], outs[1][key]), key
+        mace = np.linalg.norm(outs[0]["offsets"], axis=-1).mean()
+        assert abs(mace - 24.5) < 0.7
+
+    def test_reader_errors(self, tmp_path, sample_images):
+        from hdreg.data.sources import ImageSet
+
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            read_synthetic_benchmark(tmp_path / "nope.npz")
+        (tmp_path / "text.npz").write_text("hello")
+        with pytest.raises(ValueError, match=r"not a readable \.npz"):
+            read_synthetic_benchmark(tmp_path / "text.npz")
+        np.savez(tmp_path / "other.npz", x=np.zeros(3))
+        with pytest.raises(ValueError, match=r"missing key.*patch_a"):
+            read_synthetic_benchmark(tmp_path / "other.npz")
+        images = ImageSet(sample_images[:3], ["a", "b", "c"], [], tmp_path)
+        bench = make_synthetic_benchmark(images, 4, seed=0)
+        arrays = {
+            "patch_a": bench.patch_a, "patch_b": bench.patch_b, "offsets": bench.offsets.astype(np.float64),
+            "corners": bench.corners, "sources": bench.sources, "rho": 32.0, "patch_size": 128,
+            "seed": 0, "version": 1, "image_size": np.array([320, 240]),
+        }  # fmt: skip
+        np.savez(tmp_path / "f64.npz", **arrays)
+        with pytest.raises(ValueError, match="'offsets' must have dtype float32, got float64"):
+            read_synthetic_benchmark(tmp_path / "f64.npz")
+        arrays["offsets"] = bench.offsets
+        arrays["version"] = 2
+        np.savez(tmp_path / "v2.npz", **arrays)
+        with pytest.raises(ValueError, match="format version 2 is not supported"):
+            read_synthetic_benchmark(tmp_path / "v2.npz")
+        arrays["version"] = 1
+        arrays["extra_key"] = np.arange(3)
+        np.savez(tmp_path / "extra.npz", **arrays)
+        assert "extra_key" in read_synthetic_benchmark(tmp_path / "extra.npz").extra
