@@ -253,7 +253,7 @@ class TestBenchmarkFile:
         with pytest.raises(FileNotFoundError, match="does not exist"):
             read_synthetic_benchmark(tmp_path / "nope.npz")
         (tmp_path / "text.npz").write_text("hello")
-        with pytest.raises(ValueError, match=r"not a readable \.npz"):
+        with pytest.raises(ValueError, match=r"text\.npz is not an \.npz file"):
             read_synthetic_benchmark(tmp_path / "text.npz")
         np.savez(tmp_path / "other.npz", x=np.zeros(3))
         with pytest.raises(ValueError, match=r"missing key.*patch_a"):

@@ -115,10 +115,11 @@ def make_synthetic_benchmark(
     protocol: DeToneProtocol | None = None,
     *,
     full_images: bool = False,
+    stream: str = "benchmark",
 ) -> SyntheticBenchmark:
     """Generate ``n`` fixed pairs from ``images`` (same arguments ⇒ identical arrays).
 
-    Pair ``i`` uses the ``"benchmark"`` stream of ``seed``. With ``full_images`` the full image A
+    Pair ``i`` is pair ``i`` of ``stream`` (``hdreg.data.synthetic.STREAMS``) under ``seed``. With ``full_images`` the full image A
     of each pair (``image_a (N, H, W) uint8``) and its ``top_left (N, 2)`` are stored as extra keys.
     """
     protocol = protocol or DeToneProtocol(image_size=images.image_size)
@@ -130,7 +131,7 @@ def make_synthetic_benchmark(
     if n < 1:
         raise ValueError(f"the number of pairs must be >= 1, got {n}")
     ds = SyntheticPairs(
-        images.images, protocol, seed=seed, length=n, stream="benchmark",
+        images.images, protocol, seed=seed, length=n, stream=stream,
         with_full_image=full_images,
     )  # fmt: skip
     p = protocol.patch_size
@@ -212,6 +213,10 @@ def read_synthetic_benchmark(path: str | Path) -> SyntheticBenchmark:
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file {path} does not exist")
     where = f"benchmark {path}"
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":  # an .npz is a zip archive of .npy arrays
+        raise ValueError(f"{where} is not an .npz file (a zip archive of arrays)")
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as exc:

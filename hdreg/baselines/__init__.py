@@ -1,0 +1,11 @@
+"""Classical homography estimators: keypoint matching with robust fitting, and ECC.
+
+All answer through :class:`hdreg.estimators.PairwiseEstimator` and return ``H_a_from_b`` (maps
+pixel coordinates of B into A).
+"""
+
+from hdreg.baselines.ecc import ECCEstimator
+from hdreg.baselines.features import FeatureEstimator
+from hdreg.estimators import IdentityEstimator
+
+__all__ = ["ECCEstimator", "FeatureEstimator", "IdentityEstimator"]

@@ -1,0 +1,118 @@
+"""Reports of an evaluation run: Markdown table, CSV, JSON and the cumulative error plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hdreg.evaluation.metrics import SUMMARY_KEYS
+from hdreg.evaluation.runner import EvaluationResult
+
+__all__ = ["format_table", "plot_cumulative_errors", "write_report"]
+
+TABLE_FILE = "results.md"
+PLOT_FILE = "corner_error_cdf.png"
+
+
+def _fmt_err(x: float) -> str:
+    return "inf" if not np.isfinite(x) else f"{x:.2f}"
+
+
+def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> str:
+    """The Markdown summary table (one row per method), plus, for real pairs, the corner error of
+    every pair (one column per method) when ``per_pair`` (default: real pairs, at most 200)."""
+    pairs = result.pairs
+    lines = [
+        f"Corner error (px) on {len(pairs)} {pairs.kind} pairs: {pairs.name}",
+        "",
+        "| method | MACE | median | <1px | <3px | <5px | <10px | failed | ms/pair |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in result.methods:
+        s = m.summary
+        lines.append(
+            f"| {m.name} | {_fmt_err(s['mace'])} | {_fmt_err(s['median'])} | "
+            f"{100 * s['lt1']:.1f}% | {100 * s['lt3']:.1f}% | {100 * s['lt5']:.1f}% | "
+            f"{100 * s['lt10']:.1f}% | {100 * s['fail_rate']:.1f}% | {s['ms_per_pair']:.2f} |"
+        )
+    lines += [
+        "",
+        "Failed pairs (no homography, or one that folds the image) are scored as the identity.",
+    ]
+    if per_pair is None:
+        per_pair = pairs.kind == "real" and len(pairs) <= 200
+    if per_pair:
+        names = [m.name for m in result.methods]
+        lines += ["", "| pair | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for i, pid in enumerate(pairs.ids):
+            cells = [
+                _fmt_err(m.errors[i]) + (" (failed)" if m.failed[i] else "") for m in result.methods
+            ]
+            lines.append(f"| {pid} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_cumulative_errors(result: EvaluationResult, path: Path, *, x_max: float = 100.0) -> None:
+    """Share of pairs with corner error below x (log x-axis, 0.01 px to ``x_max``), one curve per
+    method: the curve that rises earliest and highest is the best."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    xs = np.logspace(-2, np.log10(x_max), 400)
+    for m in result.methods:
+        errs = np.sort(m.errors)
+        share = np.searchsorted(errs, xs, side="right") / len(errs)
+        ax.plot(xs, share, label=f"{m.name} (median {_fmt_err(m.summary['median'])} px)")
+    ax.set_xscale("log")
+    ax.set_xlim(xs[0], xs[-1])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("corner error (px)")
+    ax.set_ylabel("share of pairs with a smaller error")
+    ax.set_title(f"{len(result.pairs)} {result.pairs.kind} pairs", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``results.md``, ``results.csv``, ``pairs.csv``, ``results.json`` and the plot into
+    ``out_dir`` (created if needed); returns the paths by kind."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "table": out / TABLE_FILE,
+        "results_csv": out / "results.csv",
+        "pairs_csv": out / "pairs.csv",
+        "results_json": out / "results.json",
+        "plot": out / PLOT_FILE,
+    }
+    paths["table"].write_text(format_table(result))
+    with paths["results_csv"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", *SUMMARY_KEYS])
+        for m in result.methods:
+            w.writerow([m.name, *(m.summary[k] for k in SUMMARY_KEYS)])
+    with paths["pairs_csv"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "pair", "group", "error", "failed", "ms", "reason"])
+        for m in result.methods:
+            for i, pid in enumerate(result.pairs.ids):
+                w.writerow([
+                    m.name, pid, result.pairs.groups[i], f"{m.errors[i]:.6g}", int(m.failed[i]),
+                    f"{1e3 * m.seconds[i]:.4g}", m.reasons[i],
+                ])  # fmt: skip
+    summaries = {
+        m.name: {k: (int(m.summary[k]) if k == "n" else m.summary[k]) for k in SUMMARY_KEYS}
+        for m in result.methods
+    }
+    paths["results_json"].write_text(json.dumps(summaries, indent=2) + "\n")
+    plot_cumulative_errors(result, paths["plot"])
+    return paths

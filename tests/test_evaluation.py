@@ -1,0 +1,241 @@
+"""Corner-error metric, H-file readers, the runner's failure accounting and the report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+
+from hdreg.data.pairs import find_real_pairs, read_homography_file
+from hdreg.estimators import Estimate, Estimator, IdentityEstimator, PairResult, PairwiseEstimator
+from hdreg.evaluation.benchmarks import EvalPairs, real_pairs, synthetic_pairs
+from hdreg.evaluation.metrics import SUMMARY_KEYS, corner_error, summarize
+from hdreg.evaluation.report import format_table, write_report
+from hdreg.evaluation.runner import evaluate
+
+from .conftest import shared_data, textured_image
+
+SQUARE = np.array([[[0, 0], [127, 0], [127, 127], [0, 127]]], np.float64)
+SHIFT = np.array([3.0, 4.0])  # a 3-4-5 translation
+
+
+class TestCornerError:
+    def test_hand_computed(self):
+        # identity vs a 3-4-5 translation: every corner is 5 px off
+        assert corner_error(np.eye(3)[None], SQUARE, SQUARE + SHIFT).tolist() == [5.0]
+        # exact estimate: 0
+        H = np.array([[[1, 0, 3], [0, 1, 4], [0, 0, 1]]], float)
+        assert corner_error(H, SQUARE, SQUARE + SHIFT).tolist() == [0.0]
+        # only one corner displaced by 8 px: mean over 4 corners is 2 px
+        true = SQUARE.copy()
+        true[0, 2] += [0, 8]
+        assert corner_error(np.eye(3)[None], SQUARE, true).tolist() == [2.0]
+        # scale by 2 about the origin, judged against the identity: corners move by 0, 127, 127*sqrt(2), 127
+        S = np.diag([2.0, 2.0, 1.0])[None]
+        expected = (0 + 127 + 127 * np.sqrt(2) + 127) / 4
+        assert corner_error(S, SQUARE, SQUARE) == pytest.approx([expected])
+
+    def test_homogeneous_scale_irrelevant(self):
+        H = np.array([[[1, 0, 3], [0, 1, 4], [0, 0, 1]]], float)
+        assert corner_error(7 * H, SQUARE, SQUARE + SHIFT) == pytest.approx([0.0])
+
+    def test_point_at_infinity_is_infinite(self):
+        H = np.array([[[1, 0, 0], [0, 1, 0], [1, 0, 0]]], float)  # x = 0 goes to infinity
+        assert corner_error(H, SQUARE, SQUARE)[0] == np.inf
+
+    def test_summary(self):
+        errors = np.array([0.5, 2.0, 4.0, 8.0, 20.0])
+        s = summarize(errors, np.array([0, 0, 0, 0, 1], bool), np.full(5, 0.002))
+        assert list(s) == list(SUMMARY_KEYS)
+        assert s["mace"] == pytest.approx(6.9) and s["median"] == 4.0
+        assert (s["lt1"], s["lt3"], s["lt5"], s["lt10"]) == (0.2, 0.4, 0.6, 0.8)
+        assert s["fail_rate"] == 0.2 and s["ms_per_pair"] == pytest.approx(2.0) and s["n"] == 5
+
+
+class TestHomographyFiles:
+    def test_text_and_opencv_xml_agree(self):
+        graf = read_homography_file(shared_data("pairs", "graf", "H1to3p"))
+        xml = read_homography_file(shared_data("pairs", "opencv_graf_xml", "H1to3p.xml"))
+        np.testing.assert_allclose(xml, graf, rtol=0, atol=0)
+        assert graf[2, 2] == 1.0 and graf[0, 2] == pytest.approx(225.67123)
+
+    def test_yaml_storage_and_scale(self, tmp_path):
+        H = np.array([[2.0, 0.1, 5], [0, 2.2, 3], [0.001, 0, 2]])
+        fs = cv2.FileStorage(str(tmp_path / "h.yml"), cv2.FILE_STORAGE_WRITE)
+        fs.write("H", H)
+        fs.release()
+        np.testing.assert_allclose(read_homography_file(tmp_path / "h.yml"), H / 2)
+        (tmp_path / "H_1_2").write_text("\n".join(" ".join(map(str, r)) for r in H))
+        np.testing.assert_allclose(read_homography_file(tmp_path / "H_1_2"), H / 2)
+
+    @pytest.mark.parametrize(
+        ("content", "message"),
+        [
+            ("1 0 0\n0 1 0\n", "found 6 numbers, expected 9"),
+            ("1 0 0\n0 one 0\n0 0 1", "'one' is not a number"),
+            ("1 0 0\n0 1 0\n0 0 nan", "non-finite"),
+            ("1 2 3\n2 4 6\n0 0 1", "not invertible"),
+        ],
+    )
+    def test_malformed(self, tmp_path, content, message):
+        path = tmp_path / "H1to2p"
+        path.write_text(content)
+        with pytest.raises(ValueError, match=message) as info:
+            read_homography_file(path)
+        assert str(path) in str(info.value)
+
+    def test_missing(self, tmp_path):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            read_homography_file(tmp_path / "H_1_2")
+
+
+def _hpatches_fixture(root, seq="v_test", sizes=((160, 120), (200, 150))):
+    """A tiny HPatches-layout sequence: 1.png and 2.png (different sizes) plus H_1_2."""
+    d = root / seq
+    d.mkdir(parents=True)
+    a = textured_image(sizes[0][1], sizes[0][0], seed=4)
+    H_b_from_a = np.array([[1.1, 0.02, 6.0], [-0.03, 1.05, 4.0], [1e-4, 0, 1.0]])
+    b = cv2.warpPerspective(a, H_b_from_a, sizes[1])
+    cv2.imwrite(str(d / "1.png"), a)
+    cv2.imwrite(str(d / "2.png"), b)
+    (d / "H_1_2").write_text("\n".join(" ".join(f"{v:.10g}" for v in r) for r in H_b_from_a))
+    return H_b_from_a
+
+
+class TestRealPairs:
+    def test_both_layouts(self, tmp_path):
+        H = _hpatches_fixture(tmp_path / "hp")
+        oxford = tmp_path / "hp" / "deeper" / "graf"
+        oxford.mkdir(parents=True)
+        for name in ("img1.ppm", "img3.ppm", "H1to3p"):
+            (oxford / name).write_bytes(shared_data("pairs", "graf", name).read_bytes())
+        pairs = find_real_pairs(tmp_path / "hp")
+        assert [p.pair_id for p in pairs] == ["deeper/graf/1-3", "v_test/1-2"]
+        np.testing.assert_allclose(pairs[1].H_b_from_a, H, rtol=1e-9)
+
+    def test_shared_pairs(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # opencv_graf_xml holds an H file without its images
+            pairs = find_real_pairs(shared_data("pairs"))
+        assert len(pairs) == 25
+        assert {p.sequence for p in pairs} == {"bikes", "graf", "leuven", "trees", "ubc"}
+
+    def test_missing_image_warns_and_empty_errors(self, tmp_path):
+        d = tmp_path / "seq"
+        d.mkdir()
+        cv2.imwrite(str(d / "img1.png"), textured_image(50, 60))
+        (d / "H1to2p").write_text("1 0 0 0 1 0 0 0 1")
+        with (
+            pytest.warns(UserWarning, match="no image 2"),
+            pytest.raises(ValueError, match="no image pairs"),
+        ):
+            find_real_pairs(tmp_path)
+        with pytest.raises(FileNotFoundError):
+            find_real_pairs(tmp_path / "nope")
+
+    def test_identity_error_and_exact_estimate(self, tmp_path):
+        H_b_from_a = _hpatches_fixture(tmp_path)
+        pairs = real_pairs(str(tmp_path))
+        assert pairs.images_a[0].shape == (120, 160) and pairs.images_b[0].shape == (150, 200)
+        exact = np.linalg.inv(H_b_from_a)[None]  # H_a_from_b
+        assert pairs.errors(exact)[0] == pytest.approx(0.0, abs=1e-9)
+        corners = np.array([[0, 0], [159, 0], [159, 119], [0, 119]], float)
+        mapped = cv2.perspectiveTransform(corners[None], H_b_from_a)[0]
+        expected = np.linalg.norm(mapped - corners, axis=1).mean()
+        assert pairs.errors(np.eye(3)[None])[0] == pytest.approx(expected)
+
+
+class _Scripted(PairwiseEstimator):
+    """Returns scripted results: a homography, None (failure) or an exception."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        self.script = list(script)
+
+    def estimate_pair(self, image_a, image_b):
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return PairResult(item, None if item is not None else "too few matches")
+
+
+class _Batched(Estimator):
+    name = "batched"
+
+    def estimate(self, images_a, images_b):
+        n = len(images_a)
+        return Estimate(
+            np.tile(np.eye(3), (n, 1, 1)), np.zeros(n, bool), np.full(n, 1e-3), [""] * n
+        )
+
+
+@pytest.fixture(scope="module")
+def small_synthetic():
+    return synthetic_pairs(source="samples", n=6, seed=1)
+
+
+class TestRunner:
+    def test_failure_accounting(self, small_synthetic):
+        pairs = small_synthetic
+        exact = [np.linalg.inv(np.eye(3)) for _ in range(6)]
+        # the exact H_a_from_b of each pair, from its label
+        for i in range(6):
+            exact[i] = cv2.getPerspectiveTransform(
+                pairs.points_src[i].astype(np.float32), pairs.points_dst_true[i].astype(np.float32)
+            )
+        fold = np.array([[1, 0, 0], [0, 1, 0], [-0.02, 0, 1]], float)  # sends x = 50 to infinity
+        singular = np.zeros((3, 3))
+        script = [
+            exact[0], None, cv2.error("ECC diverged"), exact[3], singular, fold,
+        ]  # fmt: skip
+        result = evaluate(pairs, [_Scripted(script), IdentityEstimator()], progress=False)
+        m, ident = result.methods
+        assert m.failed.tolist() == [False, True, True, False, True, True]
+        assert m.errors[0] == pytest.approx(0, abs=1e-3) and m.errors[3] == pytest.approx(
+            0, abs=1e-3
+        )
+        # failed pairs are scored exactly as the identity
+        np.testing.assert_allclose(m.errors[[1, 2, 4, 5]], ident.errors[[1, 2, 4, 5]])
+        assert m.summary["fail_rate"] == pytest.approx(4 / 6)
+        assert m.reasons[1] == "too few matches"
+        assert "ECC diverged" in m.reasons[2]
+        assert "singular" in m.reasons[4] and "folds" in m.reasons[5]
+
+    def test_bugs_are_not_swallowed(self, small_synthetic):
+        with pytest.raises(TypeError):
+            evaluate(small_synthetic, [_Scripted([TypeError("bug")] * 6)], progress=False)
+
+    def test_report_files(self, small_synthetic, tmp_path):
+        result = evaluate(
+            small_synthetic, [IdentityEstimator(), _Batched(), IdentityEstimator()], progress=False
+        )
+        assert [m.name for m in result.methods] == ["identity", "batched", "identity-2"]
+        paths = write_report(result, tmp_path)
+        summaries = json.loads(paths["results_json"].read_text())
+        assert list(summaries) == ["identity", "batched", "identity-2"]
+        assert all(list(s) == list(SUMMARY_KEYS) for s in summaries.values())
+        assert summaries["identity"]["n"] == 6 and summaries["identity"]["fail_rate"] == 0.0
+        rows = list(csv.DictReader(paths["pairs_csv"].open()))
+        assert len(rows) == 18 and set(rows[0]) == {
+            "method",
+            "pair",
+            "group",
+            "error",
+            "failed",
+            "ms",
+            "reason",
+        }
+        assert len(list(csv.DictReader(paths["results_csv"].open()))) == 3
+        table = paths["table"].read_text()
+        assert table == format_table(result) and "| identity |" in table
+        assert paths["plot"].stat().st_size > 10_000
+
+    def test_eval_pairs_shape_check(self, small_synthetic):
+        assert isinstance(small_synthetic, EvalPairs)
+        with pytest.raises(ValueError, match=r"expected 6 homographies"):
+            small_synthetic.errors(np.eye(3)[None])
