@@ -214,6 +214,9 @@ class SyntheticPairs(Dataset):
         stream: which stream (``STREAMS``): the same seed gives independent pairs per stream.
         start: index of the first pair (e.g. to continue a stream after resuming training).
         with_full_image: also return the full image A (for the unsupervised model).
+        flips: flip each source image horizontally, vertically or both (each with probability
+            1/4) before making the pair: four times the distinct views of a small image set.
+            Meant for training streams; the geometry and the label are unaffected.
     """
 
     def __init__(
@@ -226,6 +229,7 @@ class SyntheticPairs(Dataset):
         stream: str = "train",
         start: int = 0,
         with_full_image: bool = False,
+        flips: bool = False,
     ) -> None:
         if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
             raise ValueError(
@@ -248,6 +252,7 @@ class SyntheticPairs(Dataset):
         self.length = int(length)
         self.start = int(start)
         self.with_full_image = with_full_image
+        self.flips = flips
 
     def __len__(self) -> int:
         return self.length
@@ -258,9 +263,12 @@ class SyntheticPairs(Dataset):
             raise IndexError(f"pair index {index} out of range for {self.length} pairs")
         rng = pair_rng(self.seed, STREAMS[self.stream], self.start + index)
         k = int(rng.integers(len(self.images)))
-        return k, generate_pair(
-            self.images[k], self.protocol, rng, with_full_image=self.with_full_image
-        )
+        image = self.images[k]
+        if self.flips:
+            flip = int(rng.integers(4))  # 0: none, 1: left-right, 2: up-down, 3: both (180°)
+            if flip:
+                image = np.ascontiguousarray(image[:: -1 if flip & 2 else 1, :: -1 if flip & 1 else 1])
+        return k, generate_pair(image, self.protocol, rng, with_full_image=self.with_full_image)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         _, arrays = self.pair(index)

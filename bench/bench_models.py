@@ -1,0 +1,170 @@
+"""Throughput of the learned models beside SIFT + RANSAC, on the same 128×128 pairs.
+
+    python bench/bench_models.py                      # CPU: full and CPU-quick HomographyNet
+    python bench/bench_models.py --device cuda --precision bf16-mixed --channels-last \\
+        --batch-sizes 1 64 1024 --train-batch 64
+
+Prints one JSON object: per model, training samples/s (forward + backward + optimizer step on
+batches of ``--train-batch`` pairs) and inference pairs/s per batch size (patches already in
+memory, as uint8 → float on the device, offsets → DLT homographies included); and SIFT + RANSAC
+pairs/s on the first pairs of the same set (one process, as ``evaluate.py`` runs it). GPU timings
+are synchronized.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from hdreg.baselines import FeatureEstimator
+from hdreg.data.benchmark import make_synthetic_benchmark
+from hdreg.data.sources import load_images, resolve_source
+from hdreg.geometry import four_point_to_homography_ex, patch_corners
+from hdreg.models.homographynet import HomographyNet
+
+MODELS = {
+    "homographynet_full": {"width": 1.0, "input_size": 128},  # DeTone et al.'s network
+    "homographynet_cpu_quick": {"width": 0.5, "input_size": 32},  # experiment=cpu_quick
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, *, min_seconds: float, min_iters: int = 3) -> float:
+    """Seconds per call of ``fn`` (after two warm-up calls), over at least ``min_seconds``."""
+    for _ in range(2):
+        fn()
+    sync(device)
+    n, t0 = 0, time.perf_counter()
+    while n < min_iters or time.perf_counter() - t0 < min_seconds:
+        fn()
+        n += 1
+    sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return nullcontext()
+
+
+def bench_model(name, kwargs, patches_a, patches_b, offsets, args, device) -> dict:
+    net = HomographyNet(**kwargs).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    net = net.to(memory_format=memory_format)
+    fwd = torch.compile(net) if args.compile else net
+    out: dict = {"params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), **kwargs}
+
+    # training step
+    b = args.train_batch
+    a_u8 = torch.from_numpy(patches_a[:b])[:, None].to(device)
+    b_u8 = torch.from_numpy(patches_b[:b])[:, None].to(device)
+    target = torch.from_numpy(offsets[:b]).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    net.train()
+
+    def train_step():
+        pa = a_u8.float().div_(255).contiguous(memory_format=memory_format)
+        pb = b_u8.float().div_(255).contiguous(memory_format=memory_format)
+        with autocast(device, args.precision):
+            pred = fwd(pa, pb)["offsets"]
+        loss = torch.nn.functional.mse_loss(pred.float() / 32, target / 32)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    out["train_samples_per_s"] = round(b / timed(train_step, device, min_seconds=args.seconds), 1)
+
+    # inference, with the DLT to homographies
+    net.eval()
+    for bs in args.batch_sizes:
+        if bs > len(patches_a):
+            continue
+        pa_u8 = torch.from_numpy(patches_a[:bs])[:, None].to(device)
+        pb_u8 = torch.from_numpy(patches_b[:bs])[:, None].to(device)
+        corners = patch_corners(torch.zeros(bs, 2, device=device), 128)
+
+        @torch.inference_mode()
+        def infer(pa_u8=pa_u8, pb_u8=pb_u8, corners=corners):
+            pa = pa_u8.float().div_(255).contiguous(memory_format=memory_format)
+            pb = pb_u8.float().div_(255).contiguous(memory_format=memory_format)
+            with autocast(device, args.precision):
+                off = fwd(pa, pb)["offsets"]
+            four_point_to_homography_ex(corners, corners + off.float())
+
+        out[f"infer_pairs_per_s_batch{bs}"] = round(
+            bs / timed(infer, device, min_seconds=args.seconds), 1
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--source", default="samples")
+    parser.add_argument("--pairs", type=int, default=1024, help="pairs generated for the runs")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--train-batch", type=int, default=64)
+    parser.add_argument(
+        "--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"]
+    )
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--seconds", type=float, default=5.0, help="minimum timing per figure")
+    parser.add_argument("--sift-pairs", type=int, default=200)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    images = load_images(resolve_source(args.source))
+    bench = make_synthetic_benchmark(images, max(args.pairs, max(args.batch_sizes)), seed=0)
+    result: dict = {
+        "benchmark": "models",
+        "device": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+        ),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "train_batch": args.train_batch,
+    }
+    for name in args.models:
+        result[name] = bench_model(
+            name, MODELS[name], bench.patch_a, bench.patch_b, bench.offsets, args, device
+        )
+
+    sift = FeatureEstimator(detector="sift")
+    n = min(args.sift_pairs, len(bench))
+    t0 = time.perf_counter()
+    est = sift.estimate(list(bench.patch_a[:n]), list(bench.patch_b[:n]))
+    dt = time.perf_counter() - t0
+    result["sift_ransac"] = {
+        "pairs_per_s": round(n / dt, 1),
+        "pairs": n,
+        "fail_rate": round(float(np.mean(est.failed)), 3),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

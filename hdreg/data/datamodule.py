@@ -1,0 +1,205 @@
+"""LightningDataModule: training pairs generated on the fly, fixed validation and test pairs.
+
+Images are split by source image (``split_by_image``) into train / val / test. Training pairs
+form one endless seeded stream: epoch ``e`` of ``steps_per_epoch`` steps takes pairs
+``[e·n, (e+1)·n)`` (n = steps × batch × world size), so a run resumed from an end-of-epoch
+checkpoint continues the stream instead of repeating it. Validation and test pairs are generated
+once, from their own images and streams, and never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hdreg.data.benchmark import SyntheticBenchmark, make_synthetic_benchmark
+from hdreg.data.sources import ImageSet, load_images, resolve_source, split_by_image
+from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter, SyntheticPairs, worker_init_fn
+
+__all__ = ["FixedPairs", "StreamSampler", "SyntheticDataModule"]
+
+
+class StreamSampler(Sampler[int]):
+    """Indices ``[epoch·n + rank, …)`` with stride ``world_size``: epoch ``epoch``'s share of an
+    endless stream for one process. Lightning calls :meth:`set_epoch` at every epoch start."""
+
+    def __init__(self, pairs_per_epoch: int, rank: int = 0, world_size: int = 1) -> None:
+        if pairs_per_epoch % world_size:
+            raise ValueError(f"pairs_per_epoch {pairs_per_epoch} not divisible by {world_size}")
+        self.pairs_per_epoch, self.rank, self.world_size = pairs_per_epoch, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.pairs_per_epoch // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.epoch * self.pairs_per_epoch + self.rank
+        return iter(range(start, start + self.pairs_per_epoch, self.world_size))
+
+
+class FixedPairs(Dataset):
+    """A :class:`SyntheticBenchmark` as a dataset of the same items as :class:`SyntheticPairs`."""
+
+    def __init__(self, bench: SyntheticBenchmark) -> None:
+        self.bench = bench
+
+    def __len__(self) -> int:
+        return len(self.bench)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        b = self.bench
+        item = {
+            "patch_a": torch.from_numpy(b.patch_a[i])[None],
+            "patch_b": torch.from_numpy(b.patch_b[i])[None],
+            "offsets": torch.from_numpy(b.offsets[i]),
+            "corners": torch.from_numpy(b.corners[i]),
+        }
+        if "image_a" in b.extra:
+            item["image_a"] = torch.from_numpy(b.extra["image_a"][i])[None]
+            item["top_left"] = torch.from_numpy(b.extra["top_left"][i])
+        return item
+
+
+class SyntheticDataModule(pl.LightningDataModule):
+    """DeTone pairs from an image source, split by image.
+
+    Args:
+        source: ``"samples"`` (scikit-image's photos), a folder, or a COCO root.
+        coco_split: for a COCO root, the folder the train/val/test images come from (``train``
+            uses the COCO train images; the split below still holds out val and test images).
+        image_size, patch_size, rho: the pair protocol (``DeToneProtocol``).
+        jitter: photometric jitter of the *training* pairs (brightness, contrast, gamma as a
+            dict, or None); validation and test pairs are never jittered.
+        split_fractions, split_seed: shares of images (groups) for train / val / test.
+        seed: seed of the pair streams.
+        batch_size: training batch size per process.
+        steps_per_epoch: optimizer steps per epoch; validation and ``last.ckpt`` come at the end
+            of each.
+        val_pairs, test_pairs: sizes of the fixed sets.
+        eval_batch_size: batch size for validation and test.
+        num_workers: DataLoader worker processes for training pairs.
+        with_full_image: also deliver each pair's full image A (the unsupervised model warps it).
+        flips: flip training source images at random (see :class:`SyntheticPairs`).
+    """
+
+    def __init__(
+        self,
+        source: str = "samples",
+        coco_split: str = "train",
+        image_size: tuple[int, int] = (320, 240),
+        patch_size: int = 128,
+        rho: float = 32.0,
+        jitter: dict[str, float] | None = None,
+        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        split_seed: int = 0,
+        seed: int = 0,
+        batch_size: int = 64,
+        steps_per_epoch: int = 500,
+        val_pairs: int = 512,
+        test_pairs: int = 1000,
+        eval_batch_size: int = 256,
+        num_workers: int = 2,
+        with_full_image: bool = False,
+        flips: bool = False,
+    ) -> None:
+        super().__init__()
+        self.source, self.coco_split = source, coco_split
+        self.protocol = DeToneProtocol(
+            tuple(image_size),
+            int(patch_size),
+            float(rho),
+            PhotometricJitter(**jitter) if jitter else None,
+        )
+        self.split_fractions = tuple(float(f) for f in split_fractions)
+        self.split_seed, self.seed = int(split_seed), int(seed)
+        if batch_size < 1 or steps_per_epoch < 1:
+            raise ValueError(
+                f"batch_size and steps_per_epoch must be >= 1, got {batch_size}, {steps_per_epoch}"
+            )
+        self.batch_size, self.steps_per_epoch = int(batch_size), int(steps_per_epoch)
+        self.val_pairs, self.test_pairs = int(val_pairs), int(test_pairs)
+        self.eval_batch_size, self.num_workers = int(eval_batch_size), int(num_workers)
+        self.with_full_image = with_full_image
+        self.flips = flips
+        self.splits: dict[str, ImageSet] = {}
+        self._val: SyntheticBenchmark | None = None
+        self._test: SyntheticBenchmark | None = None
+
+    # -- data ----------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        eval_protocol = DeToneProtocol(
+            self.protocol.image_size, self.protocol.patch_size, self.protocol.rho
+        )
+        images = load_images(
+            resolve_source(self.source, coco_split=self.coco_split), self.protocol.image_size
+        )
+        train, val, test = split_by_image(images.groups, self.split_fractions, self.split_seed)
+        self.splits = {
+            "train": images.subset(train),
+            "val": images.subset(val),
+            "test": images.subset(test),
+        }
+        self._val = make_synthetic_benchmark(
+            self.splits["val"], self.val_pairs, self.seed, eval_protocol,
+            stream="val", full_images=self.with_full_image,
+        )  # fmt: skip
+        self._test = make_synthetic_benchmark(
+            self.splits["test"], self.test_pairs, self.seed, eval_protocol, stream="test"
+        )
+
+    @property
+    def val_benchmark(self) -> SyntheticBenchmark:
+        if self._val is None:
+            self.setup()
+        assert self._val is not None
+        return self._val
+
+    @property
+    def test_benchmark(self) -> SyntheticBenchmark:
+        """The fixed test pairs (held-out images), for the end-of-training evaluation."""
+        if self._test is None:
+            self.setup()
+        assert self._test is not None
+        return self._test
+
+    def train_dataset(self) -> SyntheticPairs:
+        return SyntheticPairs(
+            self.splits["train"].images, self.protocol, seed=self.seed,
+            length=np.iinfo(np.int64).max // 2, stream="train",
+            with_full_image=self.with_full_image, flips=self.flips,
+        )  # fmt: skip
+
+    # -- loaders -------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        sampler = StreamSampler(self.steps_per_epoch * self.batch_size * world, rank, world)
+        return DataLoader(
+            self.train_dataset(),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            worker_init_fn=worker_init_fn,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=True,
+        )
+
+    def _fixed_loader(self, bench: SyntheticBenchmark) -> DataLoader:
+        return DataLoader(FixedPairs(bench), batch_size=self.eval_batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._fixed_loader(self.val_benchmark)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._fixed_loader(self.test_benchmark)

@@ -1,0 +1,117 @@
+"""The unsupervised model: photometric loss, its gradients, and numerics that never break."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from hdreg.data.sources import load_images, sample_source
+from hdreg.data.synthetic import DeToneProtocol, SyntheticPairs
+from hdreg.models.base import HomographyModule
+from hdreg.models.unsupervised import UnsupervisedHomography, photometric_loss
+
+
+@pytest.fixture(scope="module")
+def batch():
+    images = load_images(sample_source()).images
+    ds = SyntheticPairs(images, DeToneProtocol(), seed=11, length=16, with_full_image=True)
+    return HomographyModule.to_float(next(iter(DataLoader(ds, batch_size=16))))
+
+
+def loss_for(batch, offsets):
+    return photometric_loss(
+        batch["image_a"], batch["patch_b"], batch["corners"], offsets, batch["top_left"],
+        max_offset=64.0,
+    )  # fmt: skip
+
+
+class TestPhotometricLoss:
+    def test_near_zero_at_truth_and_growing(self, batch):
+        true = batch["offsets"]
+        at_truth, valid, _ = loss_for(batch, true)
+        assert valid.all()
+        # only interpolation and 8-bit rounding separate A warped by the truth from B
+        assert at_truth.max() < 1.5 / 255
+        g = torch.Generator().manual_seed(0)
+        direction = torch.nn.functional.normalize(torch.randn(16, 4, 2, generator=g), dim=-1)
+        means = [float(loss_for(batch, true + r * direction)[0].mean()) for r in (0, 1, 2, 4, 8)]
+        assert means == sorted(means) and means[-1] > 10 * means[0]
+
+    def test_identity_is_worse_than_truth(self, batch):
+        at_truth = loss_for(batch, batch["offsets"])[0]
+        at_zero = loss_for(batch, torch.zeros_like(batch["offsets"]))[0]
+        assert (at_zero > at_truth).all()
+
+    def test_gradcheck_through_dlt_and_warp(self):
+        torch.manual_seed(0)
+        image_a = torch.rand(2, 1, 14, 16, dtype=torch.float64)
+        patch_b = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+        top_left = torch.tensor([[4, 4], [5, 3]])
+        corners = top_left.double()[:, None, :] + torch.tensor(
+            [[0.0, 0], [5, 0], [5, 5], [0, 5]], dtype=torch.float64
+        )
+        offsets = (torch.rand(2, 4, 2, dtype=torch.float64) - 0.5).requires_grad_(True)
+        image_a.requires_grad_(True)
+
+        def f(off, img):
+            return photometric_loss(img, patch_b, corners, off, top_left, max_offset=8.0)[0]
+
+        assert torch.autograd.gradcheck(f, (offsets, image_a))
+
+    def test_degenerate_predictions_are_finite_and_flagged(self, batch):
+        bad = batch["offsets"].clone()
+        bad[0, 0], bad[0, 1] = torch.tensor([63.5, 0.0]), torch.tensor([-63.5, 0.0])  # TL = TR
+        centre = batch["corners"][1].mean(dim=0)
+        bad[1] = centre - batch["corners"][1]  # all four corners on the patch centre
+        bad[2] = float("nan")
+        bad[3] = 1e9  # wild: clamped to +64 px, a valid (if poor) translation
+        bad.requires_grad_(True)
+        loss, valid, warped = loss_for(batch, bad)
+        assert valid[:4].tolist() == [False, False, False, True] and valid[4:].all()
+        assert torch.isfinite(loss).all() and torch.isfinite(warped).all()
+        (loss.sum() / valid.sum()).backward()
+        assert torch.isfinite(bad.grad).all()
+        assert bad.grad[:3].abs().sum() == 0  # dropped pairs contribute nothing
+        assert bad.grad[3].abs().sum() == 0  # beyond the clamp: no push further out
+
+
+class TestUnsupervisedModule:
+    def _module(self):
+        return UnsupervisedHomography(width=0.125, input_size=32, dropout=0.0, rho=32.0)
+
+    def test_gradients_reach_first_conv(self, batch):
+        m = self._module()
+        m.log = lambda *a, **k: None  # no trainer attached
+        # start away from the zero-initialized output so that every layer gets a gradient
+        torch.nn.init.normal_(m.net.regressor[-1].weight, std=0.01)
+        loss = m.training_step(batch, 0)
+        assert torch.isfinite(loss)
+        loss.backward()
+        first = m.net.features[0].weight.grad
+        assert first is not None and torch.isfinite(first).all() and first.abs().sum() > 0
+        assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+    def test_labels_never_enter_the_loss(self, batch):
+        m = self._module()
+        m.log = lambda *a, **k: None
+        torch.manual_seed(0)
+        loss1 = m.training_step(batch, 0)
+        scrambled = dict(batch, offsets=torch.randn_like(batch["offsets"]) * 100)
+        torch.manual_seed(0)
+        loss2 = m.training_step(scrambled, 0)
+        assert torch.equal(loss1, loss2)
+
+    def test_all_degenerate_batch_skips_the_step(self, batch):
+        m = self._module()
+        logged = {}
+        m.log = lambda name, value, **k: logged.__setitem__(name, float(value))
+        with torch.no_grad():  # a network whose every prediction is NaN
+            m.net.regressor[-1].bias.fill_(float("nan"))
+        assert m.training_step(batch, 0) is None
+        assert logged["train/degenerate"] == 1.0 and logged["train/skipped_batches"] == 1.0
+
+    def test_needs_full_images(self, batch):
+        m = self._module()
+        with pytest.raises(KeyError, match="with_full_image"):
+            m.training_step({k: v for k, v in batch.items() if k != "image_a"}, 0)
