@@ -27,7 +27,12 @@ from hdreg.data.sources import (
     sample_source,
     split_by_image,
 )
-from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter, SyntheticPairs
+from hdreg.data.synthetic import (
+    DeToneProtocol,
+    PhotometricJitter,
+    SyntheticPairs,
+    single_threaded_opencv,
+)
 from hdreg.geometry import four_point_to_homography, inside_mask, warp_grid, warp_perspective
 
 from .conftest import shared_data, textured_image
@@ -178,10 +183,17 @@ class TestGenerator:
     def test_deterministic_across_workers(self, sample_images):
         ds = SyntheticPairs(sample_images, DeToneProtocol(), seed=7, length=24)
         one = next(iter(DataLoader(ds, batch_size=24, num_workers=0)))
+        single_threaded_opencv()  # before forking workers, as the DataModule does
         two = torch.utils.data.default_collate(
-            list(DataLoader(ds, batch_size=None, num_workers=2, sampler=list(reversed(range(24)))))[
-                ::-1
-            ]
+            list(
+                DataLoader(
+                    ds,
+                    batch_size=None,
+                    num_workers=2,
+                    sampler=list(reversed(range(24))),
+                    timeout=120,
+                )
+            )[::-1]
         )
         for key in one:
             assert torch.equal(one[key], two[key]), key

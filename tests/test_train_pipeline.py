@@ -47,7 +47,8 @@ def run_script(script: str, args: list[str], timeout: int = 240) -> subprocess.C
 
 class TestConfigsCompose:
     @pytest.mark.parametrize(
-        "experiment", ["cpu_quick", "detone2016", "nguyen2018", "unsupervised_cpu_quick"]
+        "experiment",
+        ["cpu_quick", "detone2016", "detone2016_fast", "nguyen2018", "unsupervised_cpu_quick"],
     )
     def test_experiments(self, experiment):
         cfg = compose_train([f"experiment={experiment}", "data.source=samples"])
@@ -131,6 +132,16 @@ class TestTraining:
     def test_fast_dev_run_unsupervised(self, tmp_path):
         run_script("train.py", ["experiment=unsupervised_cpu_quick", *TINY, "+trainer.fast_dev_run=true",
                                 "evaluate_test=false", f"hydra.run.dir={tmp_path}"])  # fmt: skip
+
+    @pytest.mark.parametrize("experiment", ["cpu_quick", "unsupervised_cpu_quick"])
+    def test_fast_dev_run_on_device_generation_bf16(self, experiment, tmp_path):
+        """The GPU-rate path on the CPU: batches generated on the device, bf16 autocast,
+        channels-last, and the image cache."""
+        run_script("train.py", [f"experiment={experiment}", *TINY, "+trainer.fast_dev_run=true",
+                                "data.generator=torch", "trainer.precision=bf16-mixed",
+                                "model.channels_last=true", f"data.cache_dir={tmp_path / 'cache'}",
+                                "evaluate_test=false", f"hydra.run.dir={tmp_path}"])  # fmt: skip
+        assert list((tmp_path / "cache").glob("*.npy"))
 
     def test_outputs_and_test_table(self, trained_run):
         run, proc = trained_run

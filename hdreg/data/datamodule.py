@@ -5,6 +5,12 @@ form one endless seeded stream: epoch ``e`` of ``steps_per_epoch`` steps takes p
 ``[e·n, (e+1)·n)`` (n = steps × batch × world size), so a run resumed from an end-of-epoch
 checkpoint continues the stream instead of repeating it. Validation and test pairs are generated
 once, from their own images and streams, and never change.
+
+Two training generators share the protocol: ``generator="cpu"`` makes pairs in DataLoader
+workers (seeded per pair); ``generator="torch"`` makes whole batches on the training device
+(seeded per batch, :mod:`hdreg.data.torch_generator`): the DataLoader then carries only batch
+indices, and :meth:`SyntheticDataModule.on_after_batch_transfer` turns each into pairs on the
+GPU. ``cache_dir`` decodes the source once into a memory-mapped file (:mod:`hdreg.data.cache`).
 """
 
 from __future__ import annotations
@@ -17,10 +23,28 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hdreg.data.benchmark import SyntheticBenchmark, make_synthetic_benchmark
+from hdreg.data.cache import load_cached_images
 from hdreg.data.sources import ImageSet, load_images, resolve_source, split_by_image
-from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter, SyntheticPairs, worker_init_fn
+from hdreg.data.synthetic import (
+    DeToneProtocol,
+    PhotometricJitter,
+    SyntheticPairs,
+    single_threaded_opencv,
+    worker_init_fn,
+)
+from hdreg.data.torch_generator import TorchPairGenerator
 
 __all__ = ["FixedPairs", "StreamSampler", "SyntheticDataModule"]
+
+
+class _BatchIndices(Dataset):
+    """Item ``i`` is the global batch index ``i`` as a 0-d tensor (for on-device generation)."""
+
+    def __len__(self) -> int:
+        return np.iinfo(np.int64).max // 2
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor(index, dtype=torch.int64)
 
 
 class StreamSampler(Sampler[int]):
@@ -87,6 +111,10 @@ class SyntheticDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes for training pairs.
         with_full_image: also deliver each pair's full image A (the unsupervised model warps it).
         flips: flip training source images at random (see :class:`SyntheticPairs`).
+        generator: ``"cpu"`` (DataLoader workers) or ``"torch"`` (batches made on the training
+            device; the training images are copied there once).
+        cache_dir: decode and resize the source once into a memory-mapped file in this folder
+            and reuse it in later runs (None: decode in memory at every start).
     """
 
     def __init__(
@@ -108,8 +136,14 @@ class SyntheticDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         with_full_image: bool = False,
         flips: bool = False,
+        generator: str = "cpu",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if generator not in ("cpu", "torch"):
+            raise ValueError(f"generator must be 'cpu' or 'torch', got {generator!r}")
+        self.generator, self.cache_dir = generator, cache_dir
+        self._torch_generators: dict[torch.device, TorchPairGenerator] = {}
         self.source, self.coco_split = source, coco_split
         self.protocol = DeToneProtocol(
             tuple(image_size),
@@ -133,15 +167,25 @@ class SyntheticDataModule(pl.LightningDataModule):
         self._test: SyntheticBenchmark | None = None
 
     # -- data ----------------------------------------------------------------------------------
+    def _load(self, source) -> ImageSet:
+        if self.cache_dir:
+            # lazy: a memory map that pickles by path (spawned workers, DDP) and subsets
+            # without copying; rows come out as ordinary arrays
+            return load_cached_images(source, self.protocol.image_size, self.cache_dir, lazy=True)
+        return load_images(source, self.protocol.image_size)
+
+    def prepare_data(self) -> None:
+        """Build the image cache once (Lightning calls this on one process per node)."""
+        if self.cache_dir:
+            self._load(resolve_source(self.source, coco_split=self.coco_split))
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         eval_protocol = DeToneProtocol(
             self.protocol.image_size, self.protocol.patch_size, self.protocol.rho
         )
-        images = load_images(
-            resolve_source(self.source, coco_split=self.coco_split), self.protocol.image_size
-        )
+        images = self._load(resolve_source(self.source, coco_split=self.coco_split))
         train, val, test = split_by_image(images.groups, self.split_fractions, self.split_seed)
         self.splits = {
             "train": images.subset(train),
@@ -183,7 +227,13 @@ class SyntheticDataModule(pl.LightningDataModule):
         self.setup()
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        if self.generator == "torch":
+            # Batch indices only: each becomes a batch of pairs on the device after transfer.
+            batches = StreamSampler(self.steps_per_epoch, 0, 1)
+            return DataLoader(_BatchIndices(), batch_size=None, sampler=batches)
         sampler = StreamSampler(self.steps_per_epoch * self.batch_size * world, rank, world)
+        if self.num_workers > 0:
+            single_threaded_opencv()  # before the workers fork (see its docstring)
         return DataLoader(
             self.train_dataset(),
             batch_size=self.batch_size,
@@ -194,6 +244,21 @@ class SyntheticDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=True,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``generator="torch"``: a training batch index, now on the device, becomes a
+        batch of pairs generated there."""
+        if not (isinstance(batch, torch.Tensor) and batch.ndim == 0):
+            return batch
+        device = batch.device
+        if device not in self._torch_generators:
+            images = torch.from_numpy(np.ascontiguousarray(self.splits["train"].images))
+            self._torch_generators[device] = TorchPairGenerator(
+                images.to(device), self.protocol, self.seed,
+                flips=self.flips, with_full_image=self.with_full_image,
+            )  # fmt: skip
+        rank = self.trainer.global_rank if self.trainer else 0
+        return self._torch_generators[device].generate(self.batch_size, int(batch), rank=rank)
 
     def _fixed_loader(self, bench: SyntheticBenchmark) -> DataLoader:
         return DataLoader(FixedPairs(bench), batch_size=self.eval_batch_size, shuffle=False)

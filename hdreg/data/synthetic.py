@@ -32,6 +32,7 @@ __all__ = [
     "SyntheticPairs",
     "generate_pair",
     "pair_rng",
+    "single_threaded_opencv",
     "worker_init_fn",
 ]
 
@@ -44,14 +45,24 @@ def pair_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(stream), int(index)])
 
 
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker set-up: one OpenCV thread per worker process.
+def single_threaded_opencv() -> None:
+    """Make OpenCV single-threaded in this process: call it in the parent *before* DataLoader
+    workers fork.
 
-    OpenCV otherwise starts a thread pool of all cores in every worker, and N workers oversubscribe
-    the machine N-fold (measured here: half the pairs/s with 2 workers on 2 cores). Seeding needs
-    nothing: every pair has its own generator (:func:`pair_rng`).
+    Each worker would otherwise run OpenCV's thread pool of all cores, oversubscribing the machine
+    N-fold (measured here: half the pairs/s with 2 workers on 2 cores). And reconfiguring that
+    pool inside a forked child whose parent had already started it can deadlock (its threads do
+    not survive the fork), so the change is made once, before forking.
     """
-    cv2.setNumThreads(1)
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader worker set-up: OpenCV single-threaded (a no-op in forked workers of a parent
+    that called :func:`single_threaded_opencv`; needed under spawn/forkserver). Seeding needs
+    nothing: every pair has its own generator (:func:`pair_rng`)."""
+    single_threaded_opencv()
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,11 @@ def corner_distance(offsets_pred: Tensor, offsets_true: Tensor) -> Tensor:
 class HomographyModule(pl.LightningModule):
     """Base class: a :class:`HomographyNet` trained on synthetic pairs.
 
-    Subclasses implement :meth:`training_step` (their loss). The optimizer and scheduler are
+    Subclasses implement :meth:`training_step` (their loss). ``channels_last`` runs the network
+    in NHWC memory format and ``compile`` compiles it with ``torch.compile`` (both speed options,
+    for GPUs); under mixed precision (``trainer.precision=bf16-mixed``) only the network's
+    convolutions and hidden layer run in bfloat16: its output layer, the DLT, sampling grids and
+    losses stay float32. The optimizer and scheduler are
     factories (Hydra ``_partial_``) completed in :meth:`configure_optimizers`; they are not
     hyperparameters of the model, so a checkpoint rebuilds the network from its hyperparameters
     alone (``Module.load_from_checkpoint(path)``).
@@ -52,9 +56,12 @@ class HomographyModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "step",
         panel_pairs: int = 4,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
-        self.net = net
+        self.net = net.use_channels_last(channels_last)
+        self.compile_net = compile
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         if scheduler_interval not in ("step", "epoch"):
@@ -65,6 +72,13 @@ class HomographyModule(pl.LightningModule):
         self.panel_pairs = panel_pairs
         self.val_mace_best = math.inf
         self._val_errors: list[Tensor] = []
+
+    def configure_model(self) -> None:
+        """``compile=True``: compile the network in place (``nn.Module.compile``), so that the
+        state dict, and hence checkpoints, keep their plain parameter names."""
+        if self.compile_net and not getattr(self, "_compiled", False):
+            self.net.compile()
+            self._compiled = True
 
     # -- data ----------------------------------------------------------------------------------
     @staticmethod

@@ -38,9 +38,13 @@ class SupervisedHomography(HomographyModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "step",
         panel_pairs: int = 4,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         net = HomographyNet(head, width, input_size, patch_size, rho, num_bins, dropout, normalize)
-        super().__init__(net, optimizer, scheduler, scheduler_interval, panel_pairs)
+        super().__init__(
+            net, optimizer, scheduler, scheduler_interval, panel_pairs, channels_last, compile
+        )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.display_name = f"homographynet-{'cls' if head == 'classification' else 'reg'}"
 

@@ -101,11 +101,15 @@ class UnsupervisedHomography(HomographyModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "step",
         panel_pairs: int = 4,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         net = HomographyNet(
             "regression", width, input_size, patch_size, rho, dropout=dropout, normalize=normalize
         )
-        super().__init__(net, optimizer, scheduler, scheduler_interval, panel_pairs)
+        super().__init__(
+            net, optimizer, scheduler, scheduler_interval, panel_pairs, channels_last, compile
+        )
         if max_offset_factor <= 0:
             raise ValueError(f"max_offset_factor must be > 0, got {max_offset_factor}")
         self.max_offset = float(max_offset_factor * rho)
