@@ -1,0 +1,192 @@
+"""``hdreg align``: the right homography in the right direction, readable outputs, clear errors.
+
+The real-pair test aligns Oxford graf 1 → 2 and scores ``b_from_a`` against ``H1to2p`` (which maps
+image 1 = A into image 2 = B).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from hdreg.align import KEYPOINT_METHODS, OUTPUT_FILES, make_estimator, overlay_image
+from hdreg.cli import main
+from hdreg.data.pairs import read_homography_file
+
+from .conftest import REPO, shared_data, textured_image
+
+
+def write_tiny_checkpoint(path: Path) -> Path:
+    """An untrained, tiny supervised HomographyNet saved the way ``load_module`` reads it (its
+    regression head starts at zero offsets, so it answers the identity)."""
+    from hdreg.models.supervised import SupervisedHomography
+
+    module = SupervisedHomography(width=0.125, input_size=32)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "hdreg_module": "hdreg.models.supervised.SupervisedHomography",
+        },
+        path,
+    )
+    return path
+
+
+def corners(size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+
+
+def project(H: np.ndarray, points: np.ndarray) -> np.ndarray:
+    q = np.c_[points, np.ones(len(points))] @ np.asarray(H).T
+    return q[:, :2] / q[:, 2:]
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(["align", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def shifted_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A textured image and the same image shifted by (3, 2) px, as PNG files."""
+    a = textured_image(240, 320, seed=7)
+    b = cv2.warpAffine(a, np.float32([[1, 0, -3], [0, 1, -2]]), (320, 240))  # B(p) = A(p + t)
+    cv2.imwrite(str(tmp_path / "a.png"), a)
+    cv2.imwrite(str(tmp_path / "b.png"), b)
+    return tmp_path / "a.png", tmp_path / "b.png"
+
+
+class TestAlignGraf:
+    def test_sift_graf_1_to_2(self, tmp_path, capsys):
+        graf = shared_data("pairs", "graf")
+        out_dir = tmp_path / "out"
+        code, out, err = run(
+            [graf / "img1.ppm", graf / "img2.ppm", "--method", "sift", "--out", out_dir], capsys
+        )
+        assert code == 0, err
+        assert "sift" in out and "inliers" in out and str(out_dir) in out
+
+        result = json.loads((out_dir / "homography.json").read_text())
+        b_from_a, a_from_b = np.array(result["b_from_a"]), np.array(result["a_from_b"])
+        assert b_from_a.shape == a_from_b.shape == (3, 3)
+        assert b_from_a[2, 2] == pytest.approx(1.0) and a_from_b[2, 2] == pytest.approx(1.0)
+        product = a_from_b @ b_from_a
+        np.testing.assert_allclose(product / product[2, 2], np.eye(3), atol=1e-9)
+        assert result["size_a"] == result["size_b"] == [800, 640]
+        assert result["method"] == "sift" and result["refine"] is None
+        assert result["inliers"] >= 8 and result["matches"] >= result["inliers"]
+        assert 0 < result["correlation"] <= 1 and result["seconds"] > 0
+
+        c = corners((800, 640))
+        H_true = read_homography_file(graf / "H1to2p")
+        error = np.linalg.norm(project(b_from_a, c) - project(H_true, c), axis=1).mean()
+        assert error < 5.0, f"corner error {error:.2f} px against H1to2p"
+
+        for name in ("b_warped_to_a.png", "overlay.png", "matches.png"):
+            image = cv2.imread(str(out_dir / name))
+            assert image is not None, name
+        assert cv2.imread(str(out_dir / "b_warped_to_a.png")).shape[:2] == (640, 800)
+        assert cv2.imread(str(out_dir / "overlay.png")).shape == (640, 800, 3)
+
+
+class TestAlign:
+    def test_failure_writes_no_homography(self, tmp_path, capsys):
+        flat = np.full((120, 160), 90, np.uint8)
+        cv2.imwrite(str(tmp_path / "a.png"), flat)
+        cv2.imwrite(str(tmp_path / "b.png"), flat)
+        out_dir = tmp_path / "out"
+        out_dir.mkdir()
+        (out_dir / "homography.json").write_text("{}")  # a stale success must not survive
+        code, _, err = run(
+            [tmp_path / "a.png", tmp_path / "b.png", "--method", "sift", "--out", out_dir], capsys
+        )
+        assert code == 1
+        assert "keypoints" in err and "failed" in err
+        assert not (out_dir / "homography.json").exists()
+        assert not (out_dir / "overlay.png").exists()
+        assert cv2.imread(str(out_dir / "matches.png")) is not None  # for diagnosis
+
+    def test_model_needs_a_checkpoint(self, shifted_pair, tmp_path, capsys):
+        code, _, err = run([*shifted_pair, "--method", "model", "--out", tmp_path / "o"], capsys)
+        assert code == 2 and "--checkpoint" in err
+
+    def test_input_errors(self, shifted_pair, tmp_path, capsys):
+        a, b = shifted_pair
+        code, _, err = run([tmp_path / "nope.png", b, "--out", tmp_path / "o"], capsys)
+        assert code == 2 and "nope.png does not exist" in err
+        (tmp_path / "bad.png").write_text("not an image")
+        code, _, err = run([a, tmp_path / "bad.png", "--out", tmp_path / "o"], capsys)
+        assert code == 2 and "cannot read image" in err
+        code, _, err = run([a, b, "--checkpoint", tmp_path / "x.ckpt", "--out", tmp_path], capsys)
+        assert code == 2 and "x.ckpt does not exist" in err
+        code, _, err = run([a, b, "--method", "ecc", "--ratio", "0.8", "--out", tmp_path], capsys)
+        assert code == 2 and "--ratio" in err
+        assert not (tmp_path / "o").exists()
+
+    def test_model_checkpoint_with_ecc_refinement(self, shifted_pair, tmp_path, capsys):
+        ckpt = write_tiny_checkpoint(tmp_path / "tiny.ckpt")
+        out_dir = tmp_path / "out"
+        # --checkpoint alone implies --method model
+        args = [*shifted_pair, "--checkpoint", ckpt, "--refine", "ecc", "--device", "cpu"]
+        code, _, err = run([*args, "--out", out_dir], capsys)
+        assert code == 0, err
+        result = json.loads((out_dir / "homography.json").read_text())
+        assert result["method"] == "model" and result["refine"] == "ecc"
+        assert result["checkpoint"] == str(ckpt)
+        # The untrained model answers the identity; ECC finds the (3, 2) px shift and is kept.
+        assert result["refined"] is True
+        np.testing.assert_allclose(
+            project(result["b_from_a"], [[50.0, 60.0]]), [[47, 58]], atol=0.1
+        )
+        assert "matches" not in result and not (out_dir / "matches.png").exists()
+
+    def test_any_format_and_size(self, tmp_path, capsys):
+        gray = textured_image(240, 320, seed=3)
+        rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+        cv2.imwrite(str(tmp_path / "a.jpg"), rgb)
+        rgba = cv2.cvtColor(cv2.resize(gray, (400, 300)), cv2.COLOR_GRAY2BGRA)
+        cv2.imwrite(str(tmp_path / "b.png"), rgba)
+        out_dir = tmp_path / "out"
+        code, _, err = run(
+            [tmp_path / "a.jpg", tmp_path / "b.png", "--method", "sift", "--out", out_dir], capsys
+        )
+        assert code == 0, err
+        result = json.loads((out_dir / "homography.json").read_text())
+        assert result["size_a"] == [320, 240] and result["size_b"] == [400, 300]
+        # B is A scaled by 1.25 (cv2.resize's pixel-centre map): B's corners land on A's.
+        a_from_b = np.array(result["a_from_b"])
+        expected = (corners((400, 300)) + 0.5) / 1.25 - 0.5
+        np.testing.assert_allclose(project(a_from_b, corners((400, 300))), expected, atol=1.0)
+        assert cv2.imread(str(out_dir / "b_warped_to_a.png")).shape[:2] == (240, 320)
+        assert set(OUTPUT_FILES) == {p.name for p in out_dir.iterdir()}
+
+    @pytest.mark.parametrize("method", [*KEYPOINT_METHODS, "ecc"])
+    def test_defaults_are_the_method_configs(self, method):
+        config = OmegaConf.load(REPO / "configs" / "method" / f"{method}.yaml")
+        from_config = instantiate(config)
+        _, made = make_estimator(method)
+        public = lambda e: {k: v for k, v in vars(e).items() if not k.startswith("_")}  # noqa: E731
+        assert public(made) == public(from_config)
+
+
+def test_overlay_is_gray_where_aligned():
+    a = textured_image(60, 80, seed=2)
+    covered = np.ones_like(a, bool)
+    # a change of exposure between the photos must not tint the overlay
+    brighter = np.clip(a.astype(np.float64) * 0.8 + 30, 0, 255).astype(np.uint8)
+    overlay = overlay_image(a, brighter, covered)
+    assert overlay.shape == (60, 80, 3)
+    assert np.abs(overlay[..., 1].astype(int) - overlay[..., 0]).mean() < 2.0
+    np.testing.assert_array_equal(overlay[..., 0], overlay[..., 2])
+    shifted = overlay_image(a, np.roll(a, 4, axis=1), covered)
+    assert np.abs(shifted[..., 1].astype(int) - shifted[..., 0]).mean() > 10.0

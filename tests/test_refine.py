@@ -1,0 +1,226 @@
+"""ECC refinement of any estimator (RefinedEstimator) and its place in evaluate.py.
+
+Pairs are built as in test_baselines: ``B(p) = A(H_a_from_b · p)`` (``cv2.warpPerspective`` with
+``WARP_INVERSE_MAP``), so the true ``H_a_from_b`` (maps B into A) is known exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from hdreg.baselines import ECCEstimator, FeatureEstimator, RefinedEstimator
+from hdreg.baselines.refine import RefinedEstimate, compare_estimates, folds, warp_a_onto_b
+from hdreg.data.sources import load_gray
+from hdreg.estimators import Estimate, Estimator, PairResult
+from hdreg.evaluation.app import build_estimators
+
+from .conftest import REPO, shared_data, textured_image
+from .test_align import write_tiny_checkpoint
+
+W, H = 320, 240
+CORNERS_B = np.array([[0, 0], [W - 1, 0], [W - 1, H - 1], [0, H - 1]], np.float64)
+# Where B's corners lie in A: a mild perspective that keeps all of B inside A.
+CORNERS_IN_A = np.array([[12, 9], [305, 14], [311, 229], [7, 226]], np.float64)
+
+
+def homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    return cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32)).astype(
+        np.float64
+    )
+
+
+def make_b(image_a: np.ndarray, H_a_from_b: np.ndarray) -> np.ndarray:
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpPerspective(image_a, H_a_from_b, (W, H), flags=flags)
+
+
+def corner_error(H_a_from_b: np.ndarray, H_true_a_from_b: np.ndarray) -> float:
+    def project(M: np.ndarray) -> np.ndarray:
+        q = np.c_[CORNERS_B, np.ones(4)] @ M.T
+        return q[:, :2] / q[:, 2:]
+
+    return float(np.linalg.norm(project(H_a_from_b) - project(H_true_a_from_b), axis=1).mean())
+
+
+H_TRUE = homography(CORNERS_B, CORNERS_IN_A)
+# The start a keypoint method or a network might give: every corner 2-3 px off.
+START_OFFSETS = np.array([[2.5, -1.5], [-2.0, 2.0], [1.5, 2.5], [-2.5, -1.0]])
+H_START = homography(CORNERS_B, CORNERS_IN_A + START_OFFSETS)
+
+
+@pytest.fixture(scope="module")
+def textured_pair() -> tuple[np.ndarray, np.ndarray]:
+    image_a = textured_image(H, W, seed=11)
+    return image_a, make_b(image_a, H_TRUE)
+
+
+class StubEstimator(Estimator):
+    """Returns fixed answers, with a fixed time per pair."""
+
+    name = "stub"
+
+    def __init__(self, H_a_from_b: np.ndarray, failed: Sequence[bool], seconds: float = 0.25):
+        self.H_a_from_b, self.failed, self.seconds = H_a_from_b, np.asarray(failed), seconds
+
+    def estimate(self, images_a, images_b) -> Estimate:
+        n = len(images_a)
+        H = np.array(self.H_a_from_b[:n], np.float64)
+        H[self.failed[:n]] = np.eye(3)
+        reasons = ["stub failed" if f else "" for f in self.failed[:n]]
+        return Estimate(H, self.failed[:n].copy(), np.full(n, self.seconds), reasons)
+
+
+class SpyECC(ECCEstimator):
+    """ECC that records its calls, and optionally answers a fixed (wrong) homography."""
+
+    def __init__(self, answer: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.answer, self.calls = answer, 0
+
+    def refine(self, image_a, image_b, H_init_a_from_b, *, levels=None) -> PairResult:
+        self.calls += 1
+        if self.answer is not None:
+            return PairResult(self.answer.copy(), None, {"correlation": 1.0})
+        return super().refine(image_a, image_b, H_init_a_from_b, levels=levels)
+
+
+class TestRefinedEstimator:
+    def test_improves_a_perturbed_start_to_subpixel(self, textured_pair):
+        a, b = textured_pair
+        assert corner_error(H_START, H_TRUE) > 2.0
+        est = RefinedEstimator(StubEstimator(H_START[None], [False]), ECCEstimator())
+        out = est.estimate([a], [b])
+        assert isinstance(out, RefinedEstimate)
+        assert not out.failed[0] and out.reasons == [""]
+        assert out.refined[0] and out.refine_notes == [""]
+        assert corner_error(out.H_a_from_b[0], H_TRUE) < 0.5
+        assert out.correlation_refined[0] > out.correlation_start[0]
+        # per-pair time: the base's plus the refinement's
+        assert out.seconds[0] > 0.25
+
+    def test_name(self):
+        assert RefinedEstimator(StubEstimator(H_START[None], [False]), ECCEstimator()).name == (
+            "stub+ecc"
+        )
+        assert RefinedEstimator(FeatureEstimator(detector="orb"), ECCEstimator()).name == "orb+ecc"
+
+    def test_keeps_the_start_when_ecc_makes_it_worse(self, textured_pair):
+        a, b = textured_pair
+        # A "successful" ECC answer 8 px off: the start (2-3 px off) correlates better.
+        wrong = homography(CORNERS_B, CORNERS_IN_A + np.array([8.0, 0.0]))
+        est = RefinedEstimator(StubEstimator(H_START[None], [False]), SpyECC(answer=wrong))
+        out = est.estimate([a], [b])
+        assert not out.failed[0] and not out.refined[0]
+        np.testing.assert_array_equal(out.H_a_from_b[0], H_START)
+        assert "worse" in out.refine_notes[0]
+        assert out.correlation_refined[0] < out.correlation_start[0]
+
+    def test_keeps_the_start_when_ecc_folds_b(self, textured_pair):
+        a, b = textured_pair
+        # B's bottom corners swapped: a bow tie, which no view of a plane gives.
+        bow_tie = homography(CORNERS_B, CORNERS_IN_A[[0, 1, 3, 2]])
+        assert folds(bow_tie, (W, H)) and not folds(H_START, (W, H))
+        est = RefinedEstimator(StubEstimator(H_START[None], [False]), SpyECC(answer=bow_tie))
+        out = est.estimate([a], [b])
+        assert not out.failed[0] and not out.refined[0] and "folds" in out.refine_notes[0]
+        np.testing.assert_array_equal(out.H_a_from_b[0], H_START)
+
+    def test_keeps_the_start_when_ecc_fails(self):
+        # A flat image: ECC has no gradient to follow and fails at every level.
+        flat = np.full((H, W), 128, np.uint8)
+        est = RefinedEstimator(StubEstimator(H_START[None], [False]), ECCEstimator())
+        out = est.estimate([flat], [flat])
+        assert not out.failed[0], "a failed refinement must not fail the pair"
+        assert not out.refined[0] and out.refine_notes[0].startswith("ECC failed")
+        np.testing.assert_array_equal(out.H_a_from_b[0], H_START)
+
+    def test_base_failures_stay_failures(self, textured_pair):
+        a, b = textured_pair
+        spy = SpyECC()
+        base = StubEstimator(np.stack([H_START, H_START]), [True, False])
+        out = RefinedEstimator(base, spy).estimate([a, a], [b, b])
+        assert out.failed.tolist() == [True, False]
+        assert out.reasons == ["stub failed", ""]
+        assert out.refined.tolist() == [False, True]
+        np.testing.assert_array_equal(out.H_a_from_b[0], np.eye(3))
+        assert spy.calls == 1, "ECC must not run on a pair the base failed"
+        assert out.seconds[0] == 0.25
+
+    def test_comparison_is_symmetric_and_uses_the_common_region(self, textured_pair):
+        a, b = textured_pair
+        same = compare_estimates(a, b, H_TRUE, H_TRUE)
+        assert same.correlation_first == same.correlation_second > 0.95
+        assert same.common == pytest.approx(1.0, abs=0.02)
+        swapped = compare_estimates(a, b, H_START, H_TRUE)
+        back = compare_estimates(a, b, H_TRUE, H_START)
+        assert swapped.correlation_first == back.correlation_second
+        assert swapped.correlation_second > swapped.correlation_first
+
+    def test_cubic_mask_keeps_the_footprint_inside_a(self, textured_pair):
+        a, _ = textured_pair
+        _, linear = warp_a_onto_b(a, np.eye(3), (W, H))
+        warped, cubic = warp_a_onto_b(a, np.eye(3), (W, H), interpolation=cv2.INTER_CUBIC)
+        assert linear.all()
+        assert cubic[1:-1, 1:-1].all() and cubic.sum() == (W - 2) * (H - 2)
+        np.testing.assert_array_equal(warped, a)
+
+    def test_accepts_ecc_on_noisy_real_pair(self):
+        # Oxford ubc 1 -> 6: JPEG compression, the true homography is the identity. SIFT's
+        # estimate is ~1.7 px off; ECC's is within 0.2 px, and the comparison must see it (with
+        # bilinear resampling the noise made SIFT's estimate correlate better).
+        ubc = shared_data("pairs", "ubc")
+        a, b = load_gray(ubc / "img1.ppm"), load_gray(ubc / "img6.ppm")
+        out = RefinedEstimator(FeatureEstimator(), ECCEstimator()).estimate([a], [b])
+        w, h = a.shape[1], a.shape[0]
+        corners_a = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+        q = np.c_[corners_a, np.ones(4)] @ np.linalg.inv(out.H_a_from_b[0]).T
+        error = np.linalg.norm(q[:, :2] / q[:, 2:] - corners_a, axis=1).mean()
+        assert out.refined[0], out.refine_notes[0]
+        assert error < 0.5
+
+    def test_rejects_bad_arguments(self):
+        with pytest.raises(TypeError, match="ECCEstimator"):
+            RefinedEstimator(StubEstimator(H_START[None], [False]), FeatureEstimator())
+        with pytest.raises(ValueError, match="min_common"):
+            RefinedEstimator(StubEstimator(H_START[None], [False]), ECCEstimator(), min_common=0)
+
+
+def method_params(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
+        return compose("evaluate", overrides=list(overrides)).method_params
+
+
+class TestBuildEstimators:
+    def test_methods_with_refinement(self):
+        params = method_params("method_params.ecc.refine_levels=1")
+        ests = build_estimators(["sift", "sift+ecc", "orb+ecc"], params)
+        assert [e.name for e in ests] == ["sift", "sift+ecc", "orb+ecc"]
+        assert isinstance(ests[1], RefinedEstimator) and ests[1].base.detector == "sift"
+        assert ests[2].base.detector == "orb"
+        # the refiner comes from method_params.ecc, so its parameters can be overridden
+        assert ests[1].ecc.refine_levels == 1
+
+    def test_unknown_refinement_lists_the_valid_ones(self):
+        with pytest.raises(
+            ValueError, match=r"unknown refinement 'foo'.*valid refinements are ecc"
+        ):
+            build_estimators(["sift+foo"], method_params())
+        with pytest.raises(ValueError, match="unknown method 'surf"):
+            build_estimators(["surf+ecc"], method_params())
+
+    def test_checkpoint_with_refinement(self, tmp_path):
+        ckpt = write_tiny_checkpoint(tmp_path / "model.ckpt")
+        params = method_params()
+        ests = build_estimators([], params, [str(ckpt), f"{ckpt}+ecc"], device="cpu")
+        assert not isinstance(ests[0], RefinedEstimator)
+        assert isinstance(ests[1], RefinedEstimator)
+        assert ests[1].name == f"{ests[0].name}+ecc"
+        with pytest.raises(ValueError, match="valid refinements are ecc"):
+            build_estimators([], params, [f"{ckpt}+foo"], device="cpu")
+        with pytest.raises(FileNotFoundError, match=r"missing\.ckpt does not exist"):
+            build_estimators([], params, [str(tmp_path / "missing.ckpt+ecc")], device="cpu")
