@@ -38,6 +38,19 @@ class TestPhotometricLoss:
         means = [float(loss_for(batch, true + r * direction)[0].mean()) for r in (0, 1, 2, 4, 8)]
         assert means == sorted(means) and means[-1] > 10 * means[0]
 
+    def test_strided_loss_estimates_the_same_mean(self, batch):
+        off = batch["offsets"] + 3.0
+        full = loss_for(batch, off)[0]
+        strided = photometric_loss(
+            batch["image_a"], batch["patch_b"], batch["corners"], off, batch["top_left"],
+            max_offset=64.0, stride=2,
+        )  # fmt: skip
+        assert strided[2].shape[-1] == 64
+        assert torch.allclose(strided[0], full, rtol=0.1)
+        with pytest.raises(ValueError, match="stride must divide"):
+            photometric_loss(batch["image_a"], batch["patch_b"], batch["corners"], off,
+                             batch["top_left"], max_offset=64.0, stride=3)  # fmt: skip
+
     def test_identity_is_worse_than_truth(self, batch):
         at_truth = loss_for(batch, batch["offsets"])[0]
         at_zero = loss_for(batch, torch.zeros_like(batch["offsets"]))[0]

@@ -33,6 +33,7 @@ def photometric_loss(
     top_left: Tensor,
     *,
     max_offset: float,
+    stride: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-pair L1 photometric error of the homography given by four-point ``offsets``.
 
@@ -46,22 +47,34 @@ def photometric_loss(
         top_left: ``(B, 2)`` ``(x0, y0)`` of the patch window.
         max_offset: predictions are clamped to ``[−max_offset, max_offset]`` before the DLT: a
             wild early prediction cannot build an arbitrarily ill-conditioned system.
+        stride: evaluate the loss on every ``stride``-th pixel of patch B in x and y (1: every
+            pixel, as the paper; 2 samples a quarter of them: an unbiased, 4× cheaper estimate
+            of the same mean, for CPU training).
 
     Returns:
         ``loss (B,)`` (mean absolute error over the pixels that sample inside A; 0 where
         invalid), ``valid (B,)`` (a solvable, non-degenerate DLT, at least 1 % of the patch
-        inside A, and a finite loss) and ``warped (B, 1, P, P)`` (A warped onto B's grid).
+        inside A, and a finite loss) and ``warped (B, 1, P / stride, P / stride)`` (A warped
+        onto B's (strided) grid).
     """
-    p = patch_b.shape[-1]
+    if stride < 1 or patch_b.shape[-1] % stride:
+        raise ValueError(f"stride must divide the patch size {patch_b.shape[-1]}, got {stride}")
     dtype = torch.float64 if offsets.dtype == torch.float64 else torch.float32
     offsets = offsets.to(dtype).clamp(-max_offset, max_offset)
     corners = corners.to(dtype)
     H_a_from_b, valid = four_point_to_homography_ex(corners, corners + offsets)
-    grid = warp_grid(H_a_from_b, (p, p), top_left_b=top_left)
+    target = patch_b[..., ::stride, ::stride].to(dtype)
+    p = target.shape[-1]
+    # Sample point q of the (strided) grid is pixel top_left + stride·q of B.
+    b_from_q = torch.zeros_like(H_a_from_b)
+    b_from_q[:, 0, 0] = b_from_q[:, 1, 1] = float(stride)
+    b_from_q[:, :2, 2] = top_left.to(dtype)
+    b_from_q[:, 2, 2] = 1.0
+    grid = warp_grid(H_a_from_b @ b_from_q, (p, p))
     warped = sample_at(image_a.to(dtype), grid)
     mask = inside_mask(grid, tuple(image_a.shape[-2:]))
     inside = mask.sum(dim=(1, 2, 3))
-    err = ((warped - patch_b.to(dtype)).abs() * mask).sum(dim=(1, 2, 3))
+    err = ((warped - target).abs() * mask).sum(dim=(1, 2, 3))
     loss = err / inside.clamp_min(1.0)
     valid = valid & (inside >= 0.01 * p * p) & torch.isfinite(loss)
     # `where`, not multiplication: a NaN in an invalid sample must not reach the mean or gradient
@@ -76,6 +89,8 @@ class UnsupervisedHomography(HomographyModule):
             (:class:`~hdreg.models.homographynet.HomographyNet`); ``rho`` scales its output.
         max_offset_factor: predictions are clamped to ``± max_offset_factor · rho`` inside the
             loss (never in evaluation).
+        loss_stride: photometric loss on every ``loss_stride``-th pixel (see
+            :func:`photometric_loss`; 1 as in the paper).
         optimizer, scheduler, scheduler_interval, panel_pairs: see
             :class:`~hdreg.models.base.HomographyModule`.
 
@@ -97,6 +112,7 @@ class UnsupervisedHomography(HomographyModule):
         dropout: float = 0.5,
         normalize: bool = True,
         max_offset_factor: float = 2.0,
+        loss_stride: int = 1,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "step",
@@ -113,6 +129,7 @@ class UnsupervisedHomography(HomographyModule):
         if max_offset_factor <= 0:
             raise ValueError(f"max_offset_factor must be > 0, got {max_offset_factor}")
         self.max_offset = float(max_offset_factor * rho)
+        self.loss_stride = int(loss_stride)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.skipped_batches = 0
 
@@ -128,7 +145,7 @@ class UnsupervisedHomography(HomographyModule):
         with torch.autocast(device_type=self.device.type, enabled=False):
             losses, valid, _ = photometric_loss(
                 batch["image_a"], batch["patch_b"], batch["corners"], offsets.float(),
-                batch["top_left"], max_offset=self.max_offset,
+                batch["top_left"], max_offset=self.max_offset, stride=self.loss_stride,
             )  # fmt: skip
         n_valid = int(valid.sum())
         self.log("train/degenerate", 1.0 - n_valid / valid.numel())
