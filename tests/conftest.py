@@ -5,9 +5,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch():
+    """Every test starts from the same torch RNG state: a failure reproduces, none is by chance."""
+    torch.manual_seed(0)
 
 
 def shared_data(*parts: str) -> Path:

@@ -155,11 +155,22 @@ class TestTransformPoints:
     def test_matches_opencv(self, dtype):
         corners, offsets = random_four_point(8, torch.float64, seed=4)
         H = four_point_to_homography(corners, corners + offsets)
-        pts = torch.rand(8, 50, 2, dtype=torch.float64) * 300
+        g = torch.Generator().manual_seed(5)
+        pts = torch.rand(8, 50, 2, generator=g, dtype=torch.float64) * 300
         out = transform_points(H.to(dtype), pts.to(dtype))
+        # Near the line that H sends to infinity (w -> 0) the projective division amplifies
+        # rounding without bound, and float32 cannot agree with float64 there: in float32,
+        # compare where |w| > 0.1 (points mapped within ~10x of their distance); in float64,
+        # everywhere. (Points at infinity: test_point_at_infinity_is_finite.)
+        Hn = H / H[:, 2:, 2:]
+        w = (pts @ Hn[:, 2, :2].unsqueeze(-1)).squeeze(-1) + Hn[:, 2, 2:]
+        keep = w.abs() > 0.1 if dtype == torch.float32 else torch.ones_like(w, dtype=torch.bool)
+        assert keep.float().mean() > 0.9
         for i in range(8):
             ref = cv2.perspectiveTransform(pts[i].numpy()[None], H[i].numpy())[0]
-            np.testing.assert_allclose(out[i].double().numpy(), ref, atol=TOL[dtype] * 10)
+            np.testing.assert_allclose(
+                out[i].double().numpy()[keep[i]], ref[keep[i]], atol=TOL[dtype] * 10
+            )
 
     def test_point_at_infinity_is_finite(self):
         H = torch.tensor([[[1.0, 0, 0], [0, 1, 0], [1, 0, 0]]])  # w = x: x = 0 maps to infinity
