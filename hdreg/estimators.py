@@ -57,6 +57,12 @@ class Estimate:
     def __len__(self) -> int:
         return len(self.failed)
 
+    def notes(self) -> list[str]:
+        """A remark per pair for ``pairs.csv`` beside the failure reason (``""`` if none);
+        estimates that carry more per pair (e.g. :class:`~hdreg.baselines.refine.RefinedEstimate`)
+        say it here."""
+        return [""] * len(self)
+
 
 def check_homography(H: np.ndarray | None, *, cond_max: float = 1e12) -> str | None:
     """Why ``H`` is not a usable homography (``None`` if it is): missing, wrong shape, not

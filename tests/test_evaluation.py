@@ -229,6 +229,7 @@ class TestRunner:
             "failed",
             "ms",
             "reason",
+            "note",
         }
         assert len(list(csv.DictReader(paths["results_csv"].open()))) == 3
         table = paths["table"].read_text()

@@ -6,6 +6,7 @@ Pairs are built as in test_baselines: ``B(p) = A(H_a_from_b · p)`` (``cv2.warpP
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 
 import cv2
@@ -18,6 +19,9 @@ from hdreg.baselines.refine import RefinedEstimate, compare_estimates, folds, wa
 from hdreg.data.sources import load_gray
 from hdreg.estimators import Estimate, Estimator, PairResult
 from hdreg.evaluation.app import build_estimators
+from hdreg.evaluation.benchmarks import EvalPairs
+from hdreg.evaluation.report import write_report
+from hdreg.evaluation.runner import evaluate
 
 from .conftest import REPO, shared_data, textured_image
 from .test_align import write_tiny_checkpoint
@@ -150,6 +154,25 @@ class TestRefinedEstimator:
         np.testing.assert_array_equal(out.H_a_from_b[0], np.eye(3))
         assert spy.calls == 1, "ECC must not run on a pair the base failed"
         assert out.seconds[0] == 0.25
+        assert out.notes() == ["", "ecc kept"]
+
+    def test_report_says_whether_the_refinement_was_kept(self, textured_pair, tmp_path):
+        a, b = textured_pair
+        flat = np.full((H, W), 128, np.uint8)  # ECC fails on it: the start is kept
+        pairs = EvalPairs(
+            name="three pairs", kind="synthetic", ids=["fails", "kept", "flat"],
+            groups=["t", "t", "t"], images_a=[a, a, flat], images_b=[b, b, flat],
+            points_src=np.stack([CORNERS_B] * 3),
+            points_dst_true=np.stack([CORNERS_IN_A] * 3),
+        )  # fmt: skip
+        base = StubEstimator(np.stack([H_START] * 3), [True, False, False])
+        result = evaluate(pairs, [RefinedEstimator(base, ECCEstimator())], progress=False)
+        paths = write_report(result, tmp_path)
+        rows = list(csv.DictReader(paths["pairs_csv"].open()))
+        assert [r["note"] for r in rows[:2]] == ["", "ecc kept"]
+        assert rows[2]["note"].startswith("ecc not kept: ECC failed")
+        assert [r["failed"] for r in rows] == ["1", "0", "0"]
+        assert "stub+ecc: ECC's refinement kept on 1 of the 2 pairs" in paths["table"].read_text()
 
     def test_comparison_is_symmetric_and_uses_the_common_region(self, textured_pair):
         a, b = textured_pair

@@ -212,6 +212,13 @@ class RefinedEstimate(Estimate):
     correlation_start: np.ndarray = field(default_factory=lambda: np.zeros(0))
     correlation_refined: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
+    def notes(self) -> list[str]:
+        """Per pair: ``"ecc kept"``, ``"ecc not kept: <why>"``, or ``""`` where the base failed."""
+        return [
+            "" if failed else ("ecc kept" if kept else f"ecc not kept: {note}")
+            for failed, kept, note in zip(self.failed, self.refined, self.refine_notes, strict=True)
+        ]
+
 
 class RefinedEstimator(Estimator):
     """``base`` followed by ECC refinement of each successful estimate; returns ``H_a_from_b``.

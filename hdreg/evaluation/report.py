@@ -42,6 +42,14 @@ def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> s
         "",
         "Failed pairs (no homography, or one that folds the image) are scored as the identity.",
     ]
+    for m in result.methods:
+        refined = [n for n in m.notes if n.startswith("ecc ")]
+        if refined:
+            kept = sum(n == "ecc kept" for n in refined)
+            lines.append(
+                f"{m.name}: ECC's refinement kept on {kept} of the {len(refined)} pairs it started"
+                " from (the others keep the starting estimate; why: `note` in pairs.csv)."
+            )
     if per_pair is None:
         per_pair = pairs.kind == "real" and len(pairs) <= 200
     if per_pair:
@@ -102,12 +110,13 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
             w.writerow([m.name, *(m.summary[k] for k in SUMMARY_KEYS)])
     with paths["pairs_csv"].open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "pair", "group", "error", "failed", "ms", "reason"])
+        w.writerow(["method", "pair", "group", "error", "failed", "ms", "reason", "note"])
         for m in result.methods:
+            notes = m.notes or [""] * len(m.errors)
             for i, pid in enumerate(result.pairs.ids):
                 w.writerow([
                     m.name, pid, result.pairs.groups[i], f"{m.errors[i]:.6g}", int(m.failed[i]),
-                    f"{1e3 * m.seconds[i]:.4g}", m.reasons[i],
+                    f"{1e3 * m.seconds[i]:.4g}", m.reasons[i], notes[i],
                 ])  # fmt: skip
     summaries = {
         m.name: {k: (int(m.summary[k]) if k == "n" else m.summary[k]) for k in SUMMARY_KEYS}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -26,6 +26,7 @@ class MethodResult:
     reasons: list[str]
     errors: np.ndarray
     summary: dict[str, float]
+    notes: list[str] = field(default_factory=list)  # per pair, e.g. whether ECC's result was kept
 
 
 @dataclass
@@ -80,6 +81,7 @@ def evaluate(
         failed = np.zeros(n, bool)
         seconds = np.zeros(n)
         reasons = [""] * n
+        notes = [""] * n
         bar = tqdm(total=n, desc=f"{name:>14s}", unit="pair", disable=not progress, leave=False)
         for start in range(0, n, batch_size):
             sl = slice(start, min(start + batch_size, n))
@@ -88,6 +90,7 @@ def evaluate(
                 raise RuntimeError(f"{name} returned {len(out)} results for a batch of {sl}")
             H[sl], failed[sl], seconds[sl] = out.H_a_from_b, out.failed, out.seconds
             reasons[sl] = out.reasons
+            notes[sl] = out.notes()
             bar.update(sl.stop - sl.start)
         bar.close()
         folded = ~failed & pairs.folds(H)
@@ -97,5 +100,5 @@ def evaluate(
         H[failed] = np.eye(3)
         errors = pairs.errors(H)
         summary = summarize(errors, failed, seconds)
-        results.append(MethodResult(name, H, failed, seconds, reasons, errors, summary))
+        results.append(MethodResult(name, H, failed, seconds, reasons, errors, summary, notes))
     return EvaluationResult(pairs, results)
