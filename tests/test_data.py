@@ -79,6 +79,8 @@ class TestSources:
         assert "skipped 2 of 5 files" in messages[0]
         assert "fake.jpg" in messages[0] and "truncated.png" in messages[0]
         assert images.names == ["a.png", "b.jpg", "sub/c.ppm"]
+        # the warning points at the line that called load_images
+        assert [w.filename for w in caught if issubclass(w.category, UserWarning)] == [__file__]
 
     def test_no_usable_image_is_an_error(self, tmp_path):
         (tmp_path / "x.jpg").write_text("junk")

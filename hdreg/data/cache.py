@@ -49,7 +49,6 @@ import multiprocessing
 import os
 import re
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -59,7 +58,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hdreg.data.sources import ImageSet, ImageSource, load_gray, resize_gray
+from hdreg.data.sources import (
+    ImageSet,
+    ImageSource,
+    check_image_size,
+    load_gray,
+    no_usable_image,
+    resize_gray,
+    warn_skipped,
+)
 
 __all__ = ["CACHE_VERSION", "MappedImages", "cache_key", "load_cached_images"]
 
@@ -248,16 +255,6 @@ def _decoded(paths: list[str], image_size: tuple[int, int], workers: int) -> Ite
                 ) from exc
 
 
-def _warn_skipped(source: ImageSource, skipped: list[str]) -> None:
-    shown = "; ".join(skipped[:20]) + ("; ..." if len(skipped) > 20 else "")
-    warnings.warn(
-        f"skipped {len(skipped)} of {len(source.files)} files under {source.root} that are not "
-        f"readable images: {shown}",
-        UserWarning,
-        stacklevel=3,
-    )
-
-
 def _read_index(path: Path, key: str, image_size: tuple[int, int]) -> dict | None:
     """The index at ``path`` if it is current (same key) and its data file is intact."""
     try:
@@ -306,11 +303,8 @@ def _build(
             groups.append(source.group_of(i))
         if not names:
             if skipped and warn:
-                _warn_skipped(source, skipped)
-            raise ValueError(
-                f"no usable image under {source.root}: all {n_files} candidate files failed "
-                "to decode"
-            )
+                warn_skipped(source, skipped, stacklevel=3)
+            raise no_usable_image(source)
         if len(names) < n_files:  # unreadable files: keep only the rows written
             small = cache_dir / f"{base}.tmp-{os.getpid()}-n.npy"
             data = _first_rows(data, len(names), small)  # the larger map closes here
@@ -392,12 +386,7 @@ def load_cached_images(
     Raises:
         ValueError: no file of the source is a readable image (as ``load_images``).
     """
-    w, h = image_size
-    if w < 2 or h < 2:
-        raise ValueError(
-            f"image_size must be (width, height) of at least 2 pixels, got {image_size}"
-        )
-    image_size = (int(w), int(h))
+    image_size = check_image_size(image_size)
     if workers is None:  # starting processes (about a second) pays off from a few hundred files
         workers = max(1, min(8, os.cpu_count() or 1, len(source.files) // 256))
     cache_dir = Path(cache_dir).expanduser()
@@ -411,7 +400,7 @@ def load_cached_images(
             # Only under a lock can no other process be writing a temp file right now.
             _remove_stale(cache_dir, base, index["data"], temp_files=locked)
     if index["skipped"] and warn:
-        _warn_skipped(source, index["skipped"])
+        warn_skipped(source, index["skipped"], stacklevel=2)
     path = cache_dir / index["data"]
     images = MappedImages(path) if lazy else np.load(path, mmap_mode="r")
     # Groups come from the source as it is now (a changed grouping needs no re-decoding).

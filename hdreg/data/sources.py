@@ -24,13 +24,16 @@ __all__ = [
     "SAMPLE_IMAGES",
     "ImageSet",
     "ImageSource",
+    "check_image_size",
     "coco_source",
     "folder_source",
     "load_gray",
     "load_images",
+    "no_usable_image",
     "resolve_source",
     "sample_source",
     "split_by_image",
+    "warn_skipped",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
@@ -227,6 +230,36 @@ def resize_gray(gray: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    """``(width, height)`` as ints, or ``ValueError`` unless both are at least 2 pixels."""
+    w, h = image_size
+    if w < 2 or h < 2:
+        raise ValueError(
+            f"image_size must be (width, height) of at least 2 pixels, got {image_size}"
+        )
+    return int(w), int(h)
+
+
+def warn_skipped(source: ImageSource, skipped: Sequence[str], *, stacklevel: int = 2) -> None:
+    """The one ``UserWarning`` that names (the first 20 of) a source's unreadable files and
+    counts them; ``stacklevel`` as in :func:`warnings.warn`, counted from the caller."""
+    shown = "; ".join(skipped[:20]) + ("; ..." if len(skipped) > 20 else "")
+    warnings.warn(
+        f"skipped {len(skipped)} of {len(source.files)} files under {source.root} that are not "
+        f"readable images: {shown}",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def no_usable_image(source: ImageSource) -> ValueError:
+    """The error for a source none of whose files decodes."""
+    return ValueError(
+        f"no usable image under {source.root}: all {len(source.files)} candidate files failed "
+        "to decode"
+    )
+
+
 def load_images(
     source: ImageSource, image_size: tuple[int, int] = (320, 240), *, warn: bool = True
 ) -> ImageSet:
@@ -235,9 +268,7 @@ def load_images(
     Files that cannot be decoded are skipped; one ``UserWarning`` names them and says how many.
     Raises ``ValueError`` naming the root when no usable image remains.
     """
-    w, h = image_size
-    if w < 2 or h < 2:
-        raise ValueError(f"image_size must be (width, height) of at least 2 pixels, got {image_size}")
+    image_size = check_image_size(image_size)
     images: list[np.ndarray] = []
     names: list[str] = []
     groups: list[str] = []
@@ -252,18 +283,9 @@ def load_images(
         names.append(rel)
         groups.append(source.group_of(i))
     if bad and warn:
-        shown = "; ".join(bad[:20]) + ("; ..." if len(bad) > 20 else "")
-        warnings.warn(
-            f"skipped {len(bad)} of {len(source.files)} files under {source.root} that are not "
-            f"readable images: {shown}",
-            UserWarning,
-            stacklevel=2,
-        )
+        warn_skipped(source, bad, stacklevel=2)
     if not images:
-        raise ValueError(
-            f"no usable image under {source.root}: all {len(source.files)} candidate files failed "
-            "to decode"
-        )
+        raise no_usable_image(source)
     return ImageSet(np.stack(images), names, groups, source.root)
 
 
