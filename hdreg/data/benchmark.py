@@ -68,7 +68,8 @@ class SyntheticBenchmark:
         return len(self.offsets)
 
     def validate(self, where: str = "benchmark") -> None:
-        """Raise ``ValueError`` (naming ``where``, the key and what was expected) on any mismatch."""
+        """Raise ``ValueError`` (naming ``where``, the key and what was expected) on any
+        mismatch."""
         n = len(self.offsets)
         p = self.patch_size
 
@@ -76,13 +77,16 @@ class SyntheticBenchmark:
             if not isinstance(arr, np.ndarray):
                 raise ValueError(f"{where}: {key!r} must be an array, got {type(arr).__name__}")
             if arr.dtype != dtype:
-                raise ValueError(f"{where}: {key!r} must have dtype {np.dtype(dtype)}, got {arr.dtype}")
+                raise ValueError(
+                    f"{where}: {key!r} must have dtype {np.dtype(dtype)}, got {arr.dtype}"
+                )
             if arr.shape != shape:
                 raise ValueError(f"{where}: {key!r} must have shape {shape}, got {arr.shape}")
 
         if self.version != FORMAT_VERSION:
             raise ValueError(
-                f"{where}: format version {self.version} is not supported (expected {FORMAT_VERSION})"
+                f"{where}: format version {self.version} is not supported "
+                f"(expected {FORMAT_VERSION})"
             )
         if p < 2:
             raise ValueError(f"{where}: 'patch_size' must be >= 2, got {p}")
@@ -119,8 +123,9 @@ def make_synthetic_benchmark(
 ) -> SyntheticBenchmark:
     """Generate ``n`` fixed pairs from ``images`` (same arguments ⇒ identical arrays).
 
-    Pair ``i`` is pair ``i`` of ``stream`` (``hdreg.data.synthetic.STREAMS``) under ``seed``. With ``full_images`` the full image A
-    of each pair (``image_a (N, H, W) uint8``) and its ``top_left (N, 2)`` are stored as extra keys.
+    Pair ``i`` is pair ``i`` of ``stream`` (``hdreg.data.synthetic.STREAMS``) under ``seed``.
+    With ``full_images`` the full image A of each pair (``image_a (N, H, W) uint8``) and its
+    ``top_left (N, 2)`` are stored as extra keys.
     """
     protocol = protocol or DeToneProtocol(image_size=images.image_size)
     if protocol.image_size != images.image_size:

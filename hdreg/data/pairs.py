@@ -79,7 +79,7 @@ def _read_opencv_storage(path: Path) -> np.ndarray:
         if not fs.isOpened():
             raise ValueError(f"homography file {path}: OpenCV cannot open it as XML/YAML storage")
         root = fs.root()
-        for key in root.keys():
+        for key in root.keys():  # noqa: SIM118 (a cv2.FileNode, not a dict: it has no __iter__)
             mat = root.getNode(key).mat()
             if mat is not None:
                 mat = np.asarray(mat, np.float64)
@@ -175,7 +175,8 @@ def find_real_pairs(root: str | Path) -> list[RealPair]:
     if not pairs:
         raise ValueError(
             f"no image pairs with ground truth under {root}: expected sequences in the HPatches "
-            "layout (1.ppm, 2.ppm, ..., H_1_2, ...) or the Oxford layout (img1.ppm, ..., H1to2p, ...)"
+            "layout (1.ppm, 2.ppm, ..., H_1_2, ...) or the Oxford layout "
+            "(img1.ppm, ..., H1to2p, ...)"
         )
     return pairs
 

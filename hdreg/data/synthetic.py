@@ -126,9 +126,9 @@ class DeToneProtocol:
             if self.patch_size + 2 * margin > side:
                 raise ValueError(
                     f"patch_size + 2 * ceil(rho) = {self.patch_size} + 2 * {margin} = "
-                    f"{self.patch_size + 2 * margin} exceeds the image {name} {side}: the perturbed "
-                    "patch must stay inside the image; lower rho or patch_size, or enlarge "
-                    "image_size"
+                    f"{self.patch_size + 2 * margin} exceeds the image {name} {side}: "
+                    "the perturbed patch must stay inside the image; lower rho or patch_size, "
+                    "or enlarge image_size"
                 )
 
     @property
@@ -278,7 +278,9 @@ class SyntheticPairs(Dataset):
         if self.flips:
             flip = int(rng.integers(4))  # 0: none, 1: left-right, 2: up-down, 3: both (180°)
             if flip:
-                image = np.ascontiguousarray(image[:: -1 if flip & 2 else 1, :: -1 if flip & 1 else 1])
+                image = np.ascontiguousarray(
+                    image[:: -1 if flip & 2 else 1, :: -1 if flip & 1 else 1]
+                )
         return k, generate_pair(image, self.protocol, rng, with_full_image=self.with_full_image)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
