@@ -30,7 +30,12 @@ from hdreg.baselines.ecc import ECCEstimator
 from hdreg.baselines.features import DETECTORS, FeatureEstimator
 from hdreg.baselines.refine import REFINEMENTS, RefinedEstimator, alignment_correlation
 from hdreg.data.sources import load_gray
-from hdreg.estimators import Estimator, IdentityEstimator, PairwiseEstimator
+from hdreg.estimators import (
+    Estimator,
+    IdentityEstimator,
+    PairwiseEstimator,
+    normalized_homography,
+)
 
 __all__ = [
     "KEYPOINT_METHODS",
@@ -115,7 +120,9 @@ class AlignResult:
 
     @property
     def H_b_from_a(self) -> np.ndarray | None:
-        return None if self.H_a_from_b is None else _normalized(np.linalg.inv(self.H_a_from_b))
+        if self.H_a_from_b is None:
+            return None
+        return normalized_homography(np.linalg.inv(self.H_a_from_b))
 
     @property
     def size_a(self) -> tuple[int, int]:
@@ -171,12 +178,6 @@ class AlignResult:
             parts.append(f"correlation {self.correlation:.3f}")
         parts.append(f"{self.seconds:.2f} s")
         return ", ".join(parts)
-
-
-def _normalized(H: np.ndarray) -> np.ndarray:
-    """``H`` scaled so that ``H[2, 2] = 1``, unless that entry is (near) zero (a plane through
-    the optical centre: no scaling can make it 1)."""
-    return H / H[2, 2] if abs(H[2, 2]) > 1e-12 * np.abs(H).max() else H
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -273,7 +274,7 @@ def align_images(
                 "correlation_refined": outcome.correlation_refined,
                 "common": outcome.common,
             }
-        result.H_a_from_b = _normalized(H_a_from_b)
+        result.H_a_from_b = normalized_homography(H_a_from_b)
     result.seconds = time.perf_counter() - t0
     if result.H_a_from_b is not None:
         result.correlation, result.overlap = alignment_correlation(

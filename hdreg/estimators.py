@@ -24,6 +24,7 @@ __all__ = [
     "PairResult",
     "PairwiseEstimator",
     "check_homography",
+    "normalized_homography",
 ]
 
 
@@ -78,6 +79,12 @@ def check_homography(H: np.ndarray | None, *, cond_max: float = 1e12) -> str | N
         if not np.isfinite(cond := np.linalg.cond(H)) or cond > cond_max:
             return f"homography is singular (condition number {cond:.3g})"
     return None
+
+
+def normalized_homography(H: np.ndarray) -> np.ndarray:
+    """``H`` scaled so that ``H[2, 2] = 1``, unless that entry is (near) zero (a plane through
+    the optical centre: no scaling can make it 1)."""
+    return H / H[2, 2] if abs(H[2, 2]) > 1e-12 * np.abs(H).max() else H
 
 
 def _first_line(message: str) -> str:

@@ -34,7 +34,12 @@ import cv2
 import numpy as np
 
 from hdreg.baselines._checks import check_float, check_gray_u8, check_int
-from hdreg.estimators import PairResult, PairwiseEstimator, check_homography
+from hdreg.estimators import (
+    PairResult,
+    PairwiseEstimator,
+    check_homography,
+    normalized_homography,
+)
 from hdreg.geometry import resize_matrix
 
 __all__ = ["COARSE_MOTIONS", "ECCEstimator"]
@@ -76,11 +81,6 @@ def _corner_jump(H_new: np.ndarray, H_old: np.ndarray, corners_b: np.ndarray) ->
     """Largest distance (pixels of A) between B's corners mapped by the two estimates."""
     jump = np.linalg.norm(_map_points(H_new, corners_b) - _map_points(H_old, corners_b), axis=1)
     return float(jump.max()) if np.isfinite(jump).all() else math.inf
-
-
-def _normalized(H: np.ndarray) -> np.ndarray:
-    """``H`` scaled so that ``H[2, 2] = 1``, unless that entry is (near) zero."""
-    return H / H[2, 2] if abs(H[2, 2]) > 1e-12 * np.abs(H).max() else H
 
 
 def _is_affine(H: np.ndarray) -> bool:
@@ -226,7 +226,7 @@ class ECCEstimator(PairwiseEstimator):
         levels = self._cap_levels(levels, _size(image_a), _size(image_b))
         if (problem := check_homography(H_init)) is not None:
             return PairResult(None, f"initial estimate: {problem}")
-        result = self._align(image_a, image_b, _normalized(H_init), levels)
+        result = self._align(image_a, image_b, normalized_homography(H_init), levels)
         if result.H_a_from_b is not None and (problem := check_homography(result.H_a_from_b)):
             return PairResult(None, problem, result.details)
         return result
@@ -258,7 +258,7 @@ class ECCEstimator(PairwiseEstimator):
             b = cv2.resize(image_b, level_b, interpolation=cv2.INTER_AREA) if level else image_b
             S_a = resize_matrix(size_a, level_a).numpy()
             S_b = resize_matrix(size_b, level_b).numpy()
-            H_level = _normalized(S_a @ H_a_from_b @ np.linalg.inv(S_b))
+            H_level = normalized_homography(S_a @ H_a_from_b @ np.linalg.inv(S_b))
             motion = self._motion(level, levels, H_level)
             entry: dict[str, Any] = {
                 "level": level,
@@ -287,7 +287,7 @@ class ECCEstimator(PairwiseEstimator):
             if motion != "homography":
                 H_level_new = np.vstack([H_level_new, [0.0, 0.0, 1.0]])
             with np.errstate(all="ignore"):
-                H_new = _normalized(np.linalg.inv(S_a) @ H_level_new @ S_b)
+                H_new = normalized_homography(np.linalg.inv(S_a) @ H_level_new @ S_b)
             if (problem := check_homography(H_new)) is not None:
                 entry["error"] = problem
                 continue
