@@ -22,6 +22,7 @@ from hdreg.evaluation.app import build_estimators
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
+from hdreg.models.base import build_module
 from hdreg.models.estimator import load_checkpoint_estimator
 
 __all__ = ["evaluate_test_split", "train_from_config"]
@@ -76,7 +77,12 @@ def train_from_config(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = build_module(cfg.model)
+    if getattr(model.loss, "needs_full_image", False) and not datamodule.with_full_image:
+        raise ValueError(
+            f"{type(model.loss).__name__} warps each pair's full image A, but "
+            "data.with_full_image is false: set it to true (configs/model/unsupervised.yaml does)"
+        )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -1,16 +1,23 @@
-"""What every hdreg LightningModule shares: batches, validation metrics, the image panel,
-optimizers from config, and the link from a checkpoint to the estimator interface."""
+"""What every hdreg LightningModule shares: a network and a loss built by Hydra, the training
+step, validation metrics, the image panel, optimizers from config, and the model config that
+every checkpoint carries (:func:`build_module`)."""
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MinMetric
 
 from hdreg.geometry import (
     four_point_to_homography_ex,
@@ -19,12 +26,12 @@ from hdreg.geometry import (
     sample_at,
     warp_grid,
 )
-from hdreg.models.homographynet import HomographyNet
 
-__all__ = ["HomographyModule", "corner_distance"]
+__all__ = ["HomographyModule", "build_module", "corner_distance"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
+LossFn = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor | dict[str, Tensor]]
 
 
 def corner_distance(offsets_pred: Tensor, offsets_true: Tensor) -> Tensor:
@@ -34,24 +41,38 @@ def corner_distance(offsets_pred: Tensor, offsets_true: Tensor) -> Tensor:
 
 
 class HomographyModule(pl.LightningModule):
-    """Base class: a :class:`HomographyNet` trained on synthetic pairs.
+    """A homography network trained on synthetic pairs, composed from objects built by Hydra.
 
-    Subclasses implement :meth:`training_step` (their loss). ``channels_last`` runs the network
-    in NHWC memory format and ``compile`` compiles it with ``torch.compile`` (both speed options,
-    for GPUs); under mixed precision (``trainer.precision=bf16-mixed``) only the network's
-    convolutions and hidden layer run in bfloat16: its output layer, the DLT, sampling grids and
-    losses stay float32. The optimizer and scheduler are
-    factories (Hydra ``_partial_``) completed in :meth:`configure_optimizers`; they are not
-    hyperparameters of the model, so a checkpoint rebuilds the network from its hyperparameters
-    alone (``Module.load_from_checkpoint(path)``).
+    Args:
+        net: the network, an ``nn.Module`` whose ``forward(patch_a, patch_b)`` takes ``(B, 1, P,
+            P)`` patches in [0, 1] and returns a dict with at least ``offsets (B, 4, 2)`` (where
+            patch B's corners lie in patch A's frame minus the corners, in pixels of
+            ``patch_size``×``patch_size`` patches), and which has the attributes ``patch_size``
+            (the side the offsets refer to) and ``rho`` (the data's perturbation range).
+        loss: ``loss(out, batch)`` → a scalar, or a dict with ``"loss"`` and further scalars
+            to log (:mod:`hdreg.models.losses`); called in float32, outside autocast.
+        name: the model's name in evaluation tables.
+        optimizer, scheduler: factories (Hydra ``_partial_``) completed in
+            :meth:`configure_optimizers`.
+        scheduler_interval: ``"step"`` or ``"epoch"``.
+        panel_pairs: pairs in the TensorBoard image panel.
+        channels_last: run the network in NHWC memory format (the net's ``use_channels_last``).
+        compile: compile the network with ``torch.compile``.
+
+    Under mixed precision (``trainer.precision=bf16-mixed``) only the network runs in bfloat16
+    autocast; the loss, the DLT and the sampling grids stay float32. The validation metrics are
+    ``val/mace`` (torchmetrics running mean of the corner error over the fixed validation
+    pairs) and ``val/mace_best``. A module built by :func:`build_module` (as ``train.py`` does)
+    records its own config, without optimizer and scheduler, as :attr:`hdreg_model`; every
+    checkpoint stores it, and :func:`hdreg.models.estimator.load_module` rebuilds the module
+    from it.
     """
-
-    #: name of the model in evaluation tables (a subclass sets its own)
-    display_name = "homographynet"
 
     def __init__(
         self,
-        net: HomographyNet,
+        net: nn.Module,
+        loss: LossFn,
+        name: str = "model",
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "step",
@@ -60,18 +81,36 @@ class HomographyModule(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.net = net.use_channels_last(channels_last)
-        self.compile_net = compile
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        missing = [a for a in ("patch_size", "rho") if not hasattr(net, a)]
+        if missing or not isinstance(net, nn.Module):
+            raise TypeError(
+                f"net must be an nn.Module with the attributes patch_size and rho, got "
+                f"{type(net).__name__}" + (f" without {', '.join(missing)}" if missing else "")
+            )
+        if not callable(loss):
+            raise TypeError(f"loss must be callable as loss(out, batch), got {type(loss).__name__}")
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(
                 f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}"
             )
+        if channels_last:
+            if not hasattr(net, "use_channels_last"):
+                raise ValueError(
+                    f"channels_last=True: {type(net).__name__} has no use_channels_last"
+                )
+            net.use_channels_last(True)
+        self.net = net
+        self.loss = loss
+        self.name = str(name)
+        self.compile_net = compile
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.panel_pairs = panel_pairs
-        self.val_mace_best = math.inf
-        self._val_errors: list[Tensor] = []
+        self.val_mace = MeanMetric()
+        self.val_mace_best = MinMetric()
+        #: the instantiate-config this module was built from (set by :func:`build_module`)
+        self.hdreg_model: dict[str, Any] | None = None
 
     def configure_model(self) -> None:
         """``compile=True``: compile the network in place (``nn.Module.compile``), so that the
@@ -99,30 +138,48 @@ class HomographyModule(pl.LightningModule):
         corners = patch_corners(offsets.new_zeros(offsets.shape[0], 2), patch_a.shape[-1])
         return four_point_to_homography_ex(corners, corners + offsets)
 
+    # -- training ------------------------------------------------------------------------------
+    def loss_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The part of the batch the loss sees (all of it; an unsupervised module drops the
+        labels)."""
+        return batch
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        batch = self.to_float(batch)
+        out = self(batch["patch_a"], batch["patch_b"])
+        # The loss (and any DLT or sampling grid in it) stays in float32 under mixed precision.
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            result = self.loss(out, self.loss_inputs(batch))
+        terms = dict(result) if isinstance(result, dict) else {"loss": result}
+        if "loss" not in terms:
+            raise KeyError(f"{type(self.loss).__name__} returned a dict without 'loss'")
+        loss = terms.pop("loss")
+        self.log("train/loss", loss, prog_bar=True)
+        for key, value in terms.items():
+            self.log(f"train/{key}", value)
+        if "offsets" in batch:  # monitoring only: an unsupervised loss never sees the labels
+            with torch.no_grad():
+                mace = corner_distance(out["offsets"].detach().float(), batch["offsets"]).mean()
+            self.log("train/mace", mace)
+        return loss
+
     # -- validation ----------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         batch = self.to_float(batch)
         out = self(batch["patch_a"], batch["patch_b"])
-        err = corner_distance(out["offsets"].float(), batch["offsets"])
-        self._val_errors.append(err.detach())
+        self.val_mace.update(corner_distance(out["offsets"].float(), batch["offsets"]))
         if batch_idx == 0:
             self._log_panel(batch, out["offsets"].float())
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_errors = []
-
     def on_validation_epoch_end(self) -> None:
-        if not self._val_errors:
-            return
-        mace = torch.cat(self._val_errors).mean()
-        mace = self.all_gather(mace).mean()  # identical sets on every rank; mean is a no-op then
-        self._val_errors = []
+        # Every process scores the same fixed pairs: the synced mean equals each one's mean.
+        mace = self.val_mace.compute()
+        self.val_mace.reset()
         if self.trainer.sanity_checking:
             return
-        value = float(mace)
-        self.val_mace_best = min(self.val_mace_best, value)
-        self.log("val/mace", value, prog_bar=True, sync_dist=False)
-        self.log("val/mace_best", self.val_mace_best, prog_bar=False, sync_dist=False)
+        self.val_mace_best.update(mace)
+        self.log("val/mace", mace, prog_bar=True, sync_dist=False)
+        self.log("val/mace_best", self.val_mace_best.compute(), sync_dist=False)
 
     def _log_panel(self, batch: dict[str, Tensor], offsets_pred: Tensor) -> None:
         """TensorBoard image: per pair, A with the true (green) and predicted (red) positions of
@@ -173,10 +230,56 @@ class HomographyModule(pl.LightningModule):
             },
         }
 
+    # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Which class to rebuild, so that evaluate.py and `hdreg align` load any hdreg checkpoint.
-        checkpoint["hdreg_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["val_mace_best"] = self.val_mace_best
+        if self.hdreg_model is None:
+            rank_zero_warn(
+                "this module was not built by hdreg.models.base.build_module, so its checkpoint "
+                "has no 'hdreg_model' config and load_module cannot rebuild it"
+            )
+        else:
+            checkpoint["hdreg_model"] = self.hdreg_model
+        best = float(self.val_mace_best.min_value)  # local state: no collective call here
+        checkpoint["val_mace_best"] = best
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.val_mace_best = float(checkpoint.get("val_mace_best", math.inf))
+        self.val_mace_best.reset()
+        best = float(checkpoint.get("val_mace_best", math.inf))
+        if math.isfinite(best):
+            self.val_mace_best.update(torch.tensor(best))
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any
+    ) -> HomographyModule:
+        """The same as :func:`hdreg.models.estimator.load_module` (the model is rebuilt from
+        the checkpoint's ``hdreg_model`` config), checked to be a ``cls``."""
+        from hdreg.models.estimator import load_module
+
+        if kwargs:
+            raise TypeError(f"unsupported arguments {sorted(kwargs)}: the config is in the file")
+        module = load_module(checkpoint_path, device=map_location or "cpu")
+        if not isinstance(module, cls):
+            raise TypeError(
+                f"{checkpoint_path} holds a {type(module).__name__}, not a {cls.__name__}"
+            )
+        return module
+
+
+def build_module(config: Mapping[str, Any] | DictConfig) -> HomographyModule:
+    """Instantiate a model config (``configs/model/*.yaml``: the module with its ``net`` and
+    ``loss``, optionally ``optimizer`` and ``scheduler`` factories) and record the config,
+    resolved and without optimizer and scheduler, as the module's :attr:`hdreg_model`.
+    """
+    if isinstance(config, DictConfig):
+        plain = OmegaConf.to_container(config, resolve=True)
+    else:
+        plain = copy.deepcopy(dict(config))
+    if not isinstance(plain, dict) or "_target_" not in plain:
+        raise ValueError(f"a model config is a mapping with a _target_, got {plain!r}")
+    model = {k: v for k, v in plain.items() if k not in ("optimizer", "scheduler")}
+    module = instantiate(plain, _convert_="all")
+    if not isinstance(module, HomographyModule):
+        raise TypeError(f"{plain['_target_']} is not a HomographyModule")
+    module.hdreg_model = model
+    return module

@@ -8,11 +8,11 @@ resolution (exactly, with the pixel-centre convention of ``cv2.resize``).
 
 from __future__ import annotations
 
-import importlib
 import pickle
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,9 +24,15 @@ from hdreg.geometry import (
     patch_corners,
     rescale_homography,
 )
-from hdreg.models.base import HomographyModule
+from hdreg.models.base import HomographyModule, build_module
 
-__all__ = ["HomographyNetEstimator", "load_checkpoint_estimator", "load_module", "resolve_device"]
+__all__ = [
+    "HomographyNetEstimator",
+    "load_checkpoint_estimator",
+    "load_module",
+    "resolve_device",
+    "save_weights",
+]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -53,7 +59,7 @@ class HomographyNetEstimator(Estimator):
         self.device = resolve_device(device)
         self.net = module.net.to(self.device).eval()
         self.patch_size = int(self.net.patch_size)
-        self.name = name or module.display_name
+        self.name = name or module.name
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
         p = self.patch_size
@@ -97,8 +103,33 @@ class HomographyNetEstimator(Estimator):
         return Estimate(H, failed, seconds, reasons)
 
 
+#: ``_target_`` prefix of everything a checkpoint's model config may build
+MODEL_TARGET_PREFIX = "hdreg.models."
+
+
+def _targets(node: Any) -> list[str]:
+    """Every ``_target_`` in a config tree."""
+    if isinstance(node, dict):
+        own = [str(node["_target_"])] if "_target_" in node else []
+        return own + [t for v in node.values() for t in _targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _targets(v)]
+    return []
+
+
 def load_module(path: str | Path, device: str | torch.device = "cpu") -> HomographyModule:
-    """Rebuild the LightningModule saved in an hdreg checkpoint (weights and hyperparameters)."""
+    """Rebuild the LightningModule saved in an hdreg checkpoint, in eval mode.
+
+    Any file with the model's config under ``"hdreg_model"`` (a ``_target_`` tree of the module
+    with its ``net`` and ``loss``, see :func:`~hdreg.models.base.build_module`) and its weights
+    under ``"state_dict"`` is read: a checkpoint written by ``train.py``, or a weights-only file
+    of just those two keys (and optional metadata such as ``"val_mace_best"``, as
+    :func:`save_weights` writes). The module is ``instantiate(hdreg_model)`` with the weights
+    loaded strictly; every ``_target_`` in the config must lie under ``hdreg.models.`` (reading a
+    file never runs other code). Raises ``FileNotFoundError`` for a missing file and
+    ``ValueError`` naming the file for one that is not such a checkpoint (corrupt, foreign, or
+    from an older hdreg).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -106,16 +137,43 @@ def load_module(path: str | Path, device: str | torch.device = "cpu") -> Homogra
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hdreg_module" not in ckpt:
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hdreg_model" not in ckpt:
+        older = isinstance(ckpt, dict) and "hdreg_module" in ckpt
         raise ValueError(
-            f"{path} is not an hdreg checkpoint (no 'hdreg_module' entry): train it with train.py"
+            f"{path} is not an hdreg checkpoint: it has no 'hdreg_model' config and "
+            "'state_dict' weights"
+            + (" (it was written by an older hdreg; retrain it with train.py)" if older else "")
         )
-    module_path, _, cls_name = ckpt["hdreg_module"].rpartition(".")
-    cls = getattr(importlib.import_module(module_path), cls_name)
-    module = cls(**ckpt.get("hyper_parameters", {}))
-    module.load_state_dict(ckpt["state_dict"])
+    foreign = [t for t in _targets(ckpt["hdreg_model"]) if not t.startswith(MODEL_TARGET_PREFIX)]
+    if foreign:  # loading a file must not run arbitrary code
+        raise ValueError(
+            f"{path}: its 'hdreg_model' may only build classes under {MODEL_TARGET_PREFIX}, "
+            f"got _target_ {', '.join(foreign)}"
+        )
+    try:
+        module = build_module(ckpt["hdreg_model"])
+    except Exception as exc:  # a config that names what this hdreg does not have
+        raise ValueError(
+            f"cannot rebuild the model of {path} from its 'hdreg_model': {exc}"
+        ) from exc
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"the weights in {path} do not fit its model config: {exc}") from exc
     module.on_load_checkpoint(ckpt)
     return module.to(resolve_device(device)).eval()
+
+
+def save_weights(module: HomographyModule, path: str | Path) -> Path:
+    """Write the weights-only file :func:`load_module` reads: ``hdreg_model``, ``state_dict``
+    and ``val_mace_best`` (no optimizer state; a fraction of a training checkpoint's size)."""
+    if module.hdreg_model is None:
+        raise ValueError("the module has no hdreg_model config: build it with build_module")
+    path = Path(path).expanduser()
+    checkpoint: dict[str, Any] = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)  # adds hdreg_model and val_mace_best
+    torch.save(checkpoint, path)
+    return path
 
 
 def load_checkpoint_estimator(
