@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from hdreg.data.cache import load_cached_images
 from hdreg.data.sources import load_images, resolve_source
-from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter, SyntheticPairs, worker_init_fn
+from hdreg.data.synthetic import DeToneProtocol, SyntheticPairs, worker_init_fn
 from hdreg.data.torch_generator import TorchPairGenerator
 
 
@@ -76,7 +76,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     worker_init_fn(0)  # the single-process figure is per core too
-    protocol = DeToneProtocol(jitter=PhotometricJitter() if args.jitter else None)
+    protocol = DeToneProtocol.default(jitter=bool(args.jitter))
     source = resolve_source(args.source)
     t0 = time.perf_counter()
     if args.cache:

@@ -23,7 +23,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from hdreg.baselines import FeatureEstimator
+from hdreg.config import method_estimator
 from hdreg.data.benchmark import make_synthetic_benchmark
 from hdreg.data.sources import load_images, resolve_source
 from hdreg.geometry import four_point_to_homography_ex, patch_corners
@@ -153,7 +153,7 @@ def main() -> None:
             name, MODELS[name], bench.patch_a, bench.patch_b, bench.offsets, args, device
         )
 
-    sift = FeatureEstimator(detector="sift")
+    sift = method_estimator("sift")
     n = min(args.sift_pairs, len(bench))
     t0 = time.perf_counter()
     est = sift.estimate(list(bench.patch_a[:n]), list(bench.patch_b[:n]))

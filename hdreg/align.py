@@ -26,13 +26,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hdreg.baselines.ecc import ECCEstimator
-from hdreg.baselines.features import DETECTORS, FeatureEstimator
+from hdreg.baselines.features import DETECTORS
 from hdreg.baselines.refine import REFINEMENTS, RefinedEstimator, alignment_correlation
+from hdreg.config import method_estimator
 from hdreg.data.sources import load_gray
 from hdreg.estimators import (
     Estimator,
-    IdentityEstimator,
     PairwiseEstimator,
     normalized_homography,
 )
@@ -221,12 +220,8 @@ def make_estimator(
         return method, load_checkpoint_estimator(checkpoint, device=device)
     if checkpoint is not None:
         raise ValueError(f"--checkpoint is only used with --method model, not with {method!r}")
-    if method == "identity":
-        return method, IdentityEstimator()
-    if method == "ecc":
-        return method, ECCEstimator()
     options = {k: v for k, v in keypoint_options.items() if v is not None}
-    return method, FeatureEstimator(detector=method, **options)
+    return method, method_estimator(method, **options)
 
 
 def align_images(
@@ -238,7 +233,7 @@ def align_images(
     refine: str | None = None,
 ) -> AlignResult:
     """Estimate ``H_a_from_b`` for one pair of ``(H, W) uint8`` images with ``estimator``, then,
-    with ``refine="ecc"``, refine it with a default :class:`ECCEstimator` (kept only when it
+    with ``refine="ecc"``, refine it with the ECC of ``configs/method/ecc.yaml`` (kept only when it
     does not lower the photometric agreement; a failed refinement is not a failure)."""
     if refine is not None and refine not in REFINEMENTS:
         raise ValueError(
@@ -263,7 +258,7 @@ def align_images(
     if H_a_from_b is not None:
         H_a_from_b = np.asarray(H_a_from_b, np.float64)
         if refine is not None:
-            outcome = RefinedEstimator(estimator, ECCEstimator()).refine_pair(
+            outcome = RefinedEstimator(estimator, method_estimator("ecc")).refine_pair(
                 image_a, image_b, H_a_from_b
             )
             H_a_from_b = outcome.H_a_from_b

@@ -11,21 +11,45 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
-def _add_protocol_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("pair protocol (DeTone et al. 2016)")
-    g.add_argument("--rho", type=float, default=32.0, help="corner perturbation range (px)")
-    g.add_argument("--patch-size", type=int, default=128, help="patch side P (px)")
+def _jitter_spec(text: str) -> dict[str, float]:
+    """``"brightness=0.1,gamma=0.2"`` → ``{"brightness": 0.1, "gamma": 0.2}``."""
+    spec: dict[str, float] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        try:
+            spec[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=VALUE[,NAME=VALUE...] (brightness, contrast, gamma), got {text!r}"
+            )
+    return spec
+
+
+def _add_protocol_args(p: argparse.ArgumentParser, defaults) -> None:
+    g = p.add_argument_group(
+        "pair protocol (DeTone et al. 2016; defaults from configs/protocol/detone.yaml)"
+    )
     g.add_argument(
-        "--image-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"),
-        help="size the source images are resized to",
+        "--rho", type=float, default=defaults.rho,
+        help=f"corner perturbation range in px (default {defaults.rho:g})",
     )  # fmt: skip
     g.add_argument(
-        "--jitter", action="store_true",
-        help="independent photometric jitter (brightness, contrast, gamma) on A and B",
+        "--patch-size", type=int, default=defaults.patch_size,
+        help=f"patch side P in px (default {defaults.patch_size})",
     )  # fmt: skip
-    g.add_argument("--brightness", type=float, default=0.2, help="jitter: max brightness shift")
-    g.add_argument("--contrast", type=float, default=0.3, help="jitter: max |log contrast|")
-    g.add_argument("--gamma", type=float, default=0.3, help="jitter: max |log gamma|")
+    w, h = defaults.image_size
+    g.add_argument(
+        "--image-size", type=int, nargs=2, default=(w, h), metavar=("W", "H"),
+        help=f"size the source images are resized to (default {w} {h})",
+    )  # fmt: skip
+    g.add_argument(
+        "--jitter", nargs="?", type=_jitter_spec, const=True, default=defaults.jitter,
+        metavar="NAME=VALUE,...",
+        help="independent photometric jitter on A and B: the amplitudes of "
+        "configs/protocol/jitter.yaml, or some of them changed (brightness=0.1,gamma=0.2)",
+    )  # fmt: skip
 
 
 def _cmd_make_benchmark(args: argparse.Namespace) -> int:
@@ -33,7 +57,7 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
     from hdreg.data.sources import load_images, resolve_source, split_by_image
     from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter
 
-    jitter = PhotometricJitter(args.brightness, args.contrast, args.gamma) if args.jitter else None
+    jitter = PhotometricJitter.from_spec(args.jitter)
     protocol = DeToneProtocol(tuple(args.image_size), args.patch_size, args.rho, jitter)
     source = resolve_source(args.source, coco_split=args.coco_split)
     images = load_images(source, protocol.image_size)
@@ -114,12 +138,13 @@ def _add_align_parser(sub: argparse._SubParsersAction) -> None:
     )
     al.add_argument("--out", required=True, help="output folder (created)")
     al.add_argument("--device", default="auto", help="for --method model: auto | cpu | cuda")
-    kp = al.add_argument_group(f"keypoint methods ({', '.join(KEYPOINT_METHODS)})")
-    kp.add_argument("--ratio", type=float, help="Lowe's ratio test threshold (default 0.75)")
-    kp.add_argument("--robust", choices=sorted(ROBUST_METHODS), help="robust fit (default ransac)")
-    kp.add_argument(
-        "--reproj-threshold", type=float, help="inlier threshold in pixels of A (default 3)"
+    kp = al.add_argument_group(
+        f"keypoint methods ({', '.join(KEYPOINT_METHODS)}); each option's default is the "
+        "method's config, configs/method/<method>.yaml"
     )
+    kp.add_argument("--ratio", type=float, help="Lowe's ratio test threshold")
+    kp.add_argument("--robust", choices=sorted(ROBUST_METHODS), help="robust fit")
+    kp.add_argument("--reproj-threshold", type=float, help="inlier threshold in pixels of A")
     al.set_defaults(func=_cmd_align)
 
 
@@ -129,35 +154,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from hdreg.config import compose_config
+
+    defaults = compose_config("benchmark/synthetic")  # the evaluation's synthetic pairs
     mb = sub.add_parser(
         "make-benchmark",
         help="write a fixed synthetic benchmark (.npz) from an image source",
         description="Write N fixed DeTone pairs from an image source to a .npz benchmark file. "
-        "The same arguments always give identical arrays.",
+        "The same arguments always give identical arrays, and the same pairs as evaluate.py's "
+        "benchmark=synthetic (configs/benchmark/synthetic.yaml, whose defaults these are).",
     )
     mb.add_argument(
-        "--source", default="samples",
-        help="'samples' (scikit-image's photos, the default), a folder of images (searched "
-        "recursively) or a COCO root (with train2014/val2014 or train2017/val2017)",
+        "--source", default=defaults.source,
+        help="'samples' (scikit-image's photos), a folder of images (searched recursively) or a "
+        f"COCO root (with train2014/val2014 or train2017/val2017); default {defaults.source}",
     )  # fmt: skip
-    mb.add_argument("--n", type=int, default=1000, help="number of pairs (default 1000)")
-    mb.add_argument("--seed", type=int, default=0, help="seed of the pairs (default 0)")
-    mb.add_argument("--out", required=True, help="output .npz path")
-    mb.add_argument("--coco-split", default="val", choices=["train", "val"], help="COCO folder")
     mb.add_argument(
-        "--split", default="all", choices=["all", "train", "val", "test"],
+        "--n", type=int, default=defaults.n, help=f"number of pairs (default {defaults.n})"
+    )
+    mb.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help=f"seed of the pairs (default {defaults.seed})",
+    )
+    mb.add_argument("--out", required=True, help="output .npz path")
+    mb.add_argument(
+        "--coco-split", default=defaults.coco_split, choices=["train", "val"],
+        help=f"COCO folder (default {defaults.coco_split})",
+    )  # fmt: skip
+    mb.add_argument(
+        "--split", default=defaults.split, choices=["all", "train", "val", "test"],
         help="use only the images of this split of the source (split by image, see --split-seed)",
     )  # fmt: skip
-    mb.add_argument("--split-seed", type=int, default=0, help="seed of the image split")
     mb.add_argument(
-        "--split-fractions", type=float, nargs=3, default=(0.7, 0.15, 0.15),
-        metavar=("TRAIN", "VAL", "TEST"), help="shares of images per split",
+        "--split-seed", type=int, default=defaults.split_seed,
+        help=f"seed of the image split (default {defaults.split_seed})",
+    )  # fmt: skip
+    fractions = tuple(defaults.split_fractions)
+    mb.add_argument(
+        "--split-fractions", type=float, nargs=3, default=fractions,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help=f"shares of images per split (default {' '.join(map(str, fractions))})",
     )  # fmt: skip
     mb.add_argument(
         "--full-images", action="store_true",
         help="also store each pair's full image A (extra keys image_a, top_left)",
     )  # fmt: skip
-    _add_protocol_args(mb)
+    _add_protocol_args(mb, defaults)
     mb.set_defaults(func=_cmd_make_benchmark)
     _add_align_parser(sub)
     return parser

@@ -99,6 +99,9 @@ def _cv2_message(exc: cv2.error) -> str:
 class ECCEstimator(PairwiseEstimator):
     """Coarse-to-fine ECC: returns ``H_a_from_b`` (maps pixel coordinates of B into A).
 
+    Every parameter is explicit: the defaults are ``configs/method/ecc.yaml``, built by
+    ``hdreg.config.method_estimator("ecc")`` (or ``hydra.utils.instantiate``).
+
     Args:
         levels: pyramid levels for :meth:`estimate_pair` (1 = full resolution only). ``None``:
             as many halvings as keep the shorter side of both images at least
@@ -136,15 +139,15 @@ class ECCEstimator(PairwiseEstimator):
     def __init__(
         self,
         *,
-        levels: int | None = None,
-        min_level_side: int = 16,
-        coarse_motions: Sequence[str] = ("translation", "affine"),
-        iterations: int = 100,
-        eps: float = 1e-5,
-        gauss_filt_size: int = 5,
-        min_correlation: float = 0.5,
-        min_overlap: float = 0.1,
-        refine_levels: int = 2,
+        levels: int | None,
+        min_level_side: int,
+        coarse_motions: Sequence[str],
+        iterations: int,
+        eps: float,
+        gauss_filt_size: int,
+        min_correlation: float,
+        min_overlap: float,
+        refine_levels: int,
         name: str = "ecc",
     ) -> None:
         self.levels = None if levels is None else check_int("levels", levels, 1)

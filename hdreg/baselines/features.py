@@ -37,6 +37,9 @@ ORB_DEFAULT_FEATURES = 2000
 class FeatureEstimator(PairwiseEstimator):
     """Keypoints + descriptor matching + robust fit: returns ``H_a_from_b`` (maps B into A).
 
+    Every parameter is explicit: the defaults are ``configs/method/<name>.yaml``, built by
+    ``hdreg.config.method_estimator("sift")`` (or ``hydra.utils.instantiate``).
+
     Args:
         detector: ``"sift"``, ``"orb"``, ``"akaze"`` or ``"brisk"`` (OpenCV implementations).
         ratio: Lowe's ratio test: keep a match when its distance is below ``ratio`` times the
@@ -52,7 +55,7 @@ class FeatureEstimator(PairwiseEstimator):
         max_features: keep at most this many keypoints per image, the strongest ones
             (0: the detector's default, unlimited except for ORB, which gets 2000).
         sift_n_octave_layers, sift_sigma, sift_contrast_threshold, sift_edge_threshold: SIFT's
-            own parameters (``cv2.SIFT_create``), ignored by the other detectors.
+            own parameters (``cv2.SIFT_create``), required by SIFT, ignored by the others.
         name: name in result tables (default: the detector's name).
 
     ``estimate_pair`` puts into ``PairResult.details`` what a visualisation needs:
@@ -64,19 +67,19 @@ class FeatureEstimator(PairwiseEstimator):
     def __init__(
         self,
         *,
-        detector: str = "sift",
-        ratio: float = 0.75,
-        cross_check: bool = False,
-        robust: str = "ransac",
-        reproj_threshold: float = 3.0,
-        confidence: float = 0.995,
-        max_iters: int = 2000,
-        min_matches: int = 8,
-        max_features: int = 0,
-        sift_n_octave_layers: int = 3,
-        sift_sigma: float = 1.6,
-        sift_contrast_threshold: float = 0.04,
-        sift_edge_threshold: float = 10.0,
+        detector: str,
+        ratio: float,
+        cross_check: bool,
+        robust: str,
+        reproj_threshold: float,
+        confidence: float,
+        max_iters: int,
+        min_matches: int,
+        max_features: int,
+        sift_n_octave_layers: int | None = None,
+        sift_sigma: float | None = None,
+        sift_contrast_threshold: float | None = None,
+        sift_edge_threshold: float | None = None,
         name: str | None = None,
     ) -> None:
         if detector not in DETECTORS:
@@ -96,14 +99,28 @@ class FeatureEstimator(PairwiseEstimator):
         self.max_iters = check_int("max_iters", max_iters, 1)
         self.min_matches = check_int("min_matches", min_matches, 4)
         self.max_features = check_int("max_features", max_features, 0)
-        self.sift_n_octave_layers = check_int("sift_n_octave_layers", sift_n_octave_layers, 1)
-        self.sift_sigma = check_float("sift_sigma", sift_sigma, above=0.0)
-        self.sift_contrast_threshold = check_float(
-            "sift_contrast_threshold", sift_contrast_threshold, at_least=0.0
-        )
-        self.sift_edge_threshold = check_float(
-            "sift_edge_threshold", sift_edge_threshold, above=0.0
-        )
+        sift = {
+            "sift_n_octave_layers": sift_n_octave_layers,
+            "sift_sigma": sift_sigma,
+            "sift_contrast_threshold": sift_contrast_threshold,
+            "sift_edge_threshold": sift_edge_threshold,
+        }
+        missing = [k for k, v in sift.items() if v is None]
+        if detector == "sift" and missing:
+            raise ValueError(
+                f"the SIFT detector needs {', '.join(missing)} (configs/method/sift.yaml)"
+            )
+        self.sift_n_octave_layers = None
+        self.sift_sigma = self.sift_contrast_threshold = self.sift_edge_threshold = None
+        if detector == "sift":
+            self.sift_n_octave_layers = check_int("sift_n_octave_layers", sift_n_octave_layers, 1)
+            self.sift_sigma = check_float("sift_sigma", sift_sigma, above=0.0)
+            self.sift_contrast_threshold = check_float(
+                "sift_contrast_threshold", sift_contrast_threshold, at_least=0.0
+            )
+            self.sift_edge_threshold = check_float(
+                "sift_edge_threshold", sift_edge_threshold, above=0.0
+            )
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, got {name!r}")
         self.name = name if name is not None else detector

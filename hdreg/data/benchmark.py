@@ -127,7 +127,7 @@ def make_synthetic_benchmark(
     With ``full_images`` the full image A of each pair (``image_a (N, H, W) uint8``) and its
     ``top_left (N, 2)`` are stored as extra keys.
     """
-    protocol = protocol or DeToneProtocol(image_size=images.image_size)
+    protocol = protocol or DeToneProtocol.default(image_size=images.image_size)
     if protocol.image_size != images.image_size:
         raise ValueError(
             f"images are {images.image_size[0]}x{images.image_size[1]} but the protocol expects "

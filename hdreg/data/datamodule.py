@@ -94,13 +94,16 @@ class FixedPairs(Dataset):
 class SyntheticDataModule(pl.LightningDataModule):
     """DeTone pairs from an image source, split by image.
 
+    Built from ``configs/data/*.yaml``, which hold every default (the protocol's in
+    ``configs/protocol/detone.yaml``); the arguments are keyword-only.
+
     Args:
         source: ``"samples"`` (scikit-image's photos), a folder, or a COCO root.
         coco_split: for a COCO root, the folder the train/val/test images come from (``train``
             uses the COCO train images; the split below still holds out val and test images).
         image_size, patch_size, rho: the pair protocol (``DeToneProtocol``).
-        jitter: photometric jitter of the *training* pairs (brightness, contrast, gamma as a
-            dict, or None); validation and test pairs are never jittered.
+        jitter: photometric jitter of the *training* pairs (false, true or a mapping, see
+            :meth:`PhotometricJitter.from_spec`); validation and test pairs are never jittered.
         split_fractions, split_seed: shares of images (groups) for train / val / test.
         seed: seed of the pair streams.
         batch_size: training batch size per process.
@@ -119,21 +122,22 @@ class SyntheticDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: str = "samples",
-        coco_split: str = "train",
-        image_size: tuple[int, int] = (320, 240),
-        patch_size: int = 128,
-        rho: float = 32.0,
-        jitter: dict[str, float] | None = None,
-        split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-        split_seed: int = 0,
-        seed: int = 0,
-        batch_size: int = 64,
-        steps_per_epoch: int = 500,
-        val_pairs: int = 512,
-        test_pairs: int = 1000,
-        eval_batch_size: int = 256,
-        num_workers: int = 2,
+        *,
+        source: str,
+        coco_split: str,
+        image_size: tuple[int, int],
+        patch_size: int,
+        rho: float,
+        jitter: bool | dict[str, float] | None,
+        split_fractions: tuple[float, float, float],
+        split_seed: int,
+        seed: int,
+        batch_size: int,
+        steps_per_epoch: int,
+        val_pairs: int,
+        test_pairs: int,
+        eval_batch_size: int,
+        num_workers: int,
         with_full_image: bool = False,
         flips: bool = False,
         generator: str = "cpu",
@@ -149,7 +153,7 @@ class SyntheticDataModule(pl.LightningDataModule):
             tuple(image_size),
             int(patch_size),
             float(rho),
-            PhotometricJitter(**jitter) if jitter else None,
+            PhotometricJitter.from_spec(jitter),
         )
         self.split_fractions = tuple(float(f) for f in split_fractions)
         self.split_seed, self.seed = int(split_seed), int(seed)

@@ -18,7 +18,9 @@ worker count or order.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,12 +73,37 @@ class PhotometricJitter:
 
     On intensities ``x`` in [0, 1]: ``x ← x^γ``, then ``x ← (x − ½)·c + ½ + b``, clipped, with
     ``γ = exp(U[−gamma, gamma])``, ``c = exp(U[−contrast, contrast])``,
-    ``b = U[−brightness, brightness]``. Applied to 8-bit images through a lookup table.
+    ``b = U[−brightness, brightness]``. Applied to 8-bit images through a lookup table. The
+    default amplitudes are ``configs/protocol/jitter.yaml`` (:meth:`from_spec`).
     """
 
-    brightness: float = 0.2
-    contrast: float = 0.3
-    gamma: float = 0.3
+    brightness: float
+    contrast: float
+    gamma: float
+
+    @classmethod
+    def from_spec(cls, spec: bool | Mapping[str, float] | PhotometricJitter | None):
+        """The one way jitter is given everywhere (configs, ``hdreg make-benchmark``): ``None``
+        or ``False`` (off, returns None), ``True`` (the amplitudes of
+        ``configs/protocol/jitter.yaml``), or a mapping that changes some of them
+        (``{"brightness": 0.1}``)."""
+        if spec is None or spec is False or isinstance(spec, PhotometricJitter):
+            return spec or None
+        from hdreg.config import compose_config
+
+        values = dict(compose_config("protocol/jitter"))
+        if spec is True:
+            return cls(**values)
+        if not isinstance(spec, Mapping):
+            raise ValueError(
+                f"jitter must be false, true or a mapping of {', '.join(values)}, got {spec!r}"
+            )
+        unknown = sorted(set(spec) - set(values))
+        if unknown:
+            raise ValueError(
+                f"unknown jitter parameter(s) {', '.join(unknown)}: valid are {', '.join(values)}"
+            )
+        return cls(**{**values, **{k: float(v) for k, v in spec.items()}})
 
     def __post_init__(self) -> None:
         for name in ("brightness", "contrast", "gamma"):
@@ -96,19 +123,36 @@ class PhotometricJitter:
 
 @dataclass(frozen=True)
 class DeToneProtocol:
-    """Parameters of the pair generator, validated on construction.
+    """Parameters of the pair generator, validated on construction. :meth:`default` gives
+    DeTone et al.'s values, read from ``configs/protocol/detone.yaml``.
 
     Attributes:
         image_size: ``(width, height)`` the source images are resized to (320×240 in the paper).
         patch_size: side ``P`` of the square patches (128).
         rho: maximum corner perturbation ρ in pixels (32 in DeTone et al.; 45 in Nguyen et al.).
-        jitter: optional photometric jitter, off by default.
+        jitter: optional photometric jitter.
     """
 
-    image_size: tuple[int, int] = (320, 240)
-    patch_size: int = 128
-    rho: float = 32.0
+    image_size: tuple[int, int]
+    patch_size: int
+    rho: float
     jitter: PhotometricJitter | None = field(default=None)
+
+    @classmethod
+    def default(cls, **overrides: Any) -> DeToneProtocol:
+        """The protocol of ``configs/protocol/detone.yaml`` with ``overrides`` (e.g. ``rho=45``;
+        ``jitter`` as for :meth:`PhotometricJitter.from_spec`)."""
+        from hdreg.config import compose_config
+
+        cfg = compose_config("protocol/detone")
+        values = {k: cfg[k] for k in ("image_size", "patch_size", "rho", "jitter")}
+        values.update(overrides)
+        return cls(
+            tuple(int(v) for v in values["image_size"]),  # type: ignore[arg-type]
+            int(values["patch_size"]),
+            float(values["rho"]),
+            PhotometricJitter.from_spec(values["jitter"]),
+        )
 
     def __post_init__(self) -> None:
         w, h = self.image_size

@@ -143,7 +143,7 @@ class TorchPairGenerator:
 
     Example:
         >>> gen = TorchPairGenerator(torch.zeros(3, 240, 320, dtype=torch.uint8),
-        ...                          DeToneProtocol(), seed=0)
+        ...                          DeToneProtocol.default(), seed=0)
         >>> batch = gen.generate(8, batch_index=0)
         >>> batch["patch_a"].shape, batch["offsets"].shape
         (torch.Size([8, 1, 128, 128]), torch.Size([8, 4, 2]))

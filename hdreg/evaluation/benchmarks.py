@@ -99,28 +99,29 @@ class EvalPairs:
 
 
 def synthetic_pairs(
-    path: str | None = None,
+    path: str | None,
     *,
-    source: str = "samples",
-    n: int = 1000,
-    seed: int = 0,
-    split: str = "all",
-    split_seed: int = 0,
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    coco_split: str = "val",
-    rho: float = 32.0,
-    patch_size: int = 128,
-    image_size: tuple[int, int] = (320, 240),
-    jitter: bool = False,
+    source: str,
+    n: int,
+    seed: int,
+    split: str,
+    split_seed: int,
+    split_fractions: tuple[float, float, float],
+    coco_split: str,
+    rho: float,
+    patch_size: int,
+    image_size: tuple[int, int],
+    jitter: bool | dict[str, float] | None,
 ) -> EvalPairs:
     """A synthetic evaluation set: read from ``path`` (a ``.npz`` in the DESIGN.md format, whoever
     wrote it), or, when ``path`` is None, ``n`` pairs generated from ``source`` with ``seed`` —
-    the same pairs ``hdreg make-benchmark`` writes for those arguments."""
+    the same pairs ``hdreg make-benchmark`` writes for those arguments. Built from
+    ``configs/benchmark/synthetic.yaml``, which holds every default; ``jitter`` as for
+    :meth:`~hdreg.data.synthetic.PhotometricJitter.from_spec`."""
     if path:
         return EvalPairs.from_synthetic(read_synthetic_benchmark(path))
-    protocol = DeToneProtocol(
-        tuple(image_size), int(patch_size), float(rho), PhotometricJitter() if jitter else None
-    )
+    jitter = PhotometricJitter.from_spec(jitter)
+    protocol = DeToneProtocol(tuple(image_size), int(patch_size), float(rho), jitter)
     images = load_images(resolve_source(source, coco_split=coco_split), protocol.image_size)
     if split != "all":
         if split not in ("train", "val", "test"):

@@ -1,0 +1,64 @@
+"""The defaults of hdreg live in one place, the Hydra configs in ``configs/``; Python code and the
+``hdreg`` command read them from there, never from copies.
+
+``configs/`` sits at the root of the source checkout, beside the ``hdreg`` package: a clone run
+from its root and an editable install (``pip install -e .``) both find it next to this file.
+
+    >>> compose_config("protocol/detone").rho
+    32.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["compose_config", "config_dir", "method_estimator"]
+
+
+def config_dir() -> Path:
+    """The ``configs/`` folder of the checkout this ``hdreg`` package was imported from."""
+    path = Path(__file__).resolve().parent.parent / "configs"
+    if not (path / "train.yaml").is_file():
+        raise FileNotFoundError(
+            f"hdreg's configs/ folder (the source of every default) is not at {path}: hdreg runs "
+            "from a source checkout, installed editable (pip install -e .) or on PYTHONPATH"
+        )
+    return path
+
+
+def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``configs/<name>.yaml`` (with its defaults list) and return its content, e.g.
+    ``compose_config("method/sift")`` or ``compose_config("benchmark/synthetic")``.
+
+    Inside a running Hydra application (``train.py``, ``evaluate.py``), whose search path is this
+    same folder, the application's Hydra is used; elsewhere a temporary one.
+    """
+    *group, _ = name.split("/")
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name=name, overrides=list(overrides))
+    else:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=list(overrides))
+    for key in group:  # a config of group g/h is composed under the keys g.h
+        cfg = cfg[key]
+    return cfg
+
+
+def method_estimator(name: str, **overrides: Any):
+    """The estimator of ``configs/method/<name>.yaml``, with ``overrides`` replacing parameters
+    (``method_estimator("sift", ratio=0.8)``). Errors of the estimator's own argument checks
+    (``ValueError``) come through as they are."""
+    known = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
+    if name not in known:
+        raise ValueError(f"unknown method {name!r}: valid methods are {', '.join(known)}")
+    params: dict[str, Any] = OmegaConf.to_container(compose_config(f"method/{name}"), resolve=True)  # type: ignore[assignment]
+    cls = get_class(params.pop("_target_"))
+    params.update(overrides)
+    return cls(**params)
