@@ -50,3 +50,34 @@ def image_folder(tmp_path: Path) -> Path:
         str(root / "sub" / "c.ppm"), cv2.cvtColor(textured_image(seed=3), cv2.COLOR_GRAY2BGR)
     )
     return root
+
+
+def tiny_model_config(kind: str = "regression", **net) -> dict:
+    """The config of a tiny model as ``configs/model/`` composes it: ``kind`` is
+    ``regression``, ``classification`` or ``unsupervised``."""
+    head = "classification" if kind == "classification" else "regression"
+    loss = {
+        "regression": {"_target_": "hdreg.models.losses.OffsetMSE", "rho": 32.0},
+        "classification": {
+            "_target_": "hdreg.models.losses.BinCrossEntropy", "rho": 32.0, "num_bins": 21,
+        },
+        "unsupervised": {"_target_": "hdreg.models.losses.PhotometricL1", "rho": 32.0},
+    }[kind]  # fmt: skip
+    module = "unsupervised.UnsupervisedHomography" if kind == "unsupervised" else (
+        "supervised.SupervisedHomography"
+    )  # fmt: skip
+    return {
+        "_target_": f"hdreg.models.{module}",
+        "name": kind,
+        "net": {
+            "_target_": "hdreg.models.homographynet.HomographyNet", "head": head,
+            "width": 0.125, "input_size": 32, "rho": 32.0, "dropout": 0.0, **net,
+        },
+        "loss": loss,
+    }  # fmt: skip
+
+
+def tiny_module(kind: str = "regression", **net):
+    from hdreg.models.base import build_module
+
+    return build_module(tiny_model_config(kind, **net))

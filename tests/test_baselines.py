@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import skimage.data
 
-from hdreg.baselines import ECCEstimator, FeatureEstimator, IdentityEstimator
+from hdreg.baselines import ECCEstimator, IdentityEstimator
+from hdreg.config import method_estimator
 from hdreg.data.synthetic import DeToneProtocol, generate_pair
 from hdreg.geometry import resize_matrix
 
@@ -66,7 +67,9 @@ def photo_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def detone_pair(rho: float, seed: int, image: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """A DeTone pair of 128×128 patches and its true ``H_a_from_b`` (key ``"H"``)."""
     pair = generate_pair(
-        photo() if image is None else image, DeToneProtocol(rho=rho), np.random.default_rng(seed)
+        photo() if image is None else image,
+        DeToneProtocol.default(rho=rho),
+        np.random.default_rng(seed),
     )
     c = corners(128, 128)
     pair["H"] = homography(c, c + pair["offsets"])
@@ -77,30 +80,30 @@ class TestFeatureEstimator:
     @pytest.mark.parametrize("detector", DETECTORS)
     def test_recovers_known_homography_ransac(self, detector, photo_pair):
         image_a, image_b, H_true = photo_pair
-        result = FeatureEstimator(detector=detector).run_pair(image_a, image_b)
+        result = method_estimator(detector).run_pair(image_a, image_b)
         assert result.H_a_from_b is not None, result.reason
         assert corner_error(result.H_a_from_b, H_true, corners(320, 240)) < 1.0
 
     @pytest.mark.parametrize(("detector", "robust"), [("sift", "lmeds"), ("sift", "magsac"), ("orb", "lmeds"), ("orb", "magsac")])  # fmt: skip
     def test_lmeds_and_magsac(self, detector, robust, photo_pair):
         image_a, image_b, H_true = photo_pair
-        result = FeatureEstimator(detector=detector, robust=robust).run_pair(image_a, image_b)
+        result = method_estimator(detector, robust=robust).run_pair(image_a, image_b)
         assert result.H_a_from_b is not None, result.reason
         assert corner_error(result.H_a_from_b, H_true, corners(320, 240)) < 1.0
 
     def test_direction_is_a_from_b(self, photo_pair):
         image_a, image_b, H_true = photo_pair
-        H_est = FeatureEstimator().run_pair(image_a, image_b).H_a_from_b
+        H_est = method_estimator("sift").run_pair(image_a, image_b).H_a_from_b
         c = corners(320, 240)
         assert corner_error(H_est, H_true, c) < 1.0
         assert corner_error(H_est, np.linalg.inv(H_true), c) > 10.0
         # Swapping the images gives the inverse.
-        H_swapped = FeatureEstimator().run_pair(image_b, image_a).H_a_from_b
+        H_swapped = method_estimator("sift").run_pair(image_b, image_a).H_a_from_b
         assert corner_error(H_swapped, np.linalg.inv(H_true), c) < 1.0
 
     def test_details_describe_inlier_matches(self, photo_pair):
         image_a, image_b, H_true = photo_pair
-        est = FeatureEstimator(detector="orb")
+        est = method_estimator("orb")
         result = est.run_pair(image_a, image_b)
         d = result.details
         kp_a, kp_b, matches, inliers = (
@@ -123,8 +126,8 @@ class TestFeatureEstimator:
     def test_cross_check_keeps_mutual_nearest_neighbours(self, photo_pair):
         image_a, image_b, H_true = photo_pair
         # ratio=1 keeps (almost) every nearest neighbour, so non-mutual ones exist to remove.
-        plain = FeatureEstimator(ratio=1.0)
-        checked = FeatureEstimator(ratio=1.0, cross_check=True)
+        plain = method_estimator("sift", ratio=1.0)
+        checked = method_estimator("sift", ratio=1.0, cross_check=True)
         _, desc_a = plain.detect(image_a)
         _, desc_b = plain.detect(image_b)
         m_plain = plain.match(desc_a, desc_b)
@@ -145,14 +148,14 @@ class TestFeatureEstimator:
         c = corners(200, 150)
         H_true = homography(c, c * 1.1 + [[60, 40], [62, 52], [55, 58], [58, 38]])
         image_b = warp_b(image_a, H_true, (200, 150))
-        result = FeatureEstimator().run_pair(image_a, image_b)
+        result = method_estimator("sift").run_pair(image_a, image_b)
         assert result.H_a_from_b is not None, result.reason
         assert corner_error(result.H_a_from_b, H_true, c) < 1.0
 
     def test_flat_image_fails_with_reason(self):
         flat = np.full((240, 320), 128, np.uint8)
         for detector in DETECTORS:
-            est = FeatureEstimator(detector=detector)
+            est = method_estimator(detector)
             out = est.estimate([flat, photo()], [photo(), flat])
             assert out.failed.tolist() == [True, True]
             assert out.reasons == ["only 0 keypoints in A, need 8", "only 0 keypoints in B, need 8"]
@@ -160,7 +163,7 @@ class TestFeatureEstimator:
 
     def test_too_few_matches_fails_with_reason(self):
         # Two unrelated textures: plenty of keypoints, but a strict ratio test leaves few matches.
-        out = FeatureEstimator(ratio=0.3).estimate(
+        out = method_estimator("sift", ratio=0.3).estimate(
             [textured_image(seed=1)], [textured_image(seed=2)]
         )
         assert out.failed[0]
@@ -168,7 +171,7 @@ class TestFeatureEstimator:
 
     def test_rejects_non_gray_input(self):
         with pytest.raises(ValueError, match=r"image_a must be a \(H, W\) uint8 array"):
-            FeatureEstimator().estimate_pair(photo().astype(np.float32), photo())
+            method_estimator("sift").estimate_pair(photo().astype(np.float32), photo())
 
     @pytest.mark.parametrize(
         ("kwargs", "message"),
@@ -196,20 +199,18 @@ class TestFeatureEstimator:
     )
     def test_argument_validation(self, kwargs, message):
         with pytest.raises(ValueError, match=message):
-            FeatureEstimator(**kwargs)
+            method_estimator("sift", **kwargs)
 
     def test_name_and_max_features(self, photo_pair):
-        assert FeatureEstimator(detector="akaze").name == "akaze"
-        assert FeatureEstimator(name="sift-magsac", robust="magsac").name == "sift-magsac"
+        assert method_estimator("akaze").name == "akaze"
+        assert method_estimator("sift", name="sift-magsac", robust="magsac").name == "sift-magsac"
         for detector in DETECTORS:
-            points, desc = FeatureEstimator(detector=detector, max_features=50).detect(
-                photo_pair[0]
-            )
+            points, desc = method_estimator(detector, max_features=50).detect(photo_pair[0])
             assert 8 <= len(points) <= 50 and len(desc) == len(points)
 
     def test_pickle_round_trip_after_use(self, photo_pair):
         image_a, image_b, _ = photo_pair
-        est = FeatureEstimator(detector="orb")
+        est = method_estimator("orb")
         first = est.run_pair(image_a, image_b).H_a_from_b  # creates the OpenCV objects
         clone = pickle.loads(pickle.dumps(est))
         assert clone.detector == "orb" and clone.name == "orb"
@@ -220,7 +221,7 @@ class TestECCEstimator:
     @pytest.mark.parametrize("seed", [0, 1, 2])
     def test_recovers_moderate_motion_from_identity(self, seed):
         pair = detone_pair(rho=8, seed=seed)
-        result = ECCEstimator().run_pair(pair["patch_a"], pair["patch_b"])
+        result = method_estimator("ecc").run_pair(pair["patch_a"], pair["patch_b"])
         assert result.H_a_from_b is not None, result.reason
         c = corners(128, 128)
         assert corner_error(result.H_a_from_b, pair["H"], c) < 0.3
@@ -241,8 +242,8 @@ class TestECCEstimator:
                 for r, p in zip(results, pairs, strict=True)
             )
 
-        assert successes(ECCEstimator()) == 10
-        assert successes(ECCEstimator(levels=1)) < 10
+        assert successes(method_estimator("ecc")) == 10
+        assert successes(method_estimator("ecc", levels=1)) < 10
 
     def test_refine_from_perturbed_estimate(self):
         pair = detone_pair(rho=32, seed=3)
@@ -252,13 +253,13 @@ class TestECCEstimator:
         shifted = c + pair["offsets"] + 3.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         H_init = homography(c, shifted)
         assert corner_error(H_init, pair["H"], c) == pytest.approx(3.0)
-        result = ECCEstimator().refine(pair["patch_a"], pair["patch_b"], H_init)
+        result = method_estimator("ecc").refine(pair["patch_a"], pair["patch_b"], H_init)
         assert result.H_a_from_b is not None, result.reason
         assert corner_error(result.H_a_from_b, pair["H"], c) < 0.3
 
     def test_estimate_pair_is_refine_from_identity_over_the_full_pyramid(self):
         pair = detone_pair(rho=16, seed=4)
-        est = ECCEstimator()
+        est = method_estimator("ecc")
         assert est.pyramid_levels((128, 128), (128, 128)) == 4  # 128 -> 16 px
         direct = est.estimate_pair(pair["patch_a"], pair["patch_b"])
         via_refine = est.refine(pair["patch_a"], pair["patch_b"], np.eye(3), levels=4)
@@ -270,25 +271,27 @@ class TestECCEstimator:
 
     def test_projective_initial_estimate_uses_homography_at_every_level(self):
         pair = detone_pair(rho=16, seed=5)
-        result = ECCEstimator().refine(pair["patch_a"], pair["patch_b"], pair["H"], levels=3)
+        result = method_estimator("ecc").refine(
+            pair["patch_a"], pair["patch_b"], pair["H"], levels=3
+        )
         assert [lv["motion"] for lv in result.details["levels"]] == ["homography"] * 3
         assert corner_error(result.H_a_from_b, pair["H"], corners(128, 128)) < 0.3
 
     def test_pyramid_levels(self):
-        est = ECCEstimator()
+        est = method_estimator("ecc")
         assert est.pyramid_levels((320, 240), (320, 240)) == 4  # 240 -> 30 px
         assert est.pyramid_levels((320, 240), (128, 96)) == 3  # the smaller image decides
         assert est.pyramid_levels((20, 20), (20, 20)) == 1
         # Explicit depths are capped so that no level is smaller than 8 px.
-        assert ECCEstimator(levels=10).pyramid_levels((128, 128), (128, 128)) == 5
-        assert ECCEstimator(levels=2).pyramid_levels((128, 128), (128, 128)) == 2
+        assert method_estimator("ecc", levels=10).pyramid_levels((128, 128), (128, 128)) == 5
+        assert method_estimator("ecc", levels=2).pyramid_levels((128, 128), (128, 128)) == 2
 
     def test_images_of_different_sizes_from_identity(self):
         image_a = photo()[40:168, 60:188]  # 128×128
         c = corners(96, 80)
         H_true = homography(c, c + np.array([[10, 6], [4, 14], [-3, 9], [8, -2]]))
         image_b = warp_b(image_a, H_true, (96, 80))
-        result = ECCEstimator().run_pair(image_a, image_b)
+        result = method_estimator("ecc").run_pair(image_a, image_b)
         assert result.H_a_from_b is not None, result.reason
         assert corner_error(result.H_a_from_b, H_true, c) < 0.3
         assert result.details["levels"][0]["size_a"] != result.details["levels"][0]["size_b"]
@@ -301,7 +304,7 @@ class TestECCEstimator:
         H_init = np.array([[1, 0, 3.0], [0, 1, -2.0], [0, 0, 1]]) @ np.diag([2.0, 2.0, 1.0])
         c = corners(160, 120)
         for levels in (1, 3):
-            result = ECCEstimator().refine(image_a, image_b, H_init, levels=levels)
+            result = method_estimator("ecc").refine(image_a, image_b, H_init, levels=levels)
             assert result.H_a_from_b is not None, result.reason
             assert corner_error(result.H_a_from_b, H_true, c) < 0.2
 
@@ -322,7 +325,7 @@ class TestECCEstimator:
             return 1.0, warp
 
         monkeypatch.setattr(cv2, "findTransformECC", spy)
-        result = ECCEstimator().refine(image_a, image_b, H_true, levels=3)
+        result = method_estimator("ecc").refine(image_a, image_b, H_true, levels=3)
         assert result.H_a_from_b is not None, result.reason
         np.testing.assert_allclose(result.H_a_from_b, H_true, atol=1e-5)
         assert [c[3] for c in calls] == [cv2.MOTION_TRANSLATION, cv2.MOTION_AFFINE, cv2.MOTION_HOMOGRAPHY]  # fmt: skip
@@ -335,13 +338,13 @@ class TestECCEstimator:
     def test_flat_image_fails_with_reason(self):
         flat = np.full((128, 128), 128, np.uint8)
         pair = detone_pair(rho=8, seed=0)
-        out = ECCEstimator().estimate([flat, pair["patch_a"]], [flat, flat])
+        out = method_estimator("ecc").estimate([flat, pair["patch_a"]], [flat, flat])
         assert out.failed.tolist() == [True, True]
         assert all(reason.startswith("ECC failed at every level") for reason in out.reasons)
 
     def test_bad_initial_estimate_fails_with_reason(self):
         pair = detone_pair(rho=8, seed=0)
-        est = ECCEstimator()
+        est = method_estimator("ecc")
         nan = np.full((3, 3), np.nan)
         result = est.refine(pair["patch_a"], pair["patch_b"], nan)
         assert result.H_a_from_b is None
@@ -355,7 +358,9 @@ class TestECCEstimator:
 
     def test_min_correlation_rejects(self):
         pair = detone_pair(rho=8, seed=0)
-        result = ECCEstimator(min_correlation=1.0).run_pair(pair["patch_a"], pair["patch_b"])
+        result = method_estimator("ecc", min_correlation=1.0).run_pair(
+            pair["patch_a"], pair["patch_b"]
+        )
         assert result.H_a_from_b is None
         assert re.fullmatch(
             r"diverged: ECC correlation 0\.99\d+ < min_correlation 1", result.reason
@@ -384,10 +389,10 @@ class TestECCEstimator:
     )
     def test_argument_validation(self, kwargs, message):
         with pytest.raises(ValueError, match=message):
-            ECCEstimator(**kwargs)
+            method_estimator("ecc", **kwargs)
 
     def test_pickle_round_trip(self):
-        est = pickle.loads(pickle.dumps(ECCEstimator(levels=3, name="ecc3")))
+        est = pickle.loads(pickle.dumps(method_estimator("ecc", levels=3, name="ecc3")))
         assert est.levels == 3 and est.name == "ecc3"
 
 

@@ -188,7 +188,7 @@ class TestMappedImages:
 
     def test_pickles_by_path(self, mapped):
         cached, mem = mapped
-        protocol = DeToneProtocol(image_size=SIZE, patch_size=64, rho=16)
+        protocol = DeToneProtocol.default(image_size=SIZE, patch_size=64, rho=16)
         lazy = SyntheticPairs(cached.subset([2, 1]).images, protocol, seed=0, length=4)
         in_memory = SyntheticPairs(mem.images[[2, 1]], protocol, seed=0, length=4)
         blob = pickle.dumps(lazy)
@@ -205,7 +205,7 @@ class TestMappedImages:
 
 class TestWorkers:
     def _items(self, images, num_workers, *, with_full_image=False, context=None):
-        protocol = DeToneProtocol(image_size=SIZE, patch_size=64, rho=16)
+        protocol = DeToneProtocol.default(image_size=SIZE, patch_size=64, rho=16)
         ds = SyntheticPairs(
             images, protocol, seed=3, length=16, flips=True, with_full_image=with_full_image
         )

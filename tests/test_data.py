@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import warnings
 
 import cv2
@@ -125,9 +123,19 @@ class TestSplits:
         assert split_by_image(groups, (0.7, 0.15, 0.15), seed=1) != (train, val, test)
 
     def test_samples_split(self):
+        """The README's split of scikit-image's 19 photos under the protocol's fractions and
+        seed (configs/protocol/detone.yaml): 14 train, 3 validation, 2 test, the same every run."""
+        from hdreg.config import compose_config
+
         images = load_images(sample_source())
-        train, val, test = split_by_image(images.groups, (0.7, 0.15, 0.15), seed=0)
-        assert train and val and test
+        protocol = compose_config("protocol/detone")
+        split = split_by_image(images.groups, tuple(protocol.split_fractions), protocol.split_seed)
+        assert [len(s) for s in split] == [14, 3, 2]
+        assert sorted(i for s in split for i in s) == list(range(19))
+        assert (
+            split_by_image(images.groups, tuple(protocol.split_fractions), protocol.split_seed)
+            == split
+        )
 
     def test_too_few_groups(self):
         with pytest.raises(ValueError, match="cannot split 2 image group"):
@@ -137,14 +145,14 @@ class TestSplits:
 class TestProtocol:
     def test_validation_messages(self):
         with pytest.raises(ValueError, match="exceeds the image height 240"):
-            DeToneProtocol(image_size=(320, 240), patch_size=128, rho=60)
+            DeToneProtocol.default(image_size=(320, 240), patch_size=128, rho=60)
         with pytest.raises(ValueError, match="rho must be"):
-            DeToneProtocol(rho=float("nan"))
+            DeToneProtocol.default(rho=float("nan"))
         with pytest.raises(ValueError, match="patch_size must be an integer"):
-            DeToneProtocol(patch_size=4)
+            DeToneProtocol.default(patch_size=4)
         with pytest.raises(ValueError, match="jitter gamma"):
-            PhotometricJitter(gamma=-1)
-        DeToneProtocol(rho=45)  # Nguyen et al.'s range fits 320x240
+            PhotometricJitter.from_spec({"gamma": -1})
+        DeToneProtocol.default(rho=45)  # Nguyen et al.'s range fits 320x240
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +164,7 @@ class TestGenerator:
     def test_label_self_consistent(self, sample_images):
         """A warped by the stored offsets reproduces B (the label's direction is right)."""
         ds = SyntheticPairs(
-            sample_images, DeToneProtocol(), seed=3, length=16, with_full_image=True
+            sample_images, DeToneProtocol.default(), seed=3, length=16, with_full_image=True
         )
         batch = next(iter(DataLoader(ds, batch_size=16)))
         corners = batch["corners"]
@@ -172,7 +180,9 @@ class TestGenerator:
         )
 
     def test_offsets_and_positions_distribution(self, sample_images):
-        ds = SyntheticPairs(sample_images, DeToneProtocol(), seed=0, length=3000, stream="val")
+        ds = SyntheticPairs(
+            sample_images, DeToneProtocol.default(), seed=0, length=3000, stream="val"
+        )
         offsets = np.stack([ds.pair(i)[1]["offsets"] for i in range(3000)])
         tl = np.stack([ds.pair(i)[1]["top_left"] for i in range(3000)])
         assert offsets.min() >= -32 and offsets.max() <= 32
@@ -183,7 +193,7 @@ class TestGenerator:
         assert abs(np.linalg.norm(offsets, axis=-1).mean() - 24.49) < 0.4
 
     def test_deterministic_across_workers(self, sample_images):
-        ds = SyntheticPairs(sample_images, DeToneProtocol(), seed=7, length=24)
+        ds = SyntheticPairs(sample_images, DeToneProtocol.default(), seed=7, length=24)
         one = next(iter(DataLoader(ds, batch_size=24, num_workers=0)))
         single_threaded_opencv()  # before forking workers, as the DataModule does
         two = torch.utils.data.default_collate(
@@ -199,15 +209,22 @@ class TestGenerator:
         )
         for key in one:
             assert torch.equal(one[key], two[key]), key
-        shifted = SyntheticPairs(sample_images, DeToneProtocol(), seed=7, length=4, start=20)
+        shifted = SyntheticPairs(
+            sample_images, DeToneProtocol.default(), seed=7, length=4, start=20
+        )
         assert torch.equal(shifted[0]["patch_b"], ds[20]["patch_b"])
-        other = SyntheticPairs(sample_images, DeToneProtocol(), seed=7, length=24, stream="test")
+        other = SyntheticPairs(
+            sample_images, DeToneProtocol.default(), seed=7, length=24, stream="test"
+        )
         assert not torch.equal(other[0]["offsets"], ds[0]["offsets"])
 
     def test_jitter_independent_on_a_and_b(self, sample_images):
-        plain = SyntheticPairs(sample_images, DeToneProtocol(), seed=1, length=8)
+        plain = SyntheticPairs(sample_images, DeToneProtocol.default(), seed=1, length=8)
         jit = SyntheticPairs(
-            sample_images, DeToneProtocol(jitter=PhotometricJitter()), seed=1, length=8
+            sample_images,
+            DeToneProtocol.default(jitter=PhotometricJitter.from_spec(True)),
+            seed=1,
+            length=8,
         )
         for i in range(8):
             p, j = plain[i], jit[i]
@@ -221,7 +238,9 @@ class TestGenerator:
 
     def test_wrong_images(self):
         with pytest.raises(ValueError, match="images are 100x80 but the protocol expects 320x240"):
-            SyntheticPairs(np.zeros((2, 80, 100), np.uint8), DeToneProtocol(), seed=0, length=1)
+            SyntheticPairs(
+                np.zeros((2, 80, 100), np.uint8), DeToneProtocol.default(), seed=0, length=1
+            )
 
 
 class TestBenchmarkFile:
@@ -248,18 +267,41 @@ class TestBenchmarkFile:
         assert (pred - b).abs()[overlap].mean() < 1.0
 
     def test_cli_identical_twice_and_identity_mace(self, tmp_path):
+        from hdreg.cli import main
+
         photos = shared_data("photos")
         outs = []
         for name in ("a.npz", "b.npz"):
-            cmd = [sys.executable, "-m", "hdreg.cli", "make-benchmark", "--source", str(photos),
-                   "--n", "1000", "--seed", "0", "--out", str(tmp_path / name)]  # fmt: skip
-            subprocess.run(cmd, check=True, capture_output=True)
+            args = ["make-benchmark", "--source", str(photos), "--n", "1000", "--seed", "0",
+                    "--out", str(tmp_path / name)]  # fmt: skip
+            assert main(args) == 0
             outs.append(np.load(tmp_path / name))
         assert sorted(outs[0].files) == sorted(outs[1].files)
         for key in outs[0].files:
             assert np.array_equal(outs[0][key], outs[1][key]), key
         mace = np.linalg.norm(outs[0]["offsets"], axis=-1).mean()
         assert abs(mace - 24.5) < 0.7
+
+    def test_cli_defaults_are_the_evaluation_benchmark(self, tmp_path):
+        """`hdreg make-benchmark` without protocol options writes the very pairs that
+        evaluate.py's benchmark=synthetic generates (both read configs/benchmark/synthetic.yaml),
+        and --jitter gives them the jitter of `benchmark.jitter=true`."""
+        from hdreg.cli import main
+        from hdreg.config import compose_config
+        from hdreg.evaluation.benchmarks import synthetic_pairs
+
+        for jitter in (False, True):
+            out = tmp_path / f"b{jitter}.npz"
+            assert (
+                main(["make-benchmark", "--n", "6", "--out", str(out)] + ["--jitter"] * jitter) == 0
+            )
+            cfg = compose_config("benchmark/synthetic")
+            cfg.n, cfg.jitter = 6, jitter
+            pairs = synthetic_pairs(**{k: v for k, v in cfg.items() if k != "_target_"})
+            written = np.load(out)
+            np.testing.assert_array_equal(np.stack(pairs.images_b), written["patch_b"])
+        with pytest.raises(SystemExit):
+            main(["make-benchmark", "--out", str(out), "--jitter", "brightness"])
 
     def test_reader_errors(self, tmp_path, sample_images):
         from hdreg.data.sources import ImageSet

@@ -12,7 +12,9 @@ from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.geometry import four_point_to_homography, patch_corners, transform_points
 from hdreg.models.estimator import HomographyNetEstimator
 from hdreg.models.homographynet import HomographyNet, bin_centers, offsets_to_bins
-from hdreg.models.supervised import SupervisedHomography
+from hdreg.models.losses import BinCrossEntropy, OffsetMSE
+
+from .conftest import tiny_module
 
 
 class TestHomographyNet:
@@ -96,24 +98,26 @@ class TestClassificationDecode:
 
 class TestLosses:
     def test_regression_loss_zero_at_truth(self):
-        m = SupervisedHomography(width=0.125, input_size=32)
+        loss = OffsetMSE(rho=32.0)
         off = torch.rand(4, 4, 2) * 64 - 32
-        assert m.loss({"offsets": off}, off) == 0
-        assert m.loss({"offsets": off + 3.2}, off) == pytest.approx(0.01)
+        assert loss({"offsets": off}, {"offsets": off}) == 0
+        assert loss({"offsets": off + 3.2}, {"offsets": off}) == pytest.approx(0.01)
 
     def test_classification_loss(self):
-        m = SupervisedHomography(head="classification", width=0.125, input_size=32)
+        loss = BinCrossEntropy(rho=32.0, num_bins=21)
         off = torch.zeros(1, 4, 2)
         logits = torch.full((1, 4, 2, 21), -20.0)
         logits[..., 10] = 20.0
-        assert m.loss({"logits": logits, "offsets": off}, off) < 1e-6
-        assert m.loss({"logits": logits, "offsets": off}, off + 16) > 10
+        assert loss({"logits": logits, "offsets": off}, {"offsets": off}) < 1e-6
+        assert loss({"logits": logits, "offsets": off}, {"offsets": off + 16}) > 10
+        with pytest.raises(KeyError, match="logits"):
+            loss({"offsets": off}, {"offsets": off})
 
 
 class TestEstimatorAdapter:
-    def _constant_model(self, offsets: torch.Tensor) -> SupervisedHomography:
+    def _constant_model(self, offsets: torch.Tensor):
         """A model whose prediction is a fixed four-point offset (bias only)."""
-        m = SupervisedHomography(width=0.125, input_size=32, rho=32.0)
+        m = tiny_module()
         with torch.no_grad():
             m.net.regressor[-1].weight.zero_()
             m.net.regressor[-1].bias.copy_((offsets / 32.0).flatten())

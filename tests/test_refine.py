@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from hdreg.baselines import ECCEstimator, FeatureEstimator, RefinedEstimator
+from hdreg.baselines import ECCEstimator, RefinedEstimator
 from hdreg.baselines.refine import RefinedEstimate, compare_estimates, folds, warp_a_onto_b
+from hdreg.config import method_estimator
 from hdreg.data.sources import load_gray
 from hdreg.estimators import Estimate, Estimator, PairResult
 from hdreg.evaluation.app import build_estimators
@@ -97,7 +98,7 @@ class TestRefinedEstimator:
     def test_improves_a_perturbed_start_to_subpixel(self, textured_pair):
         a, b = textured_pair
         assert corner_error(H_START, H_TRUE) > 2.0
-        est = RefinedEstimator(StubEstimator(H_START[None], [False]), ECCEstimator())
+        est = RefinedEstimator(StubEstimator(H_START[None], [False]), method_estimator("ecc"))
         out = est.estimate([a], [b])
         assert isinstance(out, RefinedEstimate)
         assert not out.failed[0] and out.reasons == [""]
@@ -108,10 +109,10 @@ class TestRefinedEstimator:
         assert out.seconds[0] > 0.25
 
     def test_name(self):
-        assert RefinedEstimator(StubEstimator(H_START[None], [False]), ECCEstimator()).name == (
-            "stub+ecc"
-        )
-        assert RefinedEstimator(FeatureEstimator(detector="orb"), ECCEstimator()).name == "orb+ecc"
+        assert RefinedEstimator(
+            StubEstimator(H_START[None], [False]), method_estimator("ecc")
+        ).name == ("stub+ecc")
+        assert RefinedEstimator(method_estimator("orb"), method_estimator("ecc")).name == "orb+ecc"
 
     def test_keeps_the_start_when_ecc_makes_it_worse(self, textured_pair):
         a, b = textured_pair
@@ -137,7 +138,7 @@ class TestRefinedEstimator:
     def test_keeps_the_start_when_ecc_fails(self):
         # A flat image: ECC has no gradient to follow and fails at every level.
         flat = np.full((H, W), 128, np.uint8)
-        est = RefinedEstimator(StubEstimator(H_START[None], [False]), ECCEstimator())
+        est = RefinedEstimator(StubEstimator(H_START[None], [False]), method_estimator("ecc"))
         out = est.estimate([flat], [flat])
         assert not out.failed[0], "a failed refinement must not fail the pair"
         assert not out.refined[0] and out.refine_notes[0].startswith("ECC failed")
@@ -166,7 +167,7 @@ class TestRefinedEstimator:
             points_dst_true=np.stack([CORNERS_IN_A] * 3),
         )  # fmt: skip
         base = StubEstimator(np.stack([H_START] * 3), [True, False, False])
-        result = evaluate(pairs, [RefinedEstimator(base, ECCEstimator())], progress=False)
+        result = evaluate(pairs, [RefinedEstimator(base, method_estimator("ecc"))], progress=False)
         paths = write_report(result, tmp_path)
         rows = list(csv.DictReader(paths["pairs_csv"].open()))
         assert [r["note"] for r in rows[:2]] == ["", "ecc kept"]
@@ -198,7 +199,7 @@ class TestRefinedEstimator:
         # bilinear resampling the noise made SIFT's estimate correlate better).
         ubc = shared_data("pairs", "ubc")
         a, b = load_gray(ubc / "img1.ppm"), load_gray(ubc / "img6.ppm")
-        out = RefinedEstimator(FeatureEstimator(), ECCEstimator()).estimate([a], [b])
+        out = RefinedEstimator(method_estimator("sift"), method_estimator("ecc")).estimate([a], [b])
         w, h = a.shape[1], a.shape[0]
         corners_a = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
         q = np.c_[corners_a, np.ones(4)] @ np.linalg.inv(out.H_a_from_b[0]).T
@@ -208,9 +209,11 @@ class TestRefinedEstimator:
 
     def test_rejects_bad_arguments(self):
         with pytest.raises(TypeError, match="ECCEstimator"):
-            RefinedEstimator(StubEstimator(H_START[None], [False]), FeatureEstimator())
+            RefinedEstimator(StubEstimator(H_START[None], [False]), method_estimator("sift"))
         with pytest.raises(ValueError, match="min_common"):
-            RefinedEstimator(StubEstimator(H_START[None], [False]), ECCEstimator(), min_common=0)
+            RefinedEstimator(
+                StubEstimator(H_START[None], [False]), method_estimator("ecc"), min_common=0
+            )
 
 
 def method_params(*overrides: str):
