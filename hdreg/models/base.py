@@ -107,7 +107,8 @@ class HomographyModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.panel_pairs = panel_pairs
-        self.val_mace = MeanMetric()
+        # a NaN error (a broken prediction) makes val/mace NaN instead of being left out
+        self.val_mace = MeanMetric(nan_strategy="disable")
         self.val_mace_best = MinMetric()
         #: the instantiate-config this module was built from (set by :func:`build_module`)
         self.hdreg_model: dict[str, Any] | None = None
@@ -172,6 +173,8 @@ class HomographyModule(pl.LightningModule):
             self._log_panel(batch, out["offsets"].float())
 
     def on_validation_epoch_end(self) -> None:
+        if not self.val_mace.update_called:
+            return
         # Every process scores the same fixed pairs: the synced mean equals each one's mean.
         mace = self.val_mace.compute()
         self.val_mace.reset()
