@@ -12,7 +12,7 @@ import pytest
 
 from hdreg.data.pairs import find_real_pairs, read_homography_file
 from hdreg.estimators import Estimate, Estimator, IdentityEstimator, PairResult, PairwiseEstimator
-from hdreg.evaluation.benchmarks import EvalPairs, real_pairs, synthetic_pairs
+from hdreg.evaluation.benchmarks import EvalPairs, real_pairs
 from hdreg.evaluation.metrics import SUMMARY_KEYS, corner_error, summarize
 from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
@@ -176,7 +176,13 @@ class _Batched(Estimator):
 
 @pytest.fixture(scope="module")
 def small_synthetic():
-    return synthetic_pairs(source="samples", n=6, seed=1)
+    from hydra.utils import instantiate
+
+    from hdreg.config import compose_config
+
+    cfg = compose_config("benchmark/synthetic")  # evaluate.py's synthetic benchmark
+    cfg.n, cfg.seed = 6, 1
+    return instantiate(cfg)
 
 
 class TestRunner:

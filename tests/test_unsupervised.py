@@ -134,7 +134,7 @@ class TestUnsupervisedModule:
         assert all(g is not None and torch.isfinite(g).all() and not g.any() for g in grads)
         assert logged["train/degenerate"] == 1.0 and logged["train/loss"] == 0.0
 
-    def test_partly_degenerate_batch_is_the_mean_of_the_valid_pairs(self, batch):
+    def test_loss_is_the_mean_photometric_error_of_the_pairs(self, batch):
         m = self._module()
         logged = {}
         m.log = lambda name, value, **k: logged.__setitem__(name, float(value))
