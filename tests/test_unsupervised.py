@@ -123,7 +123,9 @@ class TestUnsupervisedModule:
         that still reaches every parameter, with zero gradients."""
         m = self._module()
         logged = {}
-        m.log = lambda name, value, **k: logged.__setitem__(name, float(value))
+        m.log = lambda name, value, **k: logged.__setitem__(
+            name, float(torch.as_tensor(value).detach())
+        )
         torch.nn.init.normal_(m.net.regressor[-1].weight, std=0.01)
         with torch.no_grad():  # a network whose every prediction is NaN
             m.net.regressor[-1].bias.fill_(float("nan"))
@@ -137,7 +139,9 @@ class TestUnsupervisedModule:
     def test_loss_is_the_mean_photometric_error_of_the_pairs(self, batch):
         m = self._module()
         logged = {}
-        m.log = lambda name, value, **k: logged.__setitem__(name, float(value))
+        m.log = lambda name, value, **k: logged.__setitem__(
+            name, float(torch.as_tensor(value).detach())
+        )
         m.eval()  # no dropout: the same offsets as computed below
         offsets = m(batch["patch_a"], batch["patch_b"])["offsets"]
         per_pair, valid, _ = loss_for(batch, offsets.detach())
