@@ -378,7 +378,7 @@ class TestCheckpointErrors:
 def _ddp(tmp_path: Path, overrides: list[str]) -> dict:
     run_script("train.py", [*TINY, *overrides, "trainer=ddp", "trainer.accelerator=cpu",
                             "trainer.devices=2", "trainer.max_steps=3", "data.steps_per_epoch=3",
-                            "evaluate_test=false", "logger=none", f"hydra.run.dir={tmp_path}"],
+                            "evaluate_test=false", f"hydra.run.dir={tmp_path}"],
                timeout=600)  # fmt: skip
     return torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
