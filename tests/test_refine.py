@@ -84,7 +84,8 @@ class SpyECC(ECCEstimator):
     """ECC that records its calls, and optionally answers a fixed (wrong) homography."""
 
     def __init__(self, answer: np.ndarray | None = None) -> None:
-        super().__init__()
+        ecc = method_estimator("ecc")  # the parameters of configs/method/ecc.yaml
+        super().__init__(**{k: v for k, v in vars(ecc).items() if not k.startswith("_")})
         self.answer, self.calls = answer, 0
 
     def refine(self, image_a, image_b, H_init_a_from_b, *, levels=None) -> PairResult:
