@@ -51,14 +51,15 @@ def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     return cfg
 
 
-def method_estimator(name: str, **overrides: Any):
-    """The estimator of ``configs/method/<name>.yaml``, with ``overrides`` replacing parameters
-    (``method_estimator("sift", ratio=0.8)``). Errors of the estimator's own argument checks
-    (``ValueError``) come through as they are."""
+def method_estimator(method: str, /, **overrides: Any):
+    """The estimator of ``configs/method/<method>.yaml``, with ``overrides`` replacing parameters
+    (``method_estimator("sift", ratio=0.8, name="sift-0.8")``). Errors of the estimator's own
+    argument checks (``ValueError``) come through as they are."""
     known = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
-    if name not in known:
-        raise ValueError(f"unknown method {name!r}: valid methods are {', '.join(known)}")
-    params: dict[str, Any] = OmegaConf.to_container(compose_config(f"method/{name}"), resolve=True)  # type: ignore[assignment]
+    if method not in known:
+        raise ValueError(f"unknown method {method!r}: valid methods are {', '.join(known)}")
+    config = compose_config(f"method/{method}")
+    params: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
     cls = get_class(params.pop("_target_"))
     params.update(overrides)
     return cls(**params)
