@@ -1,6 +1,6 @@
 """Throughput of the learned models beside SIFT + RANSAC, on the same 128×128 pairs.
 
-    python bench/bench_models.py                      # CPU: full and CPU-quick HomographyNet
+    python bench/bench_models.py          # CPU: HomographyNet (full, CPU-quick), iterative_cpu
     python bench/bench_models.py --device cuda --precision bf16-mixed --channels-last \\
         --batch-sizes 1 64 1024 --train-batch 64
 
@@ -28,11 +28,24 @@ from hdreg.data.benchmark import make_synthetic_benchmark
 from hdreg.data.sources import load_images, resolve_source
 from hdreg.geometry import four_point_to_homography_ex, patch_corners
 from hdreg.models.homographynet import HomographyNet
+from hdreg.models.iterative import IterativeHomographyNet, SequenceL1Loss
 
 MODELS = {
-    "homographynet_full": {"width": 1.0, "input_size": 128},  # DeTone et al.'s network
-    "homographynet_cpu_quick": {"width": 0.5, "input_size": 32},  # experiment=cpu_quick
-}
+    # DeTone et al.'s network
+    "homographynet_full": (HomographyNet, {"width": 1.0, "input_size": 128}),
+    # experiment=cpu_quick (the shipped `homographynet` weights)
+    "homographynet_cpu_quick": (HomographyNet, {"width": 0.5, "input_size": 32}),
+    # experiment=iterative_cpu (the shipped `iterative` weights): configs/model/iterative.yaml
+    "iterative_cpu": (IterativeHomographyNet, {
+        "input_size": 64, "channels": (32, 48), "dim": 64, "width": 48, "iterations": 4,
+        "fine_input_size": 128, "fine_channels": (16, 32, 48), "fine_iterations": 3,
+    }),
+    # experiment=iterative_gpu: IHN-sized, 1/4 then 1/2 resolution
+    "iterative_gpu": (IterativeHomographyNet, {
+        "input_size": 128, "channels": (64, 96), "dim": 96, "blocks": 2, "width": 128,
+        "iterations": 6, "fine_input_size": 128, "fine_channels": (96,), "fine_iterations": 3,
+    }),
+}  # fmt: skip
 
 
 def sync(device: torch.device) -> None:
@@ -61,12 +74,15 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-def bench_model(name, kwargs, patches_a, patches_b, offsets, args, device) -> dict:
-    net = HomographyNet(**kwargs).to(device)
+def bench_model(name, spec, patches_a, patches_b, offsets, args, device) -> dict:
+    cls, kwargs = spec
+    net = cls(**kwargs).to(device)
+    sequence_loss = SequenceL1Loss() if cls is IterativeHomographyNet else None
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     fwd = torch.compile(net) if args.compile else net
     out: dict = {"params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), **kwargs}
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     # training step
     b = args.train_batch
@@ -80,8 +96,11 @@ def bench_model(name, kwargs, patches_a, patches_b, offsets, args, device) -> di
         pa = a_u8.float().div_(255).contiguous(memory_format=memory_format)
         pb = b_u8.float().div_(255).contiguous(memory_format=memory_format)
         with autocast(device, args.precision):
-            pred = fwd(pa, pb)["offsets"]
-        loss = torch.nn.functional.mse_loss(pred.float() / 32, target / 32)
+            out = fwd(pa, pb)
+        if sequence_loss is not None:
+            loss = sequence_loss(out, target)
+        else:
+            loss = torch.nn.functional.mse_loss(out["offsets"].float() / 32, target / 32)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -125,7 +144,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum timing per figure")
     parser.add_argument("--sift-pairs", type=int, default=200)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", choices=list(MODELS),
+        default=["homographynet_full", "homographynet_cpu_quick", "iterative_cpu"],
+    )  # fmt: skip
     args = parser.parse_args()
 
     device = torch.device(args.device)

@@ -95,8 +95,11 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
 class TestConfigsCompose:
     @pytest.mark.parametrize(
         "experiment",
-        ["cpu_quick", "detone2016", "detone2016_fast", "nguyen2018", "unsupervised_cpu_quick"],
-    )
+        [
+            "cpu_quick", "detone2016", "detone2016_fast", "nguyen2018", "unsupervised_cpu_quick",
+            "iterative_cpu", "iterative_gpu",
+        ],
+    )  # fmt: skip
     def test_experiments(self, experiment):
         cfg = compose_train([f"experiment={experiment}", "data.source=samples"])
         module = build_module(cfg.model)

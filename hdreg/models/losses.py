@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from hdreg.geometry import four_point_to_homography_ex, inside_mask, sample_at, warp_grid
 from hdreg.models.homographynet import offsets_to_bins
 
-__all__ = ["BinCrossEntropy", "OffsetMSE", "PhotometricL1", "photometric_loss"]
+__all__ = ["BinCrossEntropy", "OffsetMSE", "PhotometricL1", "SequenceL1", "photometric_loss"]
 
 
 class OffsetMSE(nn.Module):
@@ -149,3 +149,22 @@ class PhotometricL1(nn.Module):
         loss = losses.sum() / n_valid.clamp_min(1)
         degenerate = 1.0 - n_valid.float() / valid.numel()
         return {"loss": loss, "photometric": loss.detach(), "degenerate": degenerate}
+
+
+class SequenceL1(nn.Module):
+    """L1 on the corner offsets of every iteration, weighted ``γ^(N−1−i)`` (the last weighs 1), as
+    RAFT and the IHN family train their iterative estimators: ``out["offsets_all"] (N, B, 4, 2)``
+    (or just ``out["offsets"]``) against ``batch["offsets"] (B, 4, 2)``, in pixels."""
+
+    def __init__(self, gamma: float = 0.85) -> None:
+        super().__init__()
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        self.gamma = float(gamma)
+
+    def forward(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        steps = out["offsets_all"] if "offsets_all" in out else out["offsets"][None]
+        n = steps.shape[0]
+        weights = self.gamma ** torch.arange(n - 1, -1, -1, device=steps.device, dtype=steps.dtype)
+        per_step = (steps.float() - batch["offsets"][None]).abs().mean(dim=(1, 2, 3))
+        return (weights * per_step).sum()
