@@ -298,6 +298,10 @@ def align(
         raise ValueError(
             f"unknown refinement {refine!r}: valid refinements are {', '.join(REFINEMENTS)}"
         )
+    if checkpoint is not None:
+        from hdreg.weights import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(checkpoint)
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         # Before decoding possibly large images: the cheapest error first.
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")

@@ -131,7 +131,9 @@ def _add_align_parser(sub: argparse._SubParsersAction) -> None:
         "configs/method/",
     )  # fmt: skip
     al.add_argument(
-        "--checkpoint", help="trained model (.ckpt from train.py); implies --method model"
+        "--checkpoint",
+        help="trained model: a .ckpt from train.py or a shipped name (hdreg weights); implies "
+        "--method model",
     )
     al.add_argument(
         "--refine", choices=REFINEMENTS, help="refine the estimate by ECC (kept only if it helps)"
@@ -146,6 +148,40 @@ def _add_align_parser(sub: argparse._SubParsersAction) -> None:
     kp.add_argument("--robust", choices=sorted(ROBUST_METHODS), help="robust fit")
     kp.add_argument("--reproj-threshold", type=float, help="inlier threshold in pixels of A")
     al.set_defaults(func=_cmd_align)
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from hdreg.weights import export_weights, shipped_weights
+
+    if args.action == "export":
+        if not args.checkpoint or not args.out:
+            raise ValueError("usage: hdreg weights export CHECKPOINT OUT (a .ckpt from train.py)")
+        path = export_weights(args.checkpoint, args.out)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, weights only)")
+        return 0
+    for w in shipped_weights().values():
+        print(f"{w.name}: {w.description}")
+        print(f"  file:    {w.path} ({w.path.stat().st_size / 1e6:.1f} MB)")
+        print(f"  trained: {w.command}")
+        print(f"  data:    {w.data}")
+        for bench, r in w.results.items():
+            print(f"  {bench}: " + ", ".join(f"{k} {v}" for k, v in r.items()))
+    return 0
+
+
+def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
+    we = sub.add_parser(
+        "weights",
+        help="list the trained weights shipped with hdreg, or export a checkpoint's weights",
+        description="Without arguments: the trained models that ship inside hdreg, usable by "
+        "name wherever a checkpoint is taken (evaluate.py 'checkpoints=[iterative]', hdreg align "
+        "--checkpoint iterative), with how each was trained and what it scored. "
+        "'export CHECKPOINT OUT' writes a weights-only copy of a train.py checkpoint.",
+    )
+    we.add_argument("action", nargs="?", choices=["list", "export"], default="list")
+    we.add_argument("checkpoint", nargs="?", help="export: the .ckpt written by train.py")
+    we.add_argument("out", nargs="?", help="export: the weights file to write")
+    we.set_defaults(func=_cmd_weights)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_args(mb, defaults)
     mb.set_defaults(func=_cmd_make_benchmark)
     _add_align_parser(sub)
+    _add_weights_parser(sub)
     return parser
 
 

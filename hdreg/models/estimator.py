@@ -128,9 +128,11 @@ def load_module(path: str | Path, device: str | torch.device = "cpu") -> Homogra
     loaded strictly; every ``_target_`` in the config must lie under ``hdreg.models.`` (reading a
     file never runs other code). Raises ``FileNotFoundError`` for a missing file and
     ``ValueError`` naming the file for one that is not such a checkpoint (corrupt, foreign, or
-    from an older hdreg).
+    from an older hdreg). ``path`` may also name weights shipped with hdreg (``hdreg weights``).
     """
-    path = Path(path).expanduser()
+    from hdreg.weights import resolve_checkpoint
+
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -1,0 +1,81 @@
+"""Trained weights that ship inside the package, by name.
+
+Every place that takes a checkpoint path also takes one of these names
+(``evaluate.py 'checkpoints=[iterative]'``, ``hdreg align A B --checkpoint iterative``).
+A shipped file holds the model's construction config and its weights, no optimizer state
+(see :func:`export_weights`); ``index.json`` beside it records how it was trained and what it
+scored. ``hdreg weights`` lists them; docs/results.md has the commands that made and scored them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Shipped", "export_weights", "resolve_checkpoint", "shipped", "shipped_weights"]
+
+_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One shipped model: its name, file, and the record of how it was made and what it scored."""
+
+    name: str
+    path: Path
+    description: str
+    command: str
+    data: str
+    results: dict[str, Any]
+
+
+def shipped_weights() -> dict[str, Shipped]:
+    """Every shipped model, by name (from ``index.json``; files that are absent are left out)."""
+    index = json.loads((_DIR / "index.json").read_text())
+    out = {}
+    for name, entry in index.items():
+        path = _DIR / entry["file"]
+        if path.is_file():
+            out[name] = Shipped(
+                name, path, entry["description"], entry["command"], entry["data"],
+                entry.get("results", {}),
+            )  # fmt: skip
+    return out
+
+
+def shipped(name: str) -> Shipped:
+    """The shipped model called ``name``; ``KeyError`` naming the available ones otherwise."""
+    available = shipped_weights()
+    if name not in available:
+        raise KeyError(
+            f"no shipped weights called {name!r}; available: {', '.join(sorted(available))}"
+        )
+    return available[name]
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """A checkpoint path, or the file of a shipped model when ``spec`` names one and is not an
+    existing file. A missing path stays as it is, for the caller's "does not exist" error."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    available = shipped_weights()
+    if str(spec) in available:
+        return available[str(spec)].path
+    return path
+
+
+def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the weights-only copy of an hdreg checkpoint (its model config, weights and
+    ``val_mace_best``; no optimizer, scheduler or loop state), atomically. Returns ``out``."""
+    from hdreg.models.estimator import load_module, save_weights
+
+    module = load_module(checkpoint)
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_weights(module, tmp)
+    tmp.replace(out)
+    return out

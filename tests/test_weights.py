@@ -1,0 +1,79 @@
+"""The trained weights that ship inside the package: listed, loadable by name, and accurate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hdreg.cli import main as hdreg_main
+from hdreg.data.benchmark import make_synthetic_benchmark
+from hdreg.data.sources import load_images, sample_source, split_by_image
+from hdreg.geometry import patch_corners, transform_points
+from hdreg.models.estimator import load_checkpoint_estimator, load_module
+from hdreg.weights import export_weights, resolve_checkpoint, shipped, shipped_weights
+
+SHIPPED = ["homographynet", "iterative"]
+
+
+@pytest.fixture(scope="module")
+def held_out_pairs():
+    """64 DeTone pairs of the sample photos' test split (images no shipped model trained on)."""
+    images = load_images(sample_source())
+    _, _, test = split_by_image(images.groups, (0.7, 0.15, 0.15), 0)
+    return make_synthetic_benchmark(images.subset(test), 64, seed=123)
+
+
+def corner_errors(H_a_from_b: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    corners = patch_corners(torch.zeros(len(offsets), 2, dtype=torch.float64), 128)
+    mapped = transform_points(torch.from_numpy(H_a_from_b), corners)
+    return (mapped - corners - torch.from_numpy(offsets).double()).norm(dim=-1).mean(-1).numpy()
+
+
+def test_every_shipped_file_is_listed():
+    assert sorted(shipped_weights()) == SHIPPED
+    for w in shipped_weights().values():
+        assert w.path.is_file() and w.path.stat().st_size < 5e6  # weights only: a few MB
+        assert "python train.py" in w.command and w.data
+
+
+@pytest.mark.parametrize(("name", "max_share"), [("homographynet", 0.6), ("iterative", 0.15)])
+def test_loads_by_name_and_beats_the_identity(name, max_share, held_out_pairs):
+    bench = held_out_pairs
+    estimator = load_checkpoint_estimator(name, device="cpu")
+    est = estimator.estimate(list(bench.patch_a), list(bench.patch_b))
+    assert not est.failed.any()
+    mace = corner_errors(est.H_a_from_b, bench.offsets).mean()
+    identity = np.linalg.norm(bench.offsets, axis=-1).mean()
+    assert mace < max_share * identity, (name, mace, identity)
+
+
+def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_checkpoint("iterative") == shipped("iterative").path
+    (tmp_path / "iterative").write_bytes(b"not a checkpoint")
+    assert resolve_checkpoint("iterative").resolve() == tmp_path / "iterative"
+    assert resolve_checkpoint("no-such-model").resolve() == tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        load_module("no-such-model")
+    with pytest.raises(KeyError, match="available: homographynet, iterative"):
+        shipped("no-such-model")
+
+
+def test_export_keeps_only_the_weights(tmp_path):
+    out = export_weights(shipped("iterative").path, tmp_path / "copy.pt")
+    saved = torch.load(out, map_location="cpu", weights_only=True)
+    assert set(saved) == {"hdreg_model", "state_dict", "val_mace_best"}
+    original = load_module("iterative").state_dict()
+    assert all(torch.equal(v, original[k]) for k, v in load_module(out).state_dict().items())
+
+
+def test_cli_lists_and_exports(tmp_path, capsys):
+    assert hdreg_main(["weights"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"{name}: " in listing for name in SHIPPED)
+    assert "experiment=iterative_cpu" in listing
+    assert hdreg_main(["weights", "export", "homographynet", str(tmp_path / "h.pt")]) == 0
+    assert (tmp_path / "h.pt").is_file()
+    assert hdreg_main(["weights", "export"]) == 2  # names what is missing, no traceback
+    assert "usage: hdreg weights export" in capsys.readouterr().err
