@@ -30,9 +30,20 @@ __all__ = [
     "HomographyNetEstimator",
     "load_checkpoint_estimator",
     "load_module",
+    "resolve_checkpoint",
     "resolve_device",
     "save_weights",
 ]
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """The checkpoint file a user's ``spec`` names: here, the path itself (``~`` expanded).
+
+    Every place that accepts a checkpoint (``evaluate.py``'s ``checkpoints=[...]``, ``hdreg
+    align --checkpoint``) resolves it through this one function. Whether the file exists is
+    checked by the loader (:func:`load_module`).
+    """
+    return Path(spec).expanduser()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
