@@ -129,7 +129,7 @@ def folds(H_dst_from_src: np.ndarray, corners_src: np.ndarray) -> np.ndarray:
 
     Args:
         H_dst_from_src: ``(3, 3)`` or ``(N, 3, 3)``.
-        corners_src: ``(4, 2)`` or ``(N, 4, 2)``, in order.
+        corners_src: ``(4, 2)`` (shared by every ``H``) or ``(N, 4, 2)``, in order.
 
     Returns:
         ``(N,)`` bool, or a bool for a single ``H``.
@@ -145,6 +145,13 @@ def folds(H_dst_from_src: np.ndarray, corners_src: np.ndarray) -> np.ndarray:
     single = H.ndim == 2
     if single:
         H, p = H[None], p[None]
+    if p.ndim == 2:  # one quadrilateral for every homography
+        p = np.broadcast_to(p, (len(H), *p.shape))
+    if H.shape[1:] != (3, 3) or p.shape != (len(H), 4, 2):
+        raise ValueError(
+            "expected H (3, 3) or (N, 3, 3) and corners (4, 2) or (N, 4, 2), got "
+            f"{np.shape(H_dst_from_src)} and {np.shape(corners_src)}"
+        )
     w = np.einsum("nij,nkj->nki", H, np.concatenate([p, np.ones_like(p[..., :1])], -1))[..., 2]
     same_side = np.all(w > 0, axis=1) | np.all(w < 0, axis=1)
     q = project(H, p)

@@ -127,7 +127,11 @@ class TestParityWithTorch:
 class TestFolds:
     def test_views_of_a_plane_do_not_fold(self):
         H = random_homographies(50, seed=7)
-        assert not folds(H, rect_corners((128, 128), (40, 30))[None].repeat(50, 0)).any()
+        corners = rect_corners((128, 128), (40, 30))
+        assert not folds(H, corners[None].repeat(50, 0)).any()
+        assert folds(H, corners).shape == (50,)  # one quad shared by every H
+        with pytest.raises(ValueError, match="expected H"):
+            folds(H, corners[None].repeat(3, 0))
 
     def test_horizon_between_corners_and_bow_tie(self):
         c = rect_corners((100, 100))
