@@ -171,14 +171,14 @@ class TestCoverageMask:
         centres (up to OpenCV's 1/32 px fixed-point sample positions)."""
         H = random_homographies(1, seed=9)[0]
         H_a_from_b = np.linalg.inv(H) @ np.array([[1, 0, 40], [0, 1, 30], [0, 0, 1.0]])
-        mask = coverage_mask(H_a_from_b, (200, 180), (128, 128))
+        mask = coverage_mask(H_a_from_b, (150, 130), (128, 128))  # B reaches beyond A
         ys, xs = np.mgrid[0:128, 0:128]
         p = project(H_a_from_b, np.stack([xs, ys], -1).reshape(-1, 2).astype(float))
         p = p.reshape(128, 128, 2)
 
         def within(tol):
             x, y = p[..., 0], p[..., 1]
-            return (x >= -tol) & (x <= 199 + tol) & (y >= -tol) & (y <= 179 + tol)
+            return (x >= -tol) & (x <= 149 + tol) & (y >= -tol) & (y <= 129 + tol)
 
         assert mask[within(-0.05)].all() and not mask[~within(0.05)].any()
-        assert 0.2 < mask.mean() < 1.0
+        assert 0.2 < mask.mean() < 0.95
