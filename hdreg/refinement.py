@@ -18,12 +18,12 @@ of the top-left pixel; every homography is ``H_a_from_b`` (maps pixel coordinate
 Example (refining the identity on a pair related by a 1.5 px shift):
 
     >>> import cv2, numpy as np
-    >>> from hdreg.baselines.ecc import ECCEstimator
+    >>> from hdreg.config import method_estimator
     >>> from hdreg.estimators import IdentityEstimator
     >>> noise = np.random.default_rng(0).integers(0, 256, (96, 96), np.uint8)
     >>> a = cv2.GaussianBlur(noise, (0, 0), 2)
     >>> b = cv2.warpAffine(a, np.float32([[1, 0, -1.5], [0, 1, 0]]), (96, 96))
-    >>> est = RefinedEstimator(IdentityEstimator(), ECCEstimator()).estimate([a], [b])
+    >>> est = RefinedEstimator(IdentityEstimator(), method_estimator("ecc")).estimate([a], [b])
     >>> est.details[0]["refine_kept"], round(float(est.H_a_from_b[0, 0, 2]), 1)
     (True, 1.5)
 """

@@ -397,7 +397,9 @@ class TestECCEstimator:
         parameter and give the same answer, bit for bit."""
         a = textured_image(96, 128, seed=5)
         b = cv2.warpAffine(a, np.float32([[1, 0, -2.5], [0, 1, 1.5]]), (128, 96))
-        est = ECCEstimator(levels=3, iterations=40, coarse_motions=("affine",), name="ecc3")
+        est = method_estimator(
+            "ecc", levels=3, iterations=40, coarse_motions=("affine",), name="ecc3"
+        )
         clone = pickle.loads(pickle.dumps(est))
         assert repr(clone) == repr(est)
         ours, theirs = est.run_pair(a, b), clone.run_pair(a, b)
@@ -408,10 +410,14 @@ class TestECCEstimator:
 def test_identity_scores_the_mean_offset_length():
     """The identity's corner error on a synthetic pair is the mean length of the true offsets
     (what "the error of doing nothing" means), on pairs of any size."""
-    from hdreg.evaluation.benchmarks import synthetic_pairs
+    from hydra.utils import instantiate
+
+    from hdreg.config import compose_config
     from hdreg.evaluation.runner import evaluate
 
-    pairs = synthetic_pairs(source="samples", n=4, seed=2)
+    cfg = compose_config("benchmark/synthetic")  # evaluate.py's synthetic benchmark
+    cfg.n, cfg.seed = 4, 2
+    pairs = instantiate(cfg)
     result = evaluate(pairs, [IdentityEstimator()], progress=False).methods[0]
     offsets = pairs.points_dst_true - pairs.points_src
     np.testing.assert_allclose(result.errors, np.linalg.norm(offsets, axis=-1).mean(axis=1))

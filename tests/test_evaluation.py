@@ -274,12 +274,12 @@ class TestRunner:
     def test_process_pool_gives_the_single_process_results(self, small_synthetic):
         """num_workers=2: per-pair methods run in worker processes, learned-style batch
         estimators in this one, and every per-pair result is the single-process one."""
-        from hdreg.baselines import ECCEstimator, FeatureEstimator
+        from hdreg.config import method_estimator
         from hdreg.refinement import RefinedEstimator
 
         estimators = [
-            FeatureEstimator(detector="sift"),
-            RefinedEstimator(FeatureEstimator(detector="orb"), ECCEstimator()),
+            method_estimator("sift"),
+            RefinedEstimator(method_estimator("orb"), method_estimator("ecc")),
             _WhereBatched(),
             _WherePairwise(),
         ]

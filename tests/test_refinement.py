@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from hdreg import methods
-from hdreg.baselines import ECCEstimator, FeatureEstimator
+from hdreg.baselines import ECCEstimator
 from hdreg.config import method_estimator
 from hdreg.data.sources import load_gray
 from hdreg.estimators import Estimate, Estimator, IdentityEstimator, PairResult
@@ -124,7 +124,7 @@ class TestRefinedEstimator:
             def refine(self, image_a, image_b, H_init_a_from_b):
                 return PairResult(H_TRUE.copy())
 
-        base = FeatureEstimator(detector="sift")
+        base = method_estimator("sift")
         est = RefinedEstimator(base, Oracle())
         assert est.name == "sift+oracle" and est.per_pair
         assert not RefinedEstimator(StubEstimator(H_START[None], [False]), Oracle()).per_pair

@@ -15,12 +15,13 @@ docs/methods.md ("ECC").
 
 Example:
     >>> import cv2, numpy as np
-    >>> noise = np.random.default_rng(0).integers(0, 256, (128, 128), np.uint8)
+    >>> noise = np.random.default_rng(0).integers(0, 256, (120, 160), np.uint8)
     >>> a = cv2.GaussianBlur(noise, (0, 0), 2)
-    >>> b = cv2.warpAffine(a, np.float32([[1, 0, -6], [0, 1, 4]]), (128, 128))
-    >>> result = ECCEstimator().run_pair(a, b)
+    >>> b = cv2.warpAffine(a, np.float32([[1, 0, -3], [0, 1, -2]]), (160, 120))
+    >>> from hdreg.config import method_estimator  # configs/method/ecc.yaml
+    >>> result = method_estimator("ecc").run_pair(a, b)
     >>> np.round(result.H_a_from_b[:2, 2]).tolist()
-    [6.0, -4.0]
+    [3.0, 2.0]
 """
 
 from __future__ import annotations
