@@ -1,17 +1,26 @@
 """Align two photos with any hdreg method: the logic behind ``hdreg align A B``.
 
 :func:`align` reads two image files (any size, format or channel count, EXIF orientation
-applied: :func:`hdreg.data.sources.load_gray`), estimates the homography with one method —
-keypoints + robust fit (sift, orb, akaze, brisk) or ECC at full resolution, the identity, or a
-trained model (resized to its input size, the homography rescaled to full resolution) —
-optionally refines it with ECC (:class:`hdreg.baselines.RefinedEstimator`, which keeps the
-refined estimate only when it does not lower the photometric agreement), and returns an
-:class:`AlignResult`. :func:`write_alignment` writes the files that show the result.
+applied: :func:`hdreg.data.sources.load_gray`), builds the estimator from a method name or a
+checkpoint (:mod:`hdreg.methods`, the parameters of ``configs/method/``), optionally refined
+(``refine="ecc"``: :class:`hdreg.refinement.RefinedEstimator`, kept only when it does not lower
+the photometric agreement), estimates the homography and returns an :class:`AlignResult`.
+:func:`write_alignment` writes the files that show it (pictures: :mod:`hdreg.visualize`).
 
-Conventions (DESIGN.md): pixel coordinates ``(x, y)``, ``(0, 0)`` the centre of the top-left
-pixel. ``H_b_from_a`` maps pixel coordinates of A into B (``p_b ~ H_b_from_a @ p_a``, the
-direction of HPatches/Oxford ground truth when A is image 1); ``H_a_from_b`` is its inverse.
-Sizes are ``(width, height)``.
+Conventions (as in :mod:`hdreg.geometry`): pixel coordinates ``(x, y)``, ``(0, 0)`` the centre
+of the top-left pixel. ``H_b_from_a`` maps pixel coordinates of A into B
+(``p_b ~ H_b_from_a @ p_a``, the direction of HPatches/Oxford ground truth when A is image 1);
+``H_a_from_b`` is its inverse. Sizes are ``(width, height)``.
+
+Example:
+    >>> import numpy as np, cv2
+    >>> noise = np.random.default_rng(0).integers(0, 256, (120, 160), np.uint8)
+    >>> a = cv2.GaussianBlur(noise, (0, 0), 2)
+    >>> b = cv2.warpAffine(a, np.float32([[1, 0, -3], [0, 1, -2]]), (160, 120))
+    >>> name, estimator = make_estimator("ecc")
+    >>> result = align_images(a, b, estimator, method=name)
+    >>> np.round(result.H_b_from_a[:2, 2], 1).tolist()
+    [-3.0, -2.0]
 """
 
 from __future__ import annotations
@@ -27,14 +36,18 @@ import cv2
 import numpy as np
 
 from hdreg.baselines.features import DETECTORS
-from hdreg.baselines.refine import REFINEMENTS, RefinedEstimator, alignment_correlation
-from hdreg.config import method_estimator
 from hdreg.data.sources import load_gray
-from hdreg.estimators import (
-    Estimator,
-    PairwiseEstimator,
-    normalized_homography,
+from hdreg.estimators import Estimator, reportable
+from hdreg.geometry_np import normalize_homography
+from hdreg.methods import (
+    REFINEMENTS,
+    MethodSpec,
+    build_estimator,
+    parse_checkpoint_spec,
+    parse_method_spec,
 )
+from hdreg.refinement import alignment_correlation
+from hdreg.visualize import format_details, matches_image, overlay_image, warp_b_into_a
 
 __all__ = [
     "KEYPOINT_METHODS",
@@ -44,9 +57,6 @@ __all__ = [
     "align",
     "align_images",
     "make_estimator",
-    "matches_image",
-    "overlay_image",
-    "warp_b_to_a",
     "write_alignment",
 ]
 
@@ -55,10 +65,6 @@ METHODS = ("identity", *KEYPOINT_METHODS, "ecc", "model")
 # Everything write_alignment may write; files of an earlier run that this run does not write are
 # removed, so that a folder never shows a stale homography next to a failed run.
 OUTPUT_FILES = ("homography.json", "b_warped_to_a.png", "overlay.png", "matches.png")
-# matches.png: panels wider than this are downscaled, and at most this many inlier lines are
-# drawn (an evenly spread subset): beyond that the picture is a solid mesh.
-MATCHES_MAX_WIDTH = 1600
-MATCHES_MAX_LINES = 200
 
 CONVENTION = (
     "pixel coordinates (x, y), (0, 0) = centre of the top-left pixel; "
@@ -72,22 +78,18 @@ class AlignResult:
 
     Attributes:
         method: the method's name (``"sift"``, ``"model"``, …); ``label`` adds the refinement.
-        refine: ``"ecc"`` or ``None``.
+        refine: the refinement asked for (``"ecc"``) or ``None``.
         image_a, image_b: the ``(H, W) uint8`` grayscale images that were aligned.
         H_a_from_b: ``(3, 3)`` float64 normalized so that ``H[2, 2] = 1`` (maps B into A), or
             ``None`` when the method failed (``reason`` says why).
         seconds: wall time of the estimation (and refinement), without reading the files or
             loading a model.
         path_a, path_b, checkpoint: where the inputs came from (``None`` when not from files).
-        matches, inliers: keypoint methods: matches after the ratio test, inliers of the fit.
         correlation, overlap: of the final estimate: ZNCC between B and A warped onto B over
             the pixels of B that map inside A, and the fraction of B they cover
-            (:func:`hdreg.baselines.refine.alignment_correlation`).
-        refined: with ``refine``: whether ECC's estimate was kept; ``refine_note`` why not;
-            ``refine_check`` the comparison that decided (``correlation_start``,
-            ``correlation_refined``: ZNCC of the two estimates on the part of B inside A under
-            both, ``common``; see :func:`hdreg.baselines.refine.compare_estimates`).
-        details: the base method's extras (keypoints, matches, inliers, ECC levels).
+            (:func:`hdreg.refinement.alignment_correlation`).
+        details: the estimator's details of the pair (:mod:`hdreg.estimators`: ``matches``,
+            ``inliers``, keypoints, ``refine_kept``, ``refine_note``, …).
     """
 
     method: str
@@ -100,13 +102,8 @@ class AlignResult:
     path_a: str | None = None
     path_b: str | None = None
     checkpoint: str | None = None
-    matches: int | None = None
-    inliers: int | None = None
     correlation: float | None = None
     overlap: float | None = None
-    refined: bool | None = None
-    refine_note: str = ""
-    refine_check: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -121,7 +118,7 @@ class AlignResult:
     def H_b_from_a(self) -> np.ndarray | None:
         if self.H_a_from_b is None:
             return None
-        return normalized_homography(np.linalg.inv(self.H_a_from_b))
+        return normalize_homography(np.linalg.inv(self.H_a_from_b))
 
     @property
     def size_a(self) -> tuple[int, int]:
@@ -151,28 +148,14 @@ class AlignResult:
         }
         if self.checkpoint is not None:
             out["checkpoint"] = self.checkpoint
-        if self.matches is not None:
-            out["matches"] = self.matches
-            out["inliers"] = self.inliers
-        if self.refine:
-            out["refined"] = self.refined
-            out["refine_note"] = self.refine_note
-            out["refine_check"] = {
-                "correlation_start": _finite_or_none(self.refine_check.get("correlation_start")),
-                "correlation_refined": _finite_or_none(
-                    self.refine_check.get("correlation_refined")
-                ),
-                "common": self.refine_check.get("common"),
-            }
+        out["details"] = reportable(self.details)
         return out
 
     def summary(self) -> str:
-        """One line: method, inliers/matches when relevant, refinement, time."""
+        """One line: the method, its details, the correlation, the time."""
         parts = [self.label]
-        if self.matches is not None:
-            parts.append(f"{self.inliers} inliers / {self.matches} matches")
-        if self.refine:
-            parts.append("ECC refinement kept" if self.refined else "ECC refinement not kept")
+        if text := format_details(self.details):
+            parts.append(text)
         if self.correlation is not None and math.isfinite(self.correlation):
             parts.append(f"correlation {self.correlation:.3f}")
         parts.append(f"{self.seconds:.2f} s")
@@ -184,44 +167,61 @@ def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
+def _spec(method: str | None, checkpoint: str | Path | None, refine: str | None) -> MethodSpec:
+    """The spec of ``hdreg align``'s options, parsed by :mod:`hdreg.methods` (one parser)."""
+    if method is None:
+        method = "model" if checkpoint is not None else "sift"
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: valid methods are {', '.join(METHODS)}")
+    if method == "model":
+        if checkpoint is None:
+            raise ValueError("--method model needs --checkpoint FILE (a checkpoint from train.py)")
+        spec = parse_checkpoint_spec(str(checkpoint))
+    elif checkpoint is not None:
+        raise ValueError(f"--checkpoint is only used with --method model, not with {method!r}")
+    else:
+        spec = parse_method_spec(method, METHODS[:-1])
+    if refine is not None:
+        if refine not in REFINEMENTS:
+            raise ValueError(
+                f"unknown refinement {refine!r}: valid refinements are {', '.join(REFINEMENTS)}"
+            )
+        if spec.refine not in (None, refine):
+            raise ValueError(f"{spec.text!r} already ends in +{spec.refine}; --refine {refine}")
+        spec = MethodSpec(spec.text, spec.method, spec.checkpoint, refine)
+    return spec
+
+
 def make_estimator(
     method: str | None = None,
     *,
     checkpoint: str | Path | None = None,
+    refine: str | None = None,
     device: str = "auto",
     ratio: float | None = None,
     robust: str | None = None,
     reproj_threshold: float | None = None,
 ) -> tuple[str, Estimator]:
-    """The method's name and its estimator, with the defaults of ``configs/method/<name>.yaml``.
+    """The method's name and its estimator, built from ``configs/method/<name>.yaml``.
 
-    ``method=None`` means ``"model"`` when a checkpoint is given, else ``"sift"``. ``ratio``,
-    ``robust`` and ``reproj_threshold`` override the keypoint methods' defaults (``None``: keep
-    them). Raises ``ValueError`` for an unknown method or an option that does not apply, and
+    ``method=None`` means ``"model"`` when a checkpoint is given, else ``"sift"``. ``refine``
+    (or a checkpoint spec ending in ``+ecc``) wraps the estimator in the refinement, whose
+    parameters come from ``configs/method/ecc.yaml``. ``ratio``, ``robust`` and
+    ``reproj_threshold`` override the keypoint methods' parameters (``None``: keep them). Raises
+    ``ValueError`` for an unknown method or an option that does not apply, and
     ``FileNotFoundError`` for a missing checkpoint.
     """
-    if method is None:
-        method = "model" if checkpoint is not None else "sift"
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: valid methods are {', '.join(METHODS)}")
+    spec = _spec(method, checkpoint, refine)
+    name = spec.method or "model"
     keypoint_options = {"ratio": ratio, "robust": robust, "reproj_threshold": reproj_threshold}
-    given = [k for k, v in keypoint_options.items() if v is not None]
-    if given and method not in KEYPOINT_METHODS:
+    given = {k: v for k, v in keypoint_options.items() if v is not None}
+    if given and name not in KEYPOINT_METHODS:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ValueError(
             f"{flags} only apply to the keypoint methods ({', '.join(KEYPOINT_METHODS)}), "
-            f"not to {method!r}"
+            f"not to {name!r}"
         )
-    if method == "model":
-        if checkpoint is None:
-            raise ValueError("--method model needs --checkpoint FILE (a checkpoint from train.py)")
-        from hdreg.models.estimator import load_checkpoint_estimator
-
-        return method, load_checkpoint_estimator(checkpoint, device=device)
-    if checkpoint is not None:
-        raise ValueError(f"--checkpoint is only used with --method model, not with {method!r}")
-    options = {k: v for k, v in keypoint_options.items() if v is not None}
-    return method, method_estimator(method, **options)
+    return name, build_estimator(spec, device=device, overrides=given)
 
 
 def align_images(
@@ -232,45 +232,22 @@ def align_images(
     method: str | None = None,
     refine: str | None = None,
 ) -> AlignResult:
-    """Estimate ``H_a_from_b`` for one pair of ``(H, W) uint8`` images with ``estimator``, then,
-    with ``refine="ecc"``, refine it with the ECC of ``configs/method/ecc.yaml`` (kept only when it
-    does not lower the photometric agreement; a failed refinement is not a failure)."""
-    if refine is not None and refine not in REFINEMENTS:
-        raise ValueError(
-            f"unknown refinement {refine!r}: valid refinements are {', '.join(REFINEMENTS)}"
-        )
-    method = method or estimator.name
+    """Estimate ``H_a_from_b`` for one pair of ``(H, W) uint8`` images with ``estimator`` (built
+    by :func:`make_estimator`; ``method`` and ``refine`` only name it in the result)."""
     t0 = time.perf_counter()
-    details: dict[str, Any] = {}
-    if isinstance(estimator, PairwiseEstimator):
-        # One pair at a time gives the details (matches, inliers) that the batch API drops.
-        pair = estimator.run_pair(image_a, image_b)
-        H_a_from_b, reason, details = pair.H_a_from_b, pair.reason, pair.details
-    else:
-        estimate = estimator.estimate([image_a], [image_b])
-        failed = bool(estimate.failed[0])
-        H_a_from_b = None if failed else estimate.H_a_from_b[0]
-        reason = (estimate.reasons[0] or "failed") if failed else None
-    result = AlignResult(method, refine, image_a, image_b, None, 0.0, reason, details=details)
-    if "matches" in details:
-        result.matches = len(details["matches"])
-        result.inliers = int(np.count_nonzero(details["inliers"]))
-    if H_a_from_b is not None:
-        H_a_from_b = np.asarray(H_a_from_b, np.float64)
-        if refine is not None:
-            outcome = RefinedEstimator(estimator, method_estimator("ecc")).refine_pair(
-                image_a, image_b, H_a_from_b
-            )
-            H_a_from_b = outcome.H_a_from_b
-            result.refined = outcome.kept
-            result.refine_note = outcome.note
-            result.refine_check = {
-                "correlation_start": outcome.correlation_start,
-                "correlation_refined": outcome.correlation_refined,
-                "common": outcome.common,
-            }
-        result.H_a_from_b = normalized_homography(H_a_from_b)
-    result.seconds = time.perf_counter() - t0
+    estimate = estimator.estimate([image_a], [image_b])
+    seconds = time.perf_counter() - t0
+    failed = bool(estimate.failed[0])
+    result = AlignResult(
+        method or estimator.name,
+        refine,
+        image_a,
+        image_b,
+        None if failed else normalize_homography(estimate.H_a_from_b[0]),
+        seconds,
+        (estimate.reasons[0] or "failed") if failed else None,
+        details=estimate.details[0],
+    )
     if result.H_a_from_b is not None:
         result.correlation, result.overlap = alignment_correlation(
             image_a, image_b, result.H_a_from_b
@@ -294,114 +271,24 @@ def align(
     method options). Raises ``FileNotFoundError`` / ``ValueError`` for a missing or unreadable
     image or checkpoint and for invalid options; a method that finds no homography is not an
     error: the result is ``failed`` with a ``reason``."""
-    if refine is not None and refine not in REFINEMENTS:
-        raise ValueError(
-            f"unknown refinement {refine!r}: valid refinements are {', '.join(REFINEMENTS)}"
-        )
-    if checkpoint is not None:
-        from hdreg.weights import resolve_checkpoint
-
-        checkpoint = resolve_checkpoint(checkpoint)
-    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
+    spec = _spec(method, checkpoint, refine)
+    if spec.checkpoint is not None and not spec.checkpoint.is_file():
         # Before decoding possibly large images: the cheapest error first.
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     image_a, image_b = load_gray(path_a), load_gray(path_b)
     name, estimator = make_estimator(
         method,
         checkpoint=checkpoint,
+        refine=refine,
         device=device,
         ratio=ratio,
         robust=robust,
         reproj_threshold=reproj_threshold,
     )
-    result = align_images(image_a, image_b, estimator, method=name, refine=refine)
+    result = align_images(image_a, image_b, estimator, method=name, refine=spec.refine)
     result.path_a, result.path_b = str(path_a), str(path_b)
-    result.checkpoint = None if checkpoint is None else str(checkpoint)
+    result.checkpoint = None if spec.checkpoint is None else str(spec.checkpoint)
     return result
-
-
-def _bgr(gray: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
-
-
-def warp_b_to_a(result: AlignResult) -> tuple[np.ndarray, np.ndarray]:
-    """B resampled into A's frame (A's size, bilinear: ``B(H_b_from_a @ p_a)``) and the mask of
-    A's pixels that B covers."""
-    if result.H_a_from_b is None:
-        raise ValueError(f"{result.label} failed ({result.reason}): there is no homography")
-    # warpPerspective(src, M) samples src at M⁻¹ p: with M = H_a_from_b it samples B at
-    # H_b_from_a @ p_a, which is B seen in A's frame.
-    warped = cv2.warpPerspective(
-        result.image_b, result.H_a_from_b, result.size_a, flags=cv2.INTER_LINEAR
-    )
-    full = np.full_like(result.image_b, 255)
-    covered = cv2.warpPerspective(full, result.H_a_from_b, result.size_a, flags=cv2.INTER_LINEAR)
-    return warped, covered == 255
-
-
-def overlay_image(image_a: np.ndarray, warped_b: np.ndarray, covered: np.ndarray) -> np.ndarray:
-    """False-colour overlay ``(H_a, W_a, 3) uint8`` BGR: A in magenta (red + blue), warped B in
-    green. Where the two agree the channels are equal and the picture is gray; an edge that is
-    misaligned shows a green and a magenta fringe; where B does not cover A the picture is
-    magenta. Warped B's gain and offset are first matched to A's over the covered region, so
-    that a change of exposure between the photos tints nothing."""
-    b = warped_b.astype(np.float64)
-    if covered.any():
-        a_in, b_in = image_a[covered].astype(np.float64), b[covered]
-        gain = a_in.std() / b_in.std() if b_in.std() > 0 else 1.0
-        b = (b - b_in.mean()) * gain + a_in.mean()
-    b = np.where(covered, np.clip(b, 0, 255), 0).astype(np.uint8)
-    return np.dstack([image_a, b, image_a])  # B, G, R channels
-
-
-def matches_image(result: AlignResult) -> np.ndarray | None:
-    """A and B side by side with the inlier matches drawn (green), ``(h, w, 3) uint8`` BGR;
-    ``None`` for a method without keypoints. When the fit failed, the matches that passed the
-    ratio test are drawn faint red instead, for diagnosis. Wide panels are downscaled to
-    ``MATCHES_MAX_WIDTH`` and at most ``MATCHES_MAX_LINES`` lines are drawn."""
-    d = result.details
-    if "keypoints_a" not in d:
-        return None
-    (wa, ha), (wb, hb) = result.size_a, result.size_b
-    gap = 8
-    scale = min(1.0, MATCHES_MAX_WIDTH / (wa + gap + wb))
-    size_a = (max(1, round(wa * scale)), max(1, round(ha * scale)))
-    size_b = (max(1, round(wb * scale)), max(1, round(hb * scale)))
-    canvas = np.full((max(size_a[1], size_b[1]), size_a[0] + gap + size_b[0], 3), 255, np.uint8)
-    canvas[: size_a[1], : size_a[0]] = _bgr(
-        cv2.resize(result.image_a, size_a, interpolation=cv2.INTER_AREA)
-    )
-    x0 = size_a[0] + gap
-    canvas[: size_b[1], x0 : x0 + size_b[0]] = _bgr(
-        cv2.resize(result.image_b, size_b, interpolation=cv2.INTER_AREA)
-    )
-    matches, inliers = d["matches"], d["inliers"]
-    if result.failed:
-        chosen, color, text = matches, (80, 80, 255), f"FAILED: {result.reason}"
-    else:
-        chosen, color = matches[inliers], (60, 200, 60)
-        text = f"{result.label}: {len(chosen)} inliers of {len(matches)} matches"
-    if len(chosen) > MATCHES_MAX_LINES:
-        chosen = chosen[np.linspace(0, len(chosen) - 1, MATCHES_MAX_LINES).round().astype(int)]
-        text += f" ({MATCHES_MAX_LINES} drawn)"
-    # Pixel centre x maps to (x + 0.5) * s - 0.5 in a resized image (cv2.resize's convention).
-    to_a = (d["keypoints_a"] + 0.5) * np.array(size_a) / (wa, ha) - 0.5
-    to_b = (d["keypoints_b"] + 0.5) * np.array(size_b) / (wb, hb) - 0.5 + (x0, 0)
-    layer = canvas.copy()
-    shift = 4  # sub-pixel drawing at 1/16 px
-    for ia, ib in chosen:
-        pa = tuple(int(v) for v in np.round(to_a[ia] * (1 << shift)))
-        pb = tuple(int(v) for v in np.round(to_b[ib] * (1 << shift)))
-        cv2.line(layer, pa, pb, color, 1, cv2.LINE_AA, shift)
-        cv2.circle(layer, pa, 2 << shift, color, 1, cv2.LINE_AA, shift)
-        cv2.circle(layer, pb, 2 << shift, color, 1, cv2.LINE_AA, shift)
-    alpha = 0.4 if result.failed else 0.85
-    canvas = cv2.addWeighted(layer, alpha, canvas, 1 - alpha, 0)
-    banner = np.full((28, canvas.shape[1], 3), 255, np.uint8)
-    cv2.putText(
-        banner, text[:160], (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA
-    )
-    return np.vstack([banner, canvas])
 
 
 def _json_text(obj: dict[str, Any]) -> str:
@@ -426,7 +313,8 @@ def write_alignment(result: AlignResult, out_dir: str | Path) -> list[Path]:
     """Write the files that show ``result`` into ``out_dir`` (created); returns their paths.
 
     Success: ``homography.json``, ``b_warped_to_a.png`` (B in A's frame, A's size),
-    ``overlay.png`` (:func:`overlay_image`) and, for keypoint methods, ``matches.png``.
+    ``overlay.png`` (:func:`hdreg.visualize.overlay_image`) and, for keypoint methods,
+    ``matches.png``.
     Failure: only ``matches.png`` (keypoint methods), for diagnosis. Files named in
     ``OUTPUT_FILES`` that this run does not write are removed from ``out_dir``.
     """
@@ -435,11 +323,16 @@ def write_alignment(result: AlignResult, out_dir: str | Path) -> list[Path]:
         raise NotADirectoryError(f"output folder {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    if (matches := matches_image(result)) is not None:
+    if result.failed:
+        banner = f"FAILED: {result.reason}"
+    else:
+        banner = f"{result.label}: {format_details(result.details)}"
+    matches = matches_image(result.image_a, result.image_b, result.details, banner, result.failed)
+    if matches is not None:
         _imwrite(out / "matches.png", matches)
         written.append(out / "matches.png")
     if not result.failed:
-        warped, covered = warp_b_to_a(result)
+        warped, covered = warp_b_into_a(result.image_b, result.H_b_from_a, result.size_a)
         _imwrite(out / "b_warped_to_a.png", warped)
         _imwrite(out / "overlay.png", overlay_image(result.image_a, warped, covered))
         path = out / "homography.json"

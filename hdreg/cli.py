@@ -113,7 +113,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
 def _add_align_parser(sub: argparse._SubParsersAction) -> None:
     from hdreg.align import KEYPOINT_METHODS, METHODS
     from hdreg.baselines.features import ROBUST_METHODS
-    from hdreg.baselines.refine import REFINEMENTS
+    from hdreg.methods import REFINEMENTS
 
     al = sub.add_parser(
         "align",

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "corner_distance",
     "four_point_to_homography",
     "four_point_to_homography_ex",
     "homography_to_four_point",
     "inside_mask",
     "invert_homography",
+    "is_convex",
     "normalize_homography",
     "patch_corners",
     "rescale_homography",
@@ -131,9 +133,9 @@ def four_point_to_homography_ex(points_src: Tensor, points_dst: Tensor) -> tuple
         non-finite input or solution) gets the identity, so the result is always finite.
 
     Example:
-        >>> src = patch_corners(torch.zeros(1, 2), 128)
+        >>> src = patch_corners(torch.zeros(1, 2, dtype=torch.float64), 128)
         >>> H, valid = four_point_to_homography_ex(src, src + 5.0)
-        >>> H[0, :2, 2].tolist(), bool(valid[0])
+        >>> [round(t, 9) for t in H[0, :2, 2].tolist()], bool(valid[0])
         ([5.0, 5.0], True)
     """
     _check_shape("points_src", points_src, None, 4, 2)
@@ -222,9 +224,10 @@ def transform_points(H_dst_from_src: Tensor, points_src: Tensor) -> Tensor:
         points_src: ``(B, N, 2)`` pixel coordinates in the source frame.
 
     Returns:
-        ``(B, N, 2)`` points in the destination frame. Points mapped to (near) infinity, where
-        the homogeneous coordinate is zero, get a large finite value with the right sign instead
-        of inf/NaN.
+        ``(B, N, 2)`` points in the destination frame. The horizon policy (the same as
+        :func:`hdreg.geometry_np.project`): where the homogeneous coordinate ``w`` is below the
+        dtype's machine epsilon in magnitude, the division is by ``±eps`` (``w``'s sign, ``+``
+        for 0), so the point lands far away but finite and gradients stay finite.
 
     Example:
         >>> H = torch.eye(3)[None].clone(); H[0, 0, 2] = 2.0
@@ -256,10 +259,56 @@ def homography_to_four_point(H_a_from_b: Tensor, corners_b: Tensor) -> Tensor:
 
 
 def normalize_homography(H: Tensor) -> Tensor:
-    """Scale each ``(B, 3, 3)`` homography so that its bottom-right entry is 1 (when non-zero)."""
+    """Scale each ``(B, 3, 3)`` homography so that ``H[2, 2] = 1``.
+
+    A matrix whose ``H[2, 2]`` is below the dtype's epsilon times its largest entry (the origin
+    maps to the horizon: no scaling can make it 1) is returned unchanged. The same rule as
+    :func:`hdreg.geometry_np.normalize_homography`.
+
+    Example:
+        >>> normalize_homography(2 * torch.eye(3)[None])[0].diagonal().tolist()
+        [1.0, 1.0, 1.0]
+    """
     _check_shape("H", H, None, 3, 3)
     h33 = H[:, 2:3, 2:3]
-    return H / torch.where(h33.abs() > torch.finfo(H.dtype).eps, h33, torch.ones_like(h33))
+    scale = H.detach().abs().amax(dim=(1, 2), keepdim=True)
+    ok = h33.detach().abs() > torch.finfo(H.dtype).eps * scale
+    return H / torch.where(ok, h33, torch.ones_like(h33))
+
+
+def is_convex(quads: Tensor) -> Tensor:
+    """``(B,)`` bool: each quadrilateral ``(B, 4, 2)`` (corners in order) is strictly convex.
+
+    The cross products of consecutive edges all have one strict sign, computed in float64: the
+    same test as :func:`hdreg.geometry_np.is_convex`. Not differentiable (a predicate).
+
+    Example:
+        >>> is_convex(patch_corners(torch.zeros(1, 2), 8)).tolist()
+        [True]
+    """
+    _check_shape("quads", quads, None, 4, 2)
+    q = quads.detach().to(torch.float64)
+    edges = q.roll(-1, dims=1) - q  # edge i runs from corner i to corner i + 1
+    nxt = edges.roll(-1, dims=1)
+    cross = edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0]
+    return (cross > 0).all(dim=1) | (cross < 0).all(dim=1)
+
+
+def corner_distance(points_pred, points_true):
+    """Per pair, the mean over the points of ``‖pred − true‖₂``: the corner error of
+    DESIGN.md (its mean over pairs is the MACE). ``(..., K, 2)`` → ``(...)``.
+
+    The one implementation of that error: for torch tensors (validation, on offsets: the
+    corners cancel) and numpy arrays (:func:`hdreg.evaluation.metrics.corner_error`) alike.
+    Not meant for gradients (the square root has none at 0).
+
+    Example:
+        >>> c = patch_corners(torch.zeros(1, 2), 10)
+        >>> corner_distance(c + torch.tensor([3.0, 4.0]), c).tolist()
+        [5.0]
+    """
+    diff = points_pred - points_true
+    return ((diff * diff).sum(-1) ** 0.5).mean(-1)
 
 
 def invert_homography(H_a_from_b: Tensor) -> Tensor:
@@ -376,9 +425,10 @@ def warp_perspective(
         ``(B, C, H_b, W_b)``.
 
     Example:
-        >>> img = torch.rand(2, 1, 240, 320)
-        >>> out = warp_perspective(img, torch.eye(3).expand(2, 3, 3), (128, 128))
-        >>> torch.allclose(out, img[:, :, :128, :128], atol=1e-5)
+        >>> img = torch.rand(2, 1, 240, 320, dtype=torch.float64)
+        >>> H = torch.eye(3, dtype=torch.float64).expand(2, 3, 3)
+        >>> out = warp_perspective(img, H, (128, 128))
+        >>> torch.allclose(out, img[:, :, :128, :128], atol=1e-9)
         True
     """
     _check_shape("image_a", image_a, None, None, None, None)

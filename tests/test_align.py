@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from hdreg.align import OUTPUT_FILES, make_estimator, overlay_image
+from hdreg.align import OUTPUT_FILES, make_estimator
 from hdreg.cli import main
 from hdreg.config import compose_config
 from hdreg.data.pairs import read_homography_file
+from hdreg.visualize import overlay_image, warp_b_into_a
 
 from .conftest import shared_data, textured_image, tiny_module
 
@@ -73,7 +74,9 @@ class TestAlignGraf:
         np.testing.assert_allclose(product / product[2, 2], np.eye(3), atol=1e-9)
         assert result["size_a"] == result["size_b"] == [800, 640]
         assert result["method"] == "sift" and result["refine"] is None
-        assert result["inliers"] >= 8 and result["matches"] >= result["inliers"]
+        details = result["details"]
+        assert details["inliers"] >= 8 and details["matches"] >= details["inliers"]
+        assert f"matches {details['matches']}, inliers {details['inliers']}" in out
         assert 0 < result["correlation"] <= 1 and result["seconds"] > 0
 
         c = corners((800, 640))
@@ -133,11 +136,32 @@ class TestAlign:
         assert result["method"] == "model" and result["refine"] == "ecc"
         assert result["checkpoint"] == str(ckpt)
         # The untrained model answers the identity; ECC finds the (3, 2) px shift and is kept.
-        assert result["refined"] is True
+        assert result["details"]["refine_kept"] is True
+        assert result["details"]["refined_by"] == "ecc"
         np.testing.assert_allclose(
             project(result["b_from_a"], [[50.0, 60.0]]), [[47, 58]], atol=0.1
         )
-        assert "matches" not in result and not (out_dir / "matches.png").exists()
+        assert "matches" not in result["details"] and not (out_dir / "matches.png").exists()
+
+    def test_refiner_parameters_come_from_the_ecc_config(self, monkeypatch):
+        """`--refine ecc` builds its refiner from configs/method/ecc.yaml, not from defaults
+        written in the code: a changed config changes the refiner."""
+        import hdreg.config
+        from hdreg import methods
+
+        real = hdreg.config.method_estimator
+
+        def edited(name, /, **kw):
+            if name == "ecc":  # as if configs/method/ecc.yaml said so
+                kw = {"refine_levels": 3, "iterations": 7, **kw}
+            return real(name, **kw)
+
+        monkeypatch.setattr(hdreg.config, "method_estimator", edited)
+        _, est = make_estimator("sift", refine="ecc")
+        assert est.name == "sift+ecc"
+        assert (est.refiner.refine_levels, est.refiner.iterations) == (3, 7)
+        assert est.base.ratio == real("sift").ratio
+        assert methods.REFINEMENTS == ("ecc",)
 
     def test_any_format_and_size(self, tmp_path, capsys):
         gray = textured_image(240, 320, seed=3)
@@ -165,6 +189,29 @@ class TestAlign:
         assert (est.detector, est.ratio, est.robust) == ("orb", 0.6, "magsac")
         assert est.reproj_threshold == config.reproj_threshold != 0.6
         assert est.min_matches == config.min_matches
+
+
+def test_warp_b_into_a_matches_opencv_forward_warp():
+    """B warped into A with H_b_from_a (inverse map) is OpenCV's forward warp by H_a_from_b."""
+    b = textured_image(60, 80, seed=4)
+    H_a_from_b = np.array([[1.05, 0.02, 3.0], [-0.01, 0.98, -2.0], [1e-4, 2e-4, 1.0]])
+    H_b_from_a = np.linalg.inv(H_a_from_b)
+    warped, covered = warp_b_into_a(b, H_b_from_a, (90, 70))
+    ref = cv2.warpPerspective(b, H_a_from_b, (90, 70), flags=cv2.INTER_LINEAR)
+    assert warped.shape == (70, 90)
+    assert np.abs(warped.astype(int) - ref)[covered].max() <= 1
+    # covered: exactly the pixels of A whose sample lies within B's outermost pixel centres
+    ys, xs = np.mgrid[0:70, 0:90]
+    q = np.stack([xs, ys, np.ones_like(xs)], -1).reshape(-1, 3) @ H_b_from_a.T
+    p = (q[:, :2] / q[:, 2:]).reshape(70, 90, 2)
+
+    def within(tol):
+        x, y = p[..., 0], p[..., 1]
+        return (x >= -tol) & (x <= 79 + tol) & (y >= -tol) & (y <= 59 + tol)
+
+    # OpenCV's fixed-point sample positions (1/32 px): exact up to that tolerance
+    assert covered[within(-0.05)].all() and not covered[~within(0.05)].any()
+    assert 0.5 < covered.mean() < 1.0
 
 
 def test_overlay_is_gray_where_aligned():

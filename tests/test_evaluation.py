@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 
 import cv2
@@ -43,8 +44,16 @@ class TestCornerError:
         H = np.array([[[1, 0, 3], [0, 1, 4], [0, 0, 1]]], float)
         assert corner_error(7 * H, SQUARE, SQUARE + SHIFT) == pytest.approx([0.0])
 
-    def test_point_at_infinity_is_infinite(self):
-        H = np.array([[[1, 0, 0], [0, 1, 0], [1, 0, 0]]], float)  # x = 0 goes to infinity
+    def test_point_at_the_horizon_is_far_but_finite(self):
+        # x = 0 lies on the horizon of this H: the policy (hdreg.geometry_np) divides by eps, so
+        # the error is huge, finite and not NaN. The runner never scores such an estimate: it
+        # folds the square and counts as failed (TestRunner.test_failure_accounting).
+        H = np.array([[[1, 0, 0], [0, 1, 0], [1, 0, 0]]], float)
+        error = corner_error(H, SQUARE, SQUARE)[0]
+        assert np.isfinite(error) and error > 1e12
+
+    def test_non_finite_estimate_scores_inf(self):
+        H = np.full((1, 3, 3), np.nan)
         assert corner_error(H, SQUARE, SQUARE)[0] == np.inf
 
     def test_summary(self):
@@ -77,8 +86,8 @@ class TestHomographyFiles:
         [
             ("1 0 0\n0 1 0\n", "found 6 numbers, expected 9"),
             ("1 0 0\n0 one 0\n0 0 1", "'one' is not a number"),
-            ("1 0 0\n0 1 0\n0 0 nan", "non-finite"),
-            ("1 2 3\n2 4 6\n0 0 1", "not invertible"),
+            ("1 0 0\n0 1 0\n0 0 nan", "not finite"),
+            ("1 2 3\n2 4 6\n0 0 1", "singular"),
         ],
     )
     def test_malformed(self, tmp_path, content, message):
@@ -174,6 +183,26 @@ class _Batched(Estimator):
         )
 
 
+class _WhereBatched(Estimator):
+    """A batch estimator (like a learned model) that says which process ran it."""
+
+    name = "where-batched"
+
+    def estimate(self, images_a, images_b):
+        n = len(images_a)
+        details = [{"pid": os.getpid()} for _ in range(n)]
+        return Estimate(
+            np.tile(np.eye(3), (n, 1, 1)), np.zeros(n, bool), np.zeros(n), [""] * n, details
+        )
+
+
+class _WherePairwise(PairwiseEstimator):
+    name = "where-pairwise"
+
+    def estimate_pair(self, image_a, image_b):
+        return PairResult(np.eye(3), None, {"pid": os.getpid()})
+
+
 @pytest.fixture(scope="module")
 def small_synthetic():
     from hydra.utils import instantiate
@@ -235,12 +264,44 @@ class TestRunner:
             "failed",
             "ms",
             "reason",
-            "note",
+            "details",
         }
         assert len(list(csv.DictReader(paths["results_csv"].open()))) == 3
         table = paths["table"].read_text()
         assert table == format_table(result) and "| identity |" in table
         assert paths["plot"].stat().st_size > 10_000
+
+    def test_process_pool_gives_the_single_process_results(self, small_synthetic):
+        """num_workers=2: per-pair methods run in worker processes, learned-style batch
+        estimators in this one, and every per-pair result is the single-process one."""
+        from hdreg.config import method_estimator
+        from hdreg.refinement import RefinedEstimator
+
+        estimators = [
+            method_estimator("sift"),
+            RefinedEstimator(method_estimator("orb"), method_estimator("ecc")),
+            _WhereBatched(),
+            _WherePairwise(),
+        ]
+        kw = {"batch_size": 2, "progress": False}
+        one = evaluate(small_synthetic, estimators, num_workers=1, **kw)
+        two = evaluate(small_synthetic, estimators, num_workers=2, **kw)
+        here = os.getpid()
+        for a, b in zip(one.methods[:2], two.methods[:2], strict=True):
+            np.testing.assert_array_equal(a.H_a_from_b, b.H_a_from_b)
+            np.testing.assert_array_equal(a.errors, b.errors)
+            np.testing.assert_array_equal(a.failed, b.failed)
+            assert a.reasons == b.reasons and a.details == b.details and a.summary.keys()
+        assert any(d.get("refine_kept") for d in two.methods[1].details)
+        assert {d["pid"] for d in two.methods[2].details} == {here}
+        pool_pids = {d["pid"] for d in two.methods[3].details}
+        assert here not in pool_pids and len(pool_pids) >= 1
+        assert {d["pid"] for d in one.methods[3].details} == {here}
+
+    def test_num_workers_is_checked(self, small_synthetic):
+        for bad in (0, -1, "many", 1.5):
+            with pytest.raises(ValueError, match="num_workers must be 'auto' or an integer"):
+                evaluate(small_synthetic, [IdentityEstimator()], num_workers=bad, progress=False)
 
     def test_eval_pairs_shape_check(self, small_synthetic):
         assert isinstance(small_synthetic, EvalPairs)

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from hdreg.data.sources import load_images, sample_source
-from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter, SyntheticPairs, _is_convex
+from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter, SyntheticPairs
 from hdreg.data.torch_generator import TorchPairGenerator, batch_seed, jitter_luts
 from hdreg.geometry import four_point_to_homography, inside_mask, warp_grid, warp_perspective
+from hdreg.geometry_np import is_convex
 
 from .conftest import textured_image
 
@@ -230,9 +231,9 @@ class TestDistributions:
         ref = cpu_stats(images, protocol, 3000)
         ours = torch_stats(TorchPairGenerator(torch.from_numpy(images), protocol, seed=0), 3000)
         corners = np.array([[0, 0], [15, 0], [15, 15], [0, 15]], np.float32)
-        assert all(_is_convex(corners + o) for o in ours["offsets"])
+        assert all(is_convex(corners + o) for o in ours["offsets"])
         raw = np.random.default_rng(1).uniform(-7, 7, (3000, 4, 2)).astype(np.float32)
-        assert sum(not _is_convex(corners + o) for o in raw) > 100  # the redraw is exercised
+        assert sum(not is_convex(corners + o) for o in raw) > 100  # the redraw is exercised
         assert_same_distribution(ours, ref, len(images))
 
 

@@ -6,22 +6,22 @@ correlation between ``template(p)`` and ``input(W p)``. With ``template = B`` an
 (DESIGN.md: pixel coordinates ``(x, y)``, ``(0, 0)`` the centre of the top-left pixel, and
 ``p_a ~ H_a_from_b @ p_b``).
 
-ECC is a local method: it converges only from an estimate within a few pixels of the truth (at
-the resolution it runs at). To cope with the ±32 px motions of DeTone pairs on 128×128 patches,
-it runs on an image pyramid, coarsest level first, and escalates the motion model on the way
-(by default translation at the coarsest level, affine at the next, a homography at the finer
-ones): the few parameters of the simple models are well determined on tiny images. The estimate
-is carried between levels exactly: a level-``k`` image is ``cv2.resize`` of the full image,
-whose pixel-centre map ``S`` (``hdreg.geometry.resize_matrix``, affine) gives
-``H_k = S_a · H · S_b⁻¹``; A and B each have their own pyramid and matrices, so their sizes may
-differ.
+ECC is a local method, so it runs on an image pyramid, coarsest level first, escalating the
+motion model on the way (translation, affine, then homographies). The estimate is carried between
+levels exactly: a level-``k`` image is ``cv2.resize`` of the full image, whose pixel-centre map
+``S`` (:func:`hdreg.geometry.resize_matrix`) gives ``H_k = S_a · H · S_b⁻¹``; A and B each have
+their own pyramid, so their sizes may differ. Why this schedule, with the measurements:
+docs/methods.md ("ECC").
 
-Why this schedule (measured on 300 ρ = 32 pairs of 128×128 patches, from the identity): ECC at
-full resolution alone ends within 1 px on 61% of them, with a homography at every level of the
-4-level pyramid on 80%, with translation → affine → homography → homography on 86%. From an
-estimate a few pixels off, the coarse levels only hurt (a homography fitted to a 16×16 image
-runs away; refining from 3 px off, 4 levels end within 1 px on 92%, 2 levels on 97%): hence
-:meth:`ECCEstimator.refine` uses a shallow pyramid (``refine_levels``).
+Example:
+    >>> import cv2, numpy as np
+    >>> noise = np.random.default_rng(0).integers(0, 256, (120, 160), np.uint8)
+    >>> a = cv2.GaussianBlur(noise, (0, 0), 2)
+    >>> b = cv2.warpAffine(a, np.float32([[1, 0, -3], [0, 1, -2]]), (160, 120))
+    >>> from hdreg.config import method_estimator  # configs/method/ecc.yaml
+    >>> result = method_estimator("ecc").run_pair(a, b)
+    >>> np.round(result.H_a_from_b[:2, 2]).tolist()
+    [3.0, 2.0]
 """
 
 from __future__ import annotations
@@ -34,13 +34,15 @@ import cv2
 import numpy as np
 
 from hdreg.baselines._checks import check_float, check_gray_u8, check_int
-from hdreg.estimators import (
-    PairResult,
-    PairwiseEstimator,
-    check_homography,
-    normalized_homography,
-)
+from hdreg.estimators import PairResult, PairwiseEstimator
 from hdreg.geometry import resize_matrix
+from hdreg.geometry_np import (
+    check_homography,
+    coverage_mask,
+    normalize_homography,
+    project,
+    rect_corners,
+)
 
 __all__ = ["COARSE_MOTIONS", "ECCEstimator"]
 
@@ -65,21 +67,10 @@ def _level_size(size: tuple[int, int], level: int) -> tuple[int, int]:
     return max(1, round(size[0] / 2**level)), max(1, round(size[1] / 2**level))
 
 
-def _corners(size: tuple[int, int]) -> np.ndarray:
-    w, h = size
-    return np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
-
-
-def _map_points(H: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``points (N, 2)`` through ``H``; non-finite where a point maps to infinity."""
-    q = np.c_[points, np.ones(len(points))] @ H.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return q[:, :2] / q[:, 2:]
-
-
 def _corner_jump(H_new: np.ndarray, H_old: np.ndarray, corners_b: np.ndarray) -> float:
     """Largest distance (pixels of A) between B's corners mapped by the two estimates."""
-    jump = np.linalg.norm(_map_points(H_new, corners_b) - _map_points(H_old, corners_b), axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        jump = np.linalg.norm(project(H_new, corners_b) - project(H_old, corners_b), axis=1)
     return float(jump.max()) if np.isfinite(jump).all() else math.inf
 
 
@@ -229,7 +220,7 @@ class ECCEstimator(PairwiseEstimator):
         levels = self._cap_levels(levels, _size(image_a), _size(image_b))
         if (problem := check_homography(H_init)) is not None:
             return PairResult(None, f"initial estimate: {problem}")
-        result = self._align(image_a, image_b, normalized_homography(H_init), levels)
+        result = self._align(image_a, image_b, normalize_homography(H_init), levels)
         if result.H_a_from_b is not None and (problem := check_homography(result.H_a_from_b)):
             return PairResult(None, problem, result.details)
         return result
@@ -245,7 +236,7 @@ class ECCEstimator(PairwiseEstimator):
         self, image_a: np.ndarray, image_b: np.ndarray, H_init: np.ndarray, levels: int
     ) -> PairResult:
         size_a, size_b = _size(image_a), _size(image_b)
-        corners_b = _corners(size_b)
+        corners_b = rect_corners(size_b)
         # The "absurd jump" bound: no sensible update moves a corner across the whole image.
         diagonal = max(math.hypot(*size_a), math.hypot(*size_b))
         criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, self.iterations, self.eps)
@@ -261,7 +252,7 @@ class ECCEstimator(PairwiseEstimator):
             b = cv2.resize(image_b, level_b, interpolation=cv2.INTER_AREA) if level else image_b
             S_a = resize_matrix(size_a, level_a).numpy()
             S_b = resize_matrix(size_b, level_b).numpy()
-            H_level = normalized_homography(S_a @ H_a_from_b @ np.linalg.inv(S_b))
+            H_level = normalize_homography(S_a @ H_a_from_b @ np.linalg.inv(S_b))
             motion = self._motion(level, levels, H_level)
             entry: dict[str, Any] = {
                 "level": level,
@@ -290,7 +281,7 @@ class ECCEstimator(PairwiseEstimator):
             if motion != "homography":
                 H_level_new = np.vstack([H_level_new, [0.0, 0.0, 1.0]])
             with np.errstate(all="ignore"):
-                H_new = normalized_homography(np.linalg.inv(S_a) @ H_level_new @ S_b)
+                H_new = normalize_homography(np.linalg.inv(S_a) @ H_level_new @ S_b)
             if (problem := check_homography(H_new)) is not None:
                 entry["error"] = problem
                 continue
@@ -319,10 +310,7 @@ class ECCEstimator(PairwiseEstimator):
         size_b = _size(image_b)
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         warped_a = cv2.warpPerspective(image_a, H_a_from_b, size_b, flags=flags)
-        # Bilinear warp of a constant 255: exactly 255 where all four neighbours are inside A,
-        # i.e. where the sample lies within A's outermost pixel centres.
-        inside = cv2.warpPerspective(np.full_like(image_a, 255), H_a_from_b, size_b, flags=flags)
-        mask = (inside == 255).astype(np.uint8)
+        mask = coverage_mask(H_a_from_b, _size(image_a), size_b).astype(np.uint8)
         overlap = float(mask.mean())
         details["overlap"] = overlap
         if overlap < self.min_overlap:

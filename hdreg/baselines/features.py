@@ -58,10 +58,11 @@ class FeatureEstimator(PairwiseEstimator):
             own parameters (``cv2.SIFT_create``), required by SIFT, ignored by the others.
         name: name in result tables (default: the detector's name).
 
-    ``estimate_pair`` puts into ``PairResult.details`` what a visualisation needs:
-    ``keypoints_a (K_a, 2)``, ``keypoints_b (K_b, 2)`` float64 pixel coordinates,
-    ``matches (M, 2)`` int64 pairs ``(index_a, index_b)`` that passed the filters and
-    ``inliers (M,)`` bool (all False when the robust fit was not reached or found nothing).
+    ``estimate_pair``'s ``PairResult.details``: the counts ``matches`` (after the filters) and
+    ``inliers`` (of the robust fit; 0 when it was not reached or found nothing), and for
+    pictures ``keypoints_a (K_a, 2)``, ``keypoints_b (K_b, 2)`` float64 pixel coordinates,
+    ``match_pairs (M, 2)`` int64 pairs ``(index_a, index_b)`` that passed the filters and
+    ``inlier_mask (M,)`` bool.
     """
 
     def __init__(
@@ -216,10 +217,12 @@ class FeatureEstimator(PairwiseEstimator):
         points_a, descriptors_a = self.detect(image_a)
         points_b, descriptors_b = self.detect(image_b)
         details: dict[str, Any] = {
+            "matches": 0,
+            "inliers": 0,
             "keypoints_a": points_a,
             "keypoints_b": points_b,
-            "matches": np.zeros((0, 2), np.int64),
-            "inliers": np.zeros(0, bool),
+            "match_pairs": np.zeros((0, 2), np.int64),
+            "inlier_mask": np.zeros(0, bool),
         }
         need = self.min_matches
         for label, points in (("A", points_a), ("B", points_b)):
@@ -228,8 +231,9 @@ class FeatureEstimator(PairwiseEstimator):
                 return PairResult(None, reason, details)
 
         matches = self.match(descriptors_a, descriptors_b)
-        details["matches"] = matches
-        details["inliers"] = np.zeros(len(matches), bool)
+        details["matches"] = len(matches)
+        details["match_pairs"] = matches
+        details["inlier_mask"] = np.zeros(len(matches), bool)
         if len(matches) < need:
             step = "the ratio test and cross check" if self.cross_check else "the ratio test"
             return PairResult(None, f"{len(matches)} matches after {step}, need {need}", details)
@@ -245,7 +249,8 @@ class FeatureEstimator(PairwiseEstimator):
         if H_a_from_b is None or H_a_from_b.shape != (3, 3) or mask is None:
             return PairResult(None, "findHomography found no model", details)
         inliers = mask.ravel().astype(bool)
-        details["inliers"] = inliers
+        details["inlier_mask"] = inliers
+        details["inliers"] = int(inliers.sum())
         if inliers.sum() < need:
             return PairResult(None, f"{int(inliers.sum())} inliers, need {need}", details)
         return PairResult(H_a_from_b.astype(np.float64), None, details)

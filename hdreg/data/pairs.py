@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from hdreg.data.sources import IMAGE_EXTENSIONS, load_gray
+from hdreg.geometry_np import check_homography, normalize_homography
 
 __all__ = ["RealPair", "find_real_pairs", "read_homography_file"]
 
@@ -111,14 +112,9 @@ def read_homography_file(path: str | Path) -> np.ndarray:
         except UnicodeDecodeError:
             raise ValueError(f"homography file {path} is not text") from None
         H = _parse_text_matrix(text, path)
-    if not np.isfinite(H).all():
-        raise ValueError(f"homography file {path}: the matrix has non-finite entries")
-    cond = np.linalg.cond(H)
-    if not np.isfinite(cond) or cond > 1e12:
-        raise ValueError(
-            f"homography file {path}: the matrix is not invertible (condition number {cond:.3g})"
-        )
-    return H / H[2, 2] if abs(H[2, 2]) > 1e-12 else H / np.abs(H).max()
+    if (problem := check_homography(H)) is not None:
+        raise ValueError(f"homography file {path}: {problem}")
+    return normalize_homography(H)
 
 
 def _images_by_index(folder: Path, pattern: re.Pattern) -> dict[int, Path]:

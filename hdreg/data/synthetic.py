@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hdreg.geometry_np import is_convex, rect_corners
+
 __all__ = [
     "STREAMS",
     "DeToneProtocol",
@@ -49,13 +51,8 @@ def pair_rng(seed: int, stream: int, index: int) -> np.random.Generator:
 
 def single_threaded_opencv() -> None:
     """Make OpenCV single-threaded in this process: call it in the parent *before* DataLoader
-    workers fork.
-
-    Each worker would otherwise run OpenCV's thread pool of all cores, oversubscribing the machine
-    N-fold (measured here: half the pairs/s with 2 workers on 2 cores). And reconfiguring that
-    pool inside a forked child whose parent had already started it can deadlock (its threads do
-    not survive the fork), so the change is made once, before forking.
-    """
+    workers fork (each worker is then one stream on one core; reconfiguring OpenCV's pool in a
+    forked child can deadlock). Why: docs/methods.md ("Pair generation")."""
     if cv2.getNumThreads() != 1:
         cv2.setNumThreads(1)
 
@@ -180,17 +177,6 @@ class DeToneProtocol:
         return math.ceil(self.rho)
 
 
-def _is_convex(quad: np.ndarray) -> bool:
-    """True when the quadrilateral ``(4, 2)`` (in order) is strictly convex."""
-    pts = quad.tolist()  # plain floats: this runs once per pair, numpy's overhead would dominate
-    signs = set()
-    for i in range(4):
-        (x0, y0), (x1, y1), (x2, y2) = pts[i], pts[(i + 1) % 4], pts[(i + 2) % 4]
-        cross = (x1 - x0) * (y2 - y1) - (y1 - y0) * (x2 - x1)
-        signs.add(cross > 0 if cross != 0 else None)
-    return signs in ({True}, {False})
-
-
 def _apply_lut(image: np.ndarray, lut: np.ndarray | None) -> np.ndarray:
     return image if lut is None else cv2.LUT(image, lut)
 
@@ -221,12 +207,10 @@ def generate_pair(
     p, m, rho = protocol.patch_size, protocol.margin, protocol.rho
     x0 = int(rng.integers(m, w - p - m, endpoint=True))
     y0 = int(rng.integers(m, h - p - m, endpoint=True))
-    corners = np.array(
-        [[x0, y0], [x0 + p - 1, y0], [x0 + p - 1, y0 + p - 1], [x0, y0 + p - 1]], np.float32
-    )
+    corners = rect_corners((p, p), (x0, y0), np.float32)
     while True:
         offsets = rng.uniform(-rho, rho, size=(4, 2)).astype(np.float32)
-        if _is_convex(corners + offsets):
+        if is_convex(corners + offsets):
             break
     # H_a_from_b in window coordinates: patch B pixel q -> image A pixel (corner shift included).
     local = corners - corners[0]

@@ -35,7 +35,12 @@ import torch
 from torch import Tensor
 
 from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter
-from hdreg.geometry import four_point_to_homography_ex, patch_corners, warp_perspective
+from hdreg.geometry import (
+    four_point_to_homography_ex,
+    is_convex,
+    patch_corners,
+    warp_perspective,
+)
 
 __all__ = ["PairDraws", "TorchPairGenerator", "batch_seed", "jitter_luts"]
 
@@ -95,19 +100,6 @@ def _apply_luts(images: Tensor, luts: Tensor) -> Tensor:
     """Map ``images (B, ...) uint8`` through per-sample ``luts (B, 256)`` (a gather)."""
     flat = images.reshape(images.shape[0], -1).long()
     return luts.gather(1, flat).reshape(images.shape)
-
-
-def _strictly_convex(quads: Tensor) -> Tensor:
-    """``(B,)`` bool: the quadrilateral ``(B, 4, 2)`` (in order) is strictly convex.
-
-    Same test as the CPU generator's: the cross products of consecutive edges all have one
-    strict sign. Done in float64, as the CPU test is.
-    """
-    q = quads.to(torch.float64)
-    edges = q.roll(-1, dims=1) - q  # edge i runs from corner i to corner i+1
-    nxt = edges.roll(-1, dims=1)
-    cross = edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0]
-    return (cross > 0).all(dim=1) | (cross < 0).all(dim=1)
 
 
 @dataclass(frozen=True)
@@ -285,7 +277,7 @@ class TorchPairGenerator:
 
         offsets = draw(corners.shape[0])
         while True:
-            bad = torch.nonzero(~_strictly_convex(corners + offsets)).flatten()
+            bad = torch.nonzero(~is_convex(corners + offsets)).flatten()
             if bad.numel() == 0:
                 return offsets
             offsets[bad] = draw(bad.numel())

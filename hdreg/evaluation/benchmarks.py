@@ -20,7 +20,8 @@ from hdreg.data.benchmark import (
 from hdreg.data.pairs import find_real_pairs
 from hdreg.data.sources import load_gray, load_images, resolve_source, split_by_image
 from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter
-from hdreg.evaluation.metrics import corner_error, image_corners, project
+from hdreg.evaluation.metrics import corner_error
+from hdreg.geometry_np import folds, image_corners, project, rect_corners
 
 __all__ = ["EvalPairs", "real_pairs", "synthetic_pairs"]
 
@@ -69,23 +70,12 @@ class EvalPairs:
         """``(N,)`` True where an estimate sends a reference corner through infinity or maps the
         four corners to a non-convex (folded) quadrilateral. No view of a plane does that, and
         such an estimate would give an infinite or meaningless corner error."""
-        H = self.scoring_homographies(H_a_from_b)
-        pts = np.concatenate([self.points_src, np.ones((len(self), 4, 1))], axis=-1)
-        w = np.einsum("nij,nkj->nki", H, pts)[..., 2]
-        same_side = np.all(w > 0, axis=1) | np.all(w < 0, axis=1)
-        q = project(H, self.points_src)
-        d = np.roll(q, -1, axis=1) - q
-        nxt = np.roll(d, -1, axis=1)
-        with np.errstate(invalid="ignore"):
-            cross = d[..., 0] * nxt[..., 1] - d[..., 1] * nxt[..., 0]
-            convex = np.all(cross > 0, axis=1) | np.all(cross < 0, axis=1)
-        return ~(same_side & convex & np.isfinite(q).all(axis=(1, 2)))
+        return folds(self.scoring_homographies(H_a_from_b), self.points_src)
 
     @classmethod
     def from_synthetic(cls, bench: SyntheticBenchmark, name: str | None = None) -> EvalPairs:
         p = bench.patch_size
-        local = np.array([[0, 0], [p - 1, 0], [p - 1, p - 1], [0, p - 1]], np.float64)
-        src = np.broadcast_to(local, (len(bench), 4, 2)).copy()
+        src = np.broadcast_to(rect_corners((p, p)), (len(bench), 4, 2)).copy()
         return cls(
             name=name or (str(bench.path) if bench.path else f"synthetic (seed {bench.seed})"),
             kind="synthetic",

@@ -12,16 +12,14 @@ points land in):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+
+from hdreg.geometry_np import corner_distance, project
 
 __all__ = [
     "SUMMARY_KEYS",
     "THRESHOLDS",
     "corner_error",
-    "image_corners",
-    "project",
     "summarize",
 ]
 
@@ -29,29 +27,13 @@ THRESHOLDS = (1, 3, 5, 10)
 SUMMARY_KEYS = ("mace", "median", "lt1", "lt3", "lt5", "lt10", "fail_rate", "ms_per_pair", "n")
 
 
-def project(H_dst_from_src: np.ndarray, points_src: np.ndarray) -> np.ndarray:
-    """Map ``points_src (N, K, 2)`` through ``H_dst_from_src (N, 3, 3)`` (float64).
-
-    A point sent to infinity (homogeneous w = 0) becomes ``inf``, so its error is ``inf``: an
-    estimate that throws a corner to infinity is as wrong as it gets, not silently finite.
-    """
-    H = np.asarray(H_dst_from_src, np.float64)
-    p = np.asarray(points_src, np.float64)
-    if H.ndim != 3 or H.shape[1:] != (3, 3) or p.ndim != 3 or p.shape[2] != 2:
-        raise ValueError(f"expected H (N, 3, 3) and points (N, K, 2), got {H.shape} and {p.shape}")
-    if H.shape[0] != p.shape[0]:
-        raise ValueError(f"{H.shape[0]} homographies for {p.shape[0]} point sets")
-    q = np.einsum("nij,nkj->nki", H, np.concatenate([p, np.ones_like(p[..., :1])], axis=-1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = q[..., :2] / q[..., 2:]
-    return np.where(np.isfinite(out), out, np.inf)
-
-
 def corner_error(
     H_dst_from_src: np.ndarray, points_src: np.ndarray, points_dst_true: np.ndarray
 ) -> np.ndarray:
     """Per pair, the mean distance between ``points_src`` mapped by the estimate and their true
-    positions ``points_dst_true``. Shapes ``(N, 3, 3)``, ``(N, K, 2)``, ``(N, K, 2)`` → ``(N,)``.
+    positions ``points_dst_true`` (:func:`hdreg.geometry.corner_distance` of
+    :func:`hdreg.geometry_np.project`). Shapes ``(N, 3, 3)``, ``(N, K, 2)``, ``(N, K, 2)`` →
+    ``(N,)``. A non-finite estimate scores ``inf``.
 
     Example (a hand-computed case): the identity against a 3-4-5 shift of every corner is 5 px.
 
@@ -63,17 +45,9 @@ def corner_error(
     true = np.asarray(points_dst_true, np.float64)
     if true.shape != pred.shape:
         raise ValueError(f"points_dst_true has shape {true.shape}, expected {pred.shape}")
-    with np.errstate(invalid="ignore"):
-        dist = np.linalg.norm(pred - true, axis=-1)
-    return np.where(np.isnan(dist), np.inf, dist).mean(axis=1)
-
-
-def image_corners(sizes: Sequence[tuple[int, int]]) -> np.ndarray:
-    """``(N, 4, 2)`` corners TL, TR, BR, BL of images of ``(width, height)`` sizes."""
-    out = np.empty((len(sizes), 4, 2), np.float64)
-    for i, (w, h) in enumerate(sizes):
-        out[i] = [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]
-    return out
+    with np.errstate(invalid="ignore", over="ignore"):
+        dist = corner_distance(pred, true)
+    return np.where(np.isnan(dist), np.inf, dist)
 
 
 def summarize(errors: np.ndarray, failed: np.ndarray, seconds: np.ndarray) -> dict[str, float]:

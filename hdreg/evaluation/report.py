@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hdreg.estimators import reportable
 from hdreg.evaluation.metrics import SUMMARY_KEYS
 from hdreg.evaluation.runner import EvaluationResult
 
@@ -19,6 +20,20 @@ PLOT_FILE = "corner_error_cdf.png"
 
 def _fmt_err(x: float) -> str:
     return "inf" if not np.isfinite(x) else f"{x:.2f}"
+
+
+def _refinement_line(name: str, details: list[dict]) -> str | None:
+    """How often a refinement was kept, from the pairs' ``refined_by``/``refine_kept`` details
+    (``None`` when the method was not refined)."""
+    started = [d for d in details if "refine_kept" in d]
+    if not started:
+        return None
+    by = ", ".join(sorted({str(d.get("refined_by", "the refiner")) for d in started}))
+    kept = sum(bool(d["refine_kept"]) for d in started)
+    return (
+        f"{name}: {by}'s refinement kept on {kept} of the {len(started)} pairs it started from "
+        "(the others keep the starting estimate; why: `refine_note` in pairs.csv's details)."
+    )
 
 
 def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> str:
@@ -43,13 +58,8 @@ def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> s
         "Failed pairs (no homography, or one that folds the image) are scored as the identity.",
     ]
     for m in result.methods:
-        refined = [n for n in m.notes if n.startswith("ecc ")]
-        if refined:
-            kept = sum(n == "ecc kept" for n in refined)
-            lines.append(
-                f"{m.name}: ECC's refinement kept on {kept} of the {len(refined)} pairs it started"
-                " from (the others keep the starting estimate; why: `note` in pairs.csv)."
-            )
+        if (line := _refinement_line(m.name, m.details)) is not None:
+            lines.append(line)
     if per_pair is None:
         per_pair = pairs.kind == "real" and len(pairs) <= 200
     if per_pair:
@@ -61,6 +71,12 @@ def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> s
             ]
             lines.append(f"| {pid} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _details_json(details: dict) -> str:
+    """A pair's reportable details as compact JSON (``""`` when there are none)."""
+    shown = reportable(details)
+    return json.dumps(shown, separators=(",", ":")) if shown else ""
 
 
 def plot_cumulative_errors(result: EvaluationResult, path: Path, *, x_max: float = 100.0) -> None:
@@ -110,13 +126,13 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
             w.writerow([m.name, *(m.summary[k] for k in SUMMARY_KEYS)])
     with paths["pairs_csv"].open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "pair", "group", "error", "failed", "ms", "reason", "note"])
+        w.writerow(["method", "pair", "group", "error", "failed", "ms", "reason", "details"])
         for m in result.methods:
-            notes = m.notes or [""] * len(m.errors)
+            details = m.details or [{}] * len(m.errors)
             for i, pid in enumerate(result.pairs.ids):
                 w.writerow([
                     m.name, pid, result.pairs.groups[i], f"{m.errors[i]:.6g}", int(m.failed[i]),
-                    f"{1e3 * m.seconds[i]:.4g}", m.reasons[i], notes[i],
+                    f"{1e3 * m.seconds[i]:.4g}", m.reasons[i], _details_json(details[i]),
                 ])  # fmt: skip
     summaries = {
         m.name: {k: (int(m.summary[k]) if k == "n" else m.summary[k]) for k in SUMMARY_KEYS}

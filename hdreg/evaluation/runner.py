@@ -1,14 +1,24 @@
-"""Run estimators on evaluation pairs and score them, all with the same code."""
+"""Run estimators on evaluation pairs and score them, all with the same code.
+
+Classical methods (``Estimator.per_pair``) may run on a pool of worker processes
+(``num_workers``): the pairs are cut into the same batches, each batch is estimated in a worker,
+and the batches are put back in order, so the results are those of a single process (only the
+wall times differ). Learned models always run in the calling process, on their device.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from hdreg.estimators import Estimator
+from hdreg.estimators import Estimate, Estimator, reportable
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.metrics import summarize
 
@@ -26,7 +36,7 @@ class MethodResult:
     reasons: list[str]
     errors: np.ndarray
     summary: dict[str, float]
-    notes: list[str] = field(default_factory=list)  # per pair, e.g. whether ECC's result was kept
+    details: list[dict[str, Any]] = field(default_factory=list)  # per pair, reportable only
 
 
 @dataclass
@@ -54,6 +64,52 @@ def unique_names(names: Sequence[str]) -> list[str]:
     return out
 
 
+def resolve_num_workers(num_workers: int | str) -> int:
+    """``"auto"`` → the number of CPU cores this process may use; an int >= 1 as it is."""
+    if num_workers == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be 'auto' or an integer >= 1, got {num_workers!r}")
+    return num_workers
+
+
+def _init_worker() -> None:
+    # Each worker is one of the parallel streams: OpenCV's own thread pool would oversubscribe
+    # the cores. The worker is a fresh (spawned) process, so reconfiguring it is safe.
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _estimate_batch(
+    estimator: Estimator, images_a: list[np.ndarray], images_b: list[np.ndarray]
+) -> Estimate:
+    """One batch, with only the reportable details (what the runner keeps; less to send back)."""
+    out = estimator.estimate(images_a, images_b)
+    out.details = [reportable(d) for d in out.details]
+    return out
+
+
+def _batches(n: int, batch_size: int) -> list[slice]:
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def _run(
+    est: Estimator, pairs: EvalPairs, batches: list[slice], pool: ProcessPoolExecutor | None
+) -> Iterator[tuple[slice, Estimate]]:
+    if pool is None or not est.per_pair:
+        for sl in batches:
+            yield sl, _estimate_batch(est, pairs.images_a[sl], pairs.images_b[sl])
+        return
+    futures = [
+        pool.submit(_estimate_batch, est, pairs.images_a[sl], pairs.images_b[sl]) for sl in batches
+    ]
+    for sl, future in zip(batches, futures, strict=True):
+        yield sl, future.result()
+
+
 def evaluate(
     pairs: EvalPairs,
     estimators: Sequence[Estimator],
@@ -61,6 +117,7 @@ def evaluate(
     names: Sequence[str] | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    num_workers: int | str = 1,
 ) -> EvaluationResult:
     """Run every estimator on every pair, in order, and score it.
 
@@ -68,37 +125,61 @@ def evaluate(
     (see :meth:`EvalPairs.folds`); a failed pair is scored as the identity and counted in
     ``fail_rate``. Pairs are processed in batches of ``batch_size`` (learned models batch them;
     classical methods loop), always in the same order, so results are reproducible.
+    ``num_workers`` (an int, or ``"auto"``: every core) > 1 runs the batches of classical
+    methods on that many worker processes, with the same results.
     """
     if len(pairs) == 0:
         raise ValueError(f"{pairs.name}: no pairs to evaluate")
     names = unique_names(list(names) if names is not None else [e.name for e in estimators])
     if len(names) != len(estimators):
         raise ValueError(f"{len(names)} names for {len(estimators)} estimators")
-    results = []
-    for name, est in zip(names, estimators, strict=True):
-        n = len(pairs)
-        H = np.tile(np.eye(3), (n, 1, 1))
-        failed = np.zeros(n, bool)
-        seconds = np.zeros(n)
-        reasons = [""] * n
-        notes = [""] * n
-        bar = tqdm(total=n, desc=f"{name:>14s}", unit="pair", disable=not progress, leave=False)
-        for start in range(0, n, batch_size):
-            sl = slice(start, min(start + batch_size, n))
-            out = est.estimate(pairs.images_a[sl], pairs.images_b[sl])
-            if len(out) != sl.stop - sl.start:
-                raise RuntimeError(f"{name} returned {len(out)} results for a batch of {sl}")
-            H[sl], failed[sl], seconds[sl] = out.H_a_from_b, out.failed, out.seconds
-            reasons[sl] = out.reasons
-            notes[sl] = out.notes()
-            bar.update(sl.stop - sl.start)
-        bar.close()
-        folded = ~failed & pairs.folds(H)
-        for i in np.flatnonzero(folded):
-            reasons[i] = "estimate folds the image (a corner maps through infinity)"
-        failed |= folded
-        H[failed] = np.eye(3)
-        errors = pairs.errors(H)
-        summary = summarize(errors, failed, seconds)
-        results.append(MethodResult(name, H, failed, seconds, reasons, errors, summary, notes))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    workers = resolve_num_workers(num_workers)
+    pool = None
+    if workers > 1 and any(e.per_pair for e in estimators):
+        # spawn: fresh workers, no copy of this process's threads (OpenCV's, torch's).
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    try:
+        results = [
+            _evaluate_one(name, est, pairs, batch_size, progress, pool)
+            for name, est in zip(names, estimators, strict=True)
+        ]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return EvaluationResult(pairs, results)
+
+
+def _evaluate_one(
+    name: str,
+    est: Estimator,
+    pairs: EvalPairs,
+    batch_size: int,
+    progress: bool,
+    pool: ProcessPoolExecutor | None,
+) -> MethodResult:
+    n = len(pairs)
+    H = np.tile(np.eye(3), (n, 1, 1))
+    failed = np.zeros(n, bool)
+    seconds = np.zeros(n)
+    reasons = [""] * n
+    details: list[dict[str, Any]] = [{} for _ in range(n)]
+    bar = tqdm(total=n, desc=f"{name:>14s}", unit="pair", disable=not progress, leave=False)
+    for sl, out in _run(est, pairs, _batches(n, batch_size), pool):
+        if len(out) != sl.stop - sl.start:
+            raise RuntimeError(f"{name} returned {len(out)} results for a batch of {sl}")
+        H[sl], failed[sl], seconds[sl] = out.H_a_from_b, out.failed, out.seconds
+        reasons[sl] = out.reasons
+        details[sl] = out.details
+        bar.update(sl.stop - sl.start)
+    bar.close()
+    folded = ~failed & pairs.folds(H)
+    for i in np.flatnonzero(folded):
+        reasons[i] = "estimate folds the image (a corner maps through the horizon)"
+    failed |= folded
+    H[failed] = np.eye(3)
+    errors = pairs.errors(H)
+    summary = summarize(errors, failed, seconds)
+    return MethodResult(name, H, failed, seconds, reasons, errors, summary, details)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MinMetric
 
 from hdreg.geometry import (
+    corner_distance,  # the one corner error (MACE), re-exported for the models
     four_point_to_homography_ex,
     inside_mask,
     patch_corners,
@@ -32,12 +33,6 @@ __all__ = ["HomographyModule", "build_module", "corner_distance"]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 LossFn = Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor | dict[str, Tensor]]
-
-
-def corner_distance(offsets_pred: Tensor, offsets_true: Tensor) -> Tensor:
-    """Per pair, the mean over the four corners of ``‖offsets_pred − offsets_true‖₂`` ``(B,)``:
-    DESIGN.md's corner error on synthetic patches (its mean over pairs is the MACE)."""
-    return (offsets_pred - offsets_true).norm(dim=-1).mean(dim=-1)
 
 
 class HomographyModule(pl.LightningModule):

@@ -30,9 +30,28 @@ __all__ = [
     "HomographyNetEstimator",
     "load_checkpoint_estimator",
     "load_module",
+    "resolve_checkpoint",
     "resolve_device",
     "save_weights",
 ]
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """The checkpoint file a user's ``spec`` names: the path itself (``~`` expanded), or the
+    file of weights shipped with hdreg (:mod:`hdreg.weights`) when ``spec`` names them and is not
+    an existing file.
+
+    Every place that accepts a checkpoint (``evaluate.py``'s ``checkpoints=[...]``, ``hdreg
+    align --checkpoint``) resolves it through this one function. Whether the file exists is
+    checked by the loader (:func:`load_module`).
+    """
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    from hdreg.weights import shipped_weights
+
+    found = shipped_weights().get(str(spec))
+    return found.path if found else path
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -130,8 +149,6 @@ def load_module(path: str | Path, device: str | torch.device = "cpu") -> Homogra
     ``ValueError`` naming the file for one that is not such a checkpoint (corrupt, foreign, or
     from an older hdreg). ``path`` may also name weights shipped with hdreg (``hdreg weights``).
     """
-    from hdreg.weights import resolve_checkpoint
-
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")

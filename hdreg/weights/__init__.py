@@ -1,7 +1,8 @@
 """Trained weights that ship inside the package, by name.
 
 Every place that takes a checkpoint path also takes one of these names
-(``evaluate.py 'checkpoints=[iterative]'``, ``hdreg align A B --checkpoint iterative``).
+(``evaluate.py 'checkpoints=[iterative]'``, ``hdreg align A B --checkpoint iterative``), through
+:func:`hdreg.models.estimator.resolve_checkpoint`.
 A shipped file holds the model's construction config and its weights, no optimizer state
 (see :func:`export_weights`); ``index.json`` beside it records how it was trained and what it
 scored. ``hdreg weights`` lists them; docs/results.md has the commands that made and scored them.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Shipped", "export_weights", "resolve_checkpoint", "shipped", "shipped_weights"]
+__all__ = ["Shipped", "export_weights", "shipped", "shipped_weights"]
 
 _DIR = Path(__file__).resolve().parent
 
@@ -53,18 +54,6 @@ def shipped(name: str) -> Shipped:
             f"no shipped weights called {name!r}; available: {', '.join(sorted(available))}"
         )
     return available[name]
-
-
-def resolve_checkpoint(spec: str | Path) -> Path:
-    """A checkpoint path, or the file of a shipped model when ``spec`` names one and is not an
-    existing file. A missing path stays as it is, for the caller's "does not exist" error."""
-    path = Path(spec).expanduser()
-    if path.exists():
-        return path
-    available = shipped_weights()
-    if str(spec) in available:
-        return available[str(spec)].path
-    return path
 
 
 def export_weights(checkpoint: str | Path, out: str | Path) -> Path:

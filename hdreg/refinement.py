@@ -1,62 +1,56 @@
-"""Hybrid estimation: any estimator's answer, polished by ECC when that provably helps.
+"""Refinement of any estimator's answers, kept only when it provably helps.
 
 :class:`RefinedEstimator` runs a base estimator (keypoints, a learned model, …) on a batch, then
-starts :meth:`ECCEstimator.refine <hdreg.baselines.ecc.ECCEstimator.refine>` from each estimate
-that did not fail. ECC is a local method: from a good start it reaches sub-pixel accuracy, from a
-bad one it may wander off. So the refined estimate replaces the start only when
+starts a *refiner* (anything with ``name`` and ``refine(image_a, image_b, H_init_a_from_b) ->
+PairResult``, e.g. :class:`~hdreg.baselines.ecc.ECCEstimator`) from each estimate that did not
+fail. The refined estimate replaces the start only when
 
-1. ECC succeeded (its own checks: convergence, overlap, correlation),
-2. its estimate does not fold B where the start did not (map a corner of B through infinity, or
-   B's corners to a non-convex quadrilateral: a view of a plane does that only when B sees the
-   plane's horizon; such an estimate can still correlate well on the part of B inside A), and
-3. the photometric agreement of the pair is no worse than with the start.
+1. the refiner succeeded (its own checks),
+2. its estimate does not fold B where the start did not (:func:`hdreg.geometry_np.folds`), and
+3. the photometric agreement of the pair is no worse than with the start
+   (:func:`compare_estimates`: ZNCC of B and A resampled bicubically onto B, over the pixels of
+   B inside A under *both* estimates).
 
-Photometric agreement (:func:`compare_estimates`): the zero-mean normalized cross-correlation
-(ZNCC, the quantity ECC maximises) between B and A resampled on B's grid, at full resolution,
-measured for both estimates over the same pixels: those of B that map inside A under *both*.
-The common mask makes the comparison fair (an estimate cannot score better by pushing the hard
-part of B outside A). ZNCC rather than a mean absolute difference because it is invariant to a
-gain and offset between the images (exposure, illumination — leuven), which would otherwise
-penalise the correct alignment. A is resampled *bicubically*: bilinear resampling low-passes the
-warped image by an amount that depends on the sub-pixel part of the warp, which on noisy images
-rewards being off by a fraction of a pixel. Measured on Oxford ubc 1→k (JPEG compression, true
-homography the identity): with bilinear resampling SIFT's estimate (0.09, 0.24 and 1.7 px off on
-1→4, 1→5, 1→6) correlates better than the identity itself, and ECC's 0.03-0.15 px estimates
-were rejected; with bicubic resampling the identity and ECC's estimates beat SIFT's on all five
-pairs; on 300 synthetic pairs the exact homography beats one 0.1 px off in 99% of them. When the
-comparison is impossible (too few common pixels, a flat overlap) the start is kept.
+Why these choices, with the measurements behind them: docs/methods.md ("Refinement").
+Conventions (as in :mod:`hdreg.geometry`): pixel coordinates ``(x, y)``, ``(0, 0)`` the centre
+of the top-left pixel; every homography is ``H_a_from_b`` (maps pixel coordinates of B into A).
 
-Conventions (DESIGN.md): pixel coordinates ``(x, y)``, ``(0, 0)`` the centre of the top-left
-pixel; every homography is ``H_a_from_b`` (maps pixel coordinates of B into A).
+Example (refining the identity on a pair related by a 1.5 px shift):
+
+    >>> import cv2, numpy as np
+    >>> from hdreg.config import method_estimator
+    >>> from hdreg.estimators import IdentityEstimator
+    >>> noise = np.random.default_rng(0).integers(0, 256, (96, 96), np.uint8)
+    >>> a = cv2.GaussianBlur(noise, (0, 0), 2)
+    >>> b = cv2.warpAffine(a, np.float32([[1, 0, -1.5], [0, 1, 0]]), (96, 96))
+    >>> est = RefinedEstimator(IdentityEstimator(), method_estimator("ecc")).estimate([a], [b])
+    >>> est.details[0]["refine_kept"], round(float(est.H_a_from_b[0, 0, 2]), 1)
+    (True, 1.5)
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
 from hdreg.baselines._checks import check_float, check_gray_u8
-from hdreg.baselines.ecc import ECCEstimator
-from hdreg.estimators import Estimate, Estimator
+from hdreg.estimators import Estimate, Estimator, PairResult
+from hdreg.geometry_np import coverage_mask, folds, rect_corners
 
 __all__ = [
-    "REFINEMENTS",
     "PhotometricComparison",
-    "RefinedEstimate",
     "RefinedEstimator",
     "Refinement",
+    "Refiner",
     "alignment_correlation",
     "compare_estimates",
-    "folds",
     "warp_a_onto_b",
 ]
-
-# Refinements a method name may carry after '+' ("sift+ecc", "model.ckpt+ecc").
-REFINEMENTS = ("ecc",)
 # Pixels beyond the bilinear 2×2 footprint that an interpolation reads, per side.
 _MARGINS = {cv2.INTER_LINEAR: 0, cv2.INTER_CUBIC: 1}
 
@@ -86,16 +80,8 @@ def warp_a_onto_b(
     warped = cv2.warpPerspective(
         image_a, H_a_from_b, size_b, flags=interpolation | cv2.WARP_INVERSE_MAP
     )
-    # A bilinear warp of a uint8 image that is 255 at least `margin` pixels inside A's border
-    # (0 outside) is exactly 255 where all four bilinear neighbours are such pixels: there the
-    # (2 + 2·margin)² footprint of the interpolation lies within A.
-    h, w = image_a.shape[:2]
-    margin = _MARGINS[interpolation]
-    valid = np.zeros((h, w), np.uint8)
-    valid[margin : h - margin, margin : w - margin] = 255
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    inside = cv2.warpPerspective(valid, H_a_from_b, size_b, flags=flags) == 255
-    return warped, inside
+    size_a = (image_a.shape[1], image_a.shape[0])
+    return warped, coverage_mask(H_a_from_b, size_a, size_b, margin=_MARGINS[interpolation])
 
 
 def _zncc(x: np.ndarray, y: np.ndarray) -> float:
@@ -118,21 +104,6 @@ def alignment_correlation(
     if not inside.any():
         return float("nan"), 0.0
     return _zncc(image_b[inside], warped[inside]), float(inside.mean())
-
-
-def folds(H_a_from_b: np.ndarray, size_b: tuple[int, int]) -> bool:
-    """Whether ``H_a_from_b`` sends a corner of B (``size_b = (width, height)``) through
-    infinity or maps B's four corners to a non-convex (folded) quadrilateral in A."""
-    w, h = size_b
-    corners_b = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1]], np.float64)
-    q = corners_b @ np.asarray(H_a_from_b, np.float64).T
-    if not (np.all(q[:, 2] > 0) or np.all(q[:, 2] < 0)):
-        return True
-    p = q[:, :2] / q[:, 2:]
-    d = np.roll(p, -1, axis=0) - p
-    nxt = np.roll(d, -1, axis=0)
-    cross = d[:, 0] * nxt[:, 1] - d[:, 1] * nxt[:, 0]
-    return not (np.all(cross > 0) or np.all(cross < 0))
 
 
 @dataclass(frozen=True)
@@ -197,68 +168,66 @@ class Refinement:
     seconds: float = 0.0
 
 
-@dataclass
-class RefinedEstimate(Estimate):
-    """An :class:`~hdreg.estimators.Estimate` plus, per pair, what the refinement did.
+class Refiner(Protocol):
+    """What :class:`RefinedEstimator` needs of a refiner (e.g. ``ECCEstimator``)."""
 
-    ``refined (N,) bool`` whether ECC's estimate was kept (False for pairs the base failed);
-    ``refine_notes`` why it was not (``""`` when kept or when the base failed: the failure
-    reason is in ``reasons``); ``correlation_start``, ``correlation_refined (N,)`` as in
-    :class:`Refinement` (NaN where not measured).
-    """
+    name: str
 
-    refined: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    refine_notes: list[str] = field(default_factory=list)
-    correlation_start: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    correlation_refined: np.ndarray = field(default_factory=lambda: np.zeros(0))
-
-    def notes(self) -> list[str]:
-        """Per pair: ``"ecc kept"``, ``"ecc not kept: <why>"``, or ``""`` where the base failed."""
-        return [
-            "" if failed else ("ecc kept" if kept else f"ecc not kept: {note}")
-            for failed, kept, note in zip(self.failed, self.refined, self.refine_notes, strict=True)
-        ]
+    def refine(
+        self, image_a: np.ndarray, image_b: np.ndarray, H_init_a_from_b: np.ndarray
+    ) -> PairResult: ...
 
 
 class RefinedEstimator(Estimator):
-    """``base`` followed by ECC refinement of each successful estimate; returns ``H_a_from_b``.
+    """``base`` followed by ``refiner`` on each successful estimate; returns ``H_a_from_b``.
 
     Args:
         base: any estimator (classical or learned).
-        ecc: the ECC estimator whose :meth:`~hdreg.baselines.ecc.ECCEstimator.refine` polishes
-            the base's estimates (its ``refine_levels``, ``iterations``, … apply).
+        refiner: polishes an estimate: ``refiner.refine(image_a, image_b, H_init_a_from_b)``
+            returns a :class:`~hdreg.estimators.PairResult` (e.g. an ``ECCEstimator`` built
+            from configs/method/ecc.yaml: its ``refine_levels``, ``iterations``, … apply).
         min_common: the refined estimate is considered only when at least this fraction of B's
             pixels maps inside A under both estimates (in (0, 1]); below it the two estimates
             are not compared on enough of B and the start is kept.
-        name: name in result tables (default ``"<base name>+ecc"``).
+        name: name in result tables (default ``"<base name>+<refiner name>"``).
 
     A pair the base failed stays failed (with the base's reason); a pair on which the refinement
     fails or does not help keeps the base's estimate and is *not* failed. Per-pair seconds are
-    the base's time plus the refinement's.
+    the base's time plus the refinement's. Each pair the base did not fail gets the details
+    ``refined_by``, ``refine_kept``, ``refine_note`` and the ``refine_correlation_start``,
+    ``refine_correlation_refined``, ``refine_common`` of the comparison (:class:`Refinement`),
+    beside the base's own details.
     """
 
     def __init__(
         self,
         base: Estimator,
-        ecc: ECCEstimator,
+        refiner: Refiner,
         *,
         min_common: float = 0.1,
         name: str | None = None,
     ) -> None:
         if not isinstance(base, Estimator):
             raise TypeError(f"base must be an Estimator, got {type(base).__name__}")
-        if not isinstance(ecc, ECCEstimator):
-            raise TypeError(f"ecc must be an ECCEstimator, got {type(ecc).__name__}")
+        if not callable(getattr(refiner, "refine", None)) or not getattr(refiner, "name", None):
+            raise TypeError(
+                "refiner must have a name and a refine(image_a, image_b, H_init_a_from_b) "
+                f"method (e.g. ECCEstimator), got {type(refiner).__name__}"
+            )
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"name must be a non-empty string or None, got {name!r}")
         self.base = base
-        self.ecc = ecc
+        self.refiner = refiner
         self.min_common = check_float("min_common", min_common, above=0.0, at_most=1.0)
-        self.name = name if name is not None else f"{base.name}+ecc"
+        self.name = name if name is not None else f"{base.name}+{refiner.name}"
+
+    @property
+    def per_pair(self) -> bool:  # type: ignore[override]
+        return self.base.per_pair
 
     def __repr__(self) -> str:
         return (
-            f"RefinedEstimator(base={self.base!r}, ecc={self.ecc!r}, "
+            f"RefinedEstimator(base={self.base!r}, refiner={self.refiner!r}, "
             f"min_common={self.min_common}, name={self.name!r})"
         )
 
@@ -266,7 +235,8 @@ class RefinedEstimator(Estimator):
         self, image_a: np.ndarray, image_b: np.ndarray, H_start_a_from_b: np.ndarray
     ) -> Refinement:
         """Refine one starting estimate ``H_start_a_from_b (3, 3)`` (maps B into A) and keep
-        the result only if ECC succeeded, did not fold B and did not lower the correlation."""
+        the result only if the refiner succeeded, did not fold B and did not lower the
+        correlation."""
         t0 = time.perf_counter()
         H_start = np.asarray(H_start_a_from_b, np.float64)
         outcome = self._refine(image_a, image_b, H_start)
@@ -274,13 +244,14 @@ class RefinedEstimator(Estimator):
         return outcome
 
     def _refine(self, image_a: np.ndarray, image_b: np.ndarray, H_start: np.ndarray) -> Refinement:
-        result = self.ecc.refine(image_a, image_b, H_start)
+        who = self.refiner.name
+        result = self.refiner.refine(image_a, image_b, H_start)
         if result.H_a_from_b is None:
-            return Refinement(H_start, False, f"ECC failed: {result.reason}")
-        H_refined = result.H_a_from_b  # checked finite and invertible by refine
-        size_b = (image_b.shape[1], image_b.shape[0])
-        if folds(H_refined, size_b) and not folds(H_start, size_b):
-            note = "ECC's estimate folds B (a corner through infinity, or a non-convex quad)"
+            return Refinement(H_start, False, f"{who} failed: {result.reason}")
+        H_refined = np.asarray(result.H_a_from_b, np.float64)
+        corners_b = rect_corners((image_b.shape[1], image_b.shape[0]))
+        if folds(H_refined, corners_b) and not folds(H_start, corners_b):
+            note = f"{who}'s estimate folds B (a corner through the horizon, or a non-convex quad)"
             return Refinement(H_start, False, note)
         cmp = compare_estimates(image_a, image_b, H_start, H_refined)
         scores = {
@@ -299,15 +270,13 @@ class RefinedEstimator(Estimator):
             return Refinement(H_start, False, note, **scores)
         if cmp.correlation_second < cmp.correlation_first:
             note = (
-                f"ECC made the correlation worse ({cmp.correlation_second:.4f} < "
+                f"{who} made the correlation worse ({cmp.correlation_second:.4f} < "
                 f"{cmp.correlation_first:.4f} at the start)"
             )
             return Refinement(H_start, False, note, **scores)
         return Refinement(H_refined, True, "", **scores)
 
-    def estimate(
-        self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]
-    ) -> RefinedEstimate:
+    def estimate(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]) -> Estimate:
         if len(images_a) != len(images_b):
             raise ValueError(f"got {len(images_a)} A images but {len(images_b)} B images")
         start = self.base.estimate(images_a, images_b)
@@ -316,25 +285,23 @@ class RefinedEstimator(Estimator):
             raise RuntimeError(f"{self.base.name} returned {len(start)} results for {n} pairs")
         H = np.array(start.H_a_from_b, np.float64, copy=True)
         seconds = np.array(start.seconds, np.float64, copy=True)
-        refined = np.zeros(n, bool)
-        notes = [""] * n
-        corr_start = np.full(n, np.nan)
-        corr_refined = np.full(n, np.nan)
+        details: list[dict[str, Any]] = [dict(d) for d in start.details]
         for i in np.flatnonzero(~np.asarray(start.failed, bool)):
             outcome = self.refine_pair(images_a[i], images_b[i], H[i])
             H[i] = outcome.H_a_from_b
-            refined[i] = outcome.kept
-            notes[i] = outcome.note
-            corr_start[i] = outcome.correlation_start
-            corr_refined[i] = outcome.correlation_refined
             seconds[i] += outcome.seconds
-        return RefinedEstimate(
+            details[i].update(
+                refined_by=self.refiner.name,
+                refine_kept=outcome.kept,
+                refine_note=outcome.note,
+                refine_correlation_start=outcome.correlation_start,
+                refine_correlation_refined=outcome.correlation_refined,
+                refine_common=outcome.common,
+            )
+        return Estimate(
             H_a_from_b=H,
             failed=np.array(start.failed, bool, copy=True),
             seconds=seconds,
             reasons=list(start.reasons),
-            refined=refined,
-            refine_notes=notes,
-            correlation_start=corr_start,
-            correlation_refined=corr_refined,
+            details=details,
         )

@@ -7,6 +7,7 @@ Pairs are built as in test_baselines: ``B(p) = A(H_a_from_b · p)`` (``cv2.warpP
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
 
 import cv2
@@ -14,21 +15,24 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from hdreg.baselines import ECCEstimator, RefinedEstimator
-from hdreg.baselines.refine import RefinedEstimate, compare_estimates, folds, warp_a_onto_b
+from hdreg import methods
+from hdreg.baselines import ECCEstimator
 from hdreg.config import method_estimator
 from hdreg.data.sources import load_gray
-from hdreg.estimators import Estimate, Estimator, PairResult
+from hdreg.estimators import Estimate, Estimator, IdentityEstimator, PairResult
 from hdreg.evaluation.app import build_estimators
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import write_report
 from hdreg.evaluation.runner import evaluate
+from hdreg.geometry_np import folds, rect_corners
+from hdreg.methods import parse_checkpoint_spec
+from hdreg.refinement import RefinedEstimator, compare_estimates, warp_a_onto_b
 
 from .conftest import REPO, shared_data, textured_image
 from .test_align import write_tiny_checkpoint
 
 W, H = 320, 240
-CORNERS_B = np.array([[0, 0], [W - 1, 0], [W - 1, H - 1], [0, H - 1]], np.float64)
+CORNERS_B = rect_corners((W, H))
 # Where B's corners lie in A: a mild perspective that keeps all of B inside A.
 CORNERS_IN_A = np.array([[12, 9], [305, 14], [311, 229], [7, 226]], np.float64)
 
@@ -101,19 +105,34 @@ class TestRefinedEstimator:
         assert corner_error(H_START, H_TRUE) > 2.0
         est = RefinedEstimator(StubEstimator(H_START[None], [False]), method_estimator("ecc"))
         out = est.estimate([a], [b])
-        assert isinstance(out, RefinedEstimate)
         assert not out.failed[0] and out.reasons == [""]
-        assert out.refined[0] and out.refine_notes == [""]
+        d = out.details[0]
+        assert d["refined_by"] == "ecc" and d["refine_kept"] is True and d["refine_note"] == ""
         assert corner_error(out.H_a_from_b[0], H_TRUE) < 0.5
-        assert out.correlation_refined[0] > out.correlation_start[0]
+        assert d["refine_correlation_refined"] > d["refine_correlation_start"]
         # per-pair time: the base's plus the refinement's
         assert out.seconds[0] > 0.25
 
-    def test_name(self):
-        assert RefinedEstimator(
-            StubEstimator(H_START[None], [False]), method_estimator("ecc")
-        ).name == ("stub+ecc")
-        assert RefinedEstimator(method_estimator("orb"), method_estimator("ecc")).name == "orb+ecc"
+    def test_any_refiner_and_the_base_details(self, textured_pair):
+        """The wrapper is generic: a refiner other than ECC names the result and the details,
+        the base's own details survive, and a per-pair base keeps the wrapper per-pair."""
+        a, b = textured_pair
+
+        class Oracle:
+            name = "oracle"
+
+            def refine(self, image_a, image_b, H_init_a_from_b):
+                return PairResult(H_TRUE.copy())
+
+        base = method_estimator("sift")
+        est = RefinedEstimator(base, Oracle())
+        assert est.name == "sift+oracle" and est.per_pair
+        assert not RefinedEstimator(StubEstimator(H_START[None], [False]), Oracle()).per_pair
+        out = est.estimate([a], [b])
+        d = out.details[0]
+        assert d["refined_by"] == "oracle" and d["refine_kept"] is True
+        assert d["matches"] >= d["inliers"] > 8  # the base's details are kept
+        np.testing.assert_array_equal(out.H_a_from_b[0], H_TRUE)
 
     def test_keeps_the_start_when_ecc_makes_it_worse(self, textured_pair):
         a, b = textured_pair
@@ -121,19 +140,21 @@ class TestRefinedEstimator:
         wrong = homography(CORNERS_B, CORNERS_IN_A + np.array([8.0, 0.0]))
         est = RefinedEstimator(StubEstimator(H_START[None], [False]), SpyECC(answer=wrong))
         out = est.estimate([a], [b])
-        assert not out.failed[0] and not out.refined[0]
+        d = out.details[0]
+        assert not out.failed[0] and d["refine_kept"] is False
         np.testing.assert_array_equal(out.H_a_from_b[0], H_START)
-        assert "worse" in out.refine_notes[0]
-        assert out.correlation_refined[0] < out.correlation_start[0]
+        assert "worse" in d["refine_note"]
+        assert d["refine_correlation_refined"] < d["refine_correlation_start"]
 
     def test_keeps_the_start_when_ecc_folds_b(self, textured_pair):
         a, b = textured_pair
         # B's bottom corners swapped: a bow tie, which no view of a plane gives.
         bow_tie = homography(CORNERS_B, CORNERS_IN_A[[0, 1, 3, 2]])
-        assert folds(bow_tie, (W, H)) and not folds(H_START, (W, H))
+        assert folds(bow_tie, CORNERS_B) and not folds(H_START, CORNERS_B)
         est = RefinedEstimator(StubEstimator(H_START[None], [False]), SpyECC(answer=bow_tie))
         out = est.estimate([a], [b])
-        assert not out.failed[0] and not out.refined[0] and "folds" in out.refine_notes[0]
+        d = out.details[0]
+        assert not out.failed[0] and not d["refine_kept"] and "folds" in d["refine_note"]
         np.testing.assert_array_equal(out.H_a_from_b[0], H_START)
 
     def test_keeps_the_start_when_ecc_fails(self):
@@ -142,7 +163,8 @@ class TestRefinedEstimator:
         est = RefinedEstimator(StubEstimator(H_START[None], [False]), method_estimator("ecc"))
         out = est.estimate([flat], [flat])
         assert not out.failed[0], "a failed refinement must not fail the pair"
-        assert not out.refined[0] and out.refine_notes[0].startswith("ECC failed")
+        d = out.details[0]
+        assert not d["refine_kept"] and d["refine_note"].startswith("ecc failed")
         np.testing.assert_array_equal(out.H_a_from_b[0], H_START)
 
     def test_base_failures_stay_failures(self, textured_pair):
@@ -152,11 +174,10 @@ class TestRefinedEstimator:
         out = RefinedEstimator(base, spy).estimate([a, a], [b, b])
         assert out.failed.tolist() == [True, False]
         assert out.reasons == ["stub failed", ""]
-        assert out.refined.tolist() == [False, True]
+        assert out.details[0] == {} and out.details[1]["refine_kept"] is True
         np.testing.assert_array_equal(out.H_a_from_b[0], np.eye(3))
         assert spy.calls == 1, "ECC must not run on a pair the base failed"
         assert out.seconds[0] == 0.25
-        assert out.notes() == ["", "ecc kept"]
 
     def test_report_says_whether_the_refinement_was_kept(self, textured_pair, tmp_path):
         a, b = textured_pair
@@ -171,10 +192,13 @@ class TestRefinedEstimator:
         result = evaluate(pairs, [RefinedEstimator(base, method_estimator("ecc"))], progress=False)
         paths = write_report(result, tmp_path)
         rows = list(csv.DictReader(paths["pairs_csv"].open()))
-        assert [r["note"] for r in rows[:2]] == ["", "ecc kept"]
-        assert rows[2]["note"].startswith("ecc not kept: ECC failed")
+        details = [json.loads(r["details"]) if r["details"] else {} for r in rows]
+        assert details[0] == {}
+        assert details[1]["refined_by"] == "ecc" and details[1]["refine_kept"] is True
+        assert details[2]["refine_kept"] is False
+        assert details[2]["refine_note"].startswith("ecc failed")
         assert [r["failed"] for r in rows] == ["1", "0", "0"]
-        assert "stub+ecc: ECC's refinement kept on 1 of the 2 pairs" in paths["table"].read_text()
+        assert "stub+ecc: ecc's refinement kept on 1 of the 2 pairs" in paths["table"].read_text()
 
     def test_comparison_is_symmetric_and_uses_the_common_region(self, textured_pair):
         a, b = textured_pair
@@ -204,13 +228,13 @@ class TestRefinedEstimator:
         w, h = a.shape[1], a.shape[0]
         corners_a = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
         q = np.c_[corners_a, np.ones(4)] @ np.linalg.inv(out.H_a_from_b[0]).T
-        error = np.linalg.norm(q[:, :2] / q[:, 2:] - corners_a, axis=1).mean()
-        assert out.refined[0], out.refine_notes[0]
+        error = np.linalg.norm(q[:, :2] / q[:, 2:] - corners_a, axis=1).mean()  # by hand
+        assert out.details[0]["refine_kept"], out.details[0]["refine_note"]
         assert error < 0.5
 
     def test_rejects_bad_arguments(self):
-        with pytest.raises(TypeError, match="ECCEstimator"):
-            RefinedEstimator(StubEstimator(H_START[None], [False]), method_estimator("sift"))
+        with pytest.raises(TypeError, match="refine"):
+            RefinedEstimator(StubEstimator(H_START[None], [False]), IdentityEstimator())
         with pytest.raises(ValueError, match="min_common"):
             RefinedEstimator(
                 StubEstimator(H_START[None], [False]), method_estimator("ecc"), min_common=0
@@ -230,7 +254,8 @@ class TestBuildEstimators:
         assert isinstance(ests[1], RefinedEstimator) and ests[1].base.detector == "sift"
         assert ests[2].base.detector == "orb"
         # the refiner comes from method_params.ecc, so its parameters can be overridden
-        assert ests[1].ecc.refine_levels == 1
+        assert ests[1].refiner.refine_levels == 1
+        assert ests[1].refiner is ests[2].refiner  # one refiner, built once
 
     def test_unknown_refinement_lists_the_valid_ones(self):
         with pytest.raises(
@@ -251,3 +276,43 @@ class TestBuildEstimators:
             build_estimators([], params, [f"{ckpt}+foo"], device="cpu")
         with pytest.raises(FileNotFoundError, match=r"missing\.ckpt does not exist"):
             build_estimators([], params, [str(tmp_path / "missing.ckpt+ecc")], device="cpu")
+
+
+class TestCheckpointSpecs:
+    """One parser decides, without guessing, what a '+' in a checkpoint spec means."""
+
+    def test_a_file_whose_name_holds_plus_ecc_is_a_checkpoint(self, tmp_path):
+        odd = tmp_path / "run+ecc"
+        odd.write_bytes(b"")
+        spec = parse_checkpoint_spec(str(odd))
+        assert spec.checkpoint == odd and spec.refine is None
+        # ... and with a refinement after it
+        spec = parse_checkpoint_spec(f"{odd}+ecc")
+        assert spec.checkpoint == odd and spec.refine == "ecc"
+
+    def test_plus_ecc_after_a_missing_path_is_the_refinement(self, tmp_path):
+        spec = parse_checkpoint_spec(str(tmp_path / "m.ckpt+ecc"))
+        assert spec.checkpoint == tmp_path / "m.ckpt" and spec.refine == "ecc"
+        plain = parse_checkpoint_spec(str(tmp_path / "a+b.ckpt"))
+        assert plain.checkpoint == tmp_path / "a+b.ckpt" and plain.refine is None
+
+    def test_names_go_through_resolve_checkpoint(self, tmp_path, monkeypatch):
+        import hdreg.models.estimator as model_estimator
+
+        seen = []
+
+        def resolve(spec):
+            seen.append(spec)
+            return tmp_path / f"{spec}.ckpt"
+
+        monkeypatch.setattr(model_estimator, "resolve_checkpoint", resolve)
+        spec = parse_checkpoint_spec("iterative+ecc")
+        assert seen == ["iterative"] and spec.checkpoint == tmp_path / "iterative.ckpt"
+        assert spec.refine == "ecc"
+        assert parse_checkpoint_spec("iterative").checkpoint == tmp_path / "iterative.ckpt"
+
+    def test_method_specs(self):
+        spec = methods.parse_method_spec("orb+ecc", ["orb", "ecc"])
+        assert (spec.method, spec.checkpoint, spec.refine) == ("orb", None, "ecc")
+        with pytest.raises(ValueError, match="unknown refinement 'x'"):
+            methods.parse_method_spec("orb+x", ["orb", "ecc"])
