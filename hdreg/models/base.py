@@ -163,7 +163,11 @@ class HomographyModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         batch = self.to_float(batch)
         out = self(batch["patch_a"], batch["patch_b"])
-        self.val_mace.update(corner_distance(out["offsets"].float(), batch["offsets"]))
+        err = corner_distance(out["offsets"].float(), batch["offsets"])
+        # Metric states stay ordinary tensors: a state created under inference mode (e.g. by a
+        # trainer.validate() before fit) could not be updated in place by fit's validation.
+        with torch.inference_mode(False):
+            self.val_mace.update(err.clone())
         if batch_idx == 0:
             self._log_panel(batch, out["offsets"].float())
 
@@ -171,13 +175,15 @@ class HomographyModule(pl.LightningModule):
         if not self.val_mace.update_called:
             return
         # Every process scores the same fixed pairs: the synced mean equals each one's mean.
-        mace = self.val_mace.compute()
-        self.val_mace.reset()
-        if self.trainer.sanity_checking:
-            return
-        self.val_mace_best.update(mace)
+        with torch.inference_mode(False):
+            mace = self.val_mace.compute()
+            self.val_mace.reset()
+            if self.trainer.sanity_checking:
+                return
+            self.val_mace_best.update(mace)
+            best = self.val_mace_best.compute()
         self.log("val/mace", mace, prog_bar=True, sync_dist=False)
-        self.log("val/mace_best", self.val_mace_best.compute(), sync_dist=False)
+        self.log("val/mace_best", best, sync_dist=False)
 
     def _log_panel(self, batch: dict[str, Tensor], offsets_pred: Tensor) -> None:
         """TensorBoard image: per pair, A with the true (green) and predicted (red) positions of
