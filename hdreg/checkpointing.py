@@ -98,6 +98,11 @@ class FiniteModelCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that does not save a model whose monitored metric or weights are NaN
     or infinite (with a warning): a diverged run never replaces ``best.ckpt`` or ``last.ckpt``."""
 
+    @property
+    def state_key(self) -> str:
+        # The key Lightning's ModelCheckpoint has: checkpoints written before keep their state.
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
     def check_monitor_top_k(self, trainer: pl.Trainer, current: torch.Tensor | None = None) -> bool:
         if current is not None and not math.isfinite(float(current)):
             log.warning(

@@ -351,3 +351,21 @@ def test_benchmark_offsets_beyond_rho_are_refused(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"'offsets' reach 1\d\.\d+ px, beyond its rho = 8"):
         read_synthetic_benchmark(path)
+
+
+def test_user_errors_one_line_unless_debugging(monkeypatch, capsys):
+    from hdreg.errors import user_errors
+
+    monkeypatch.delenv("HDREG_DEBUG", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as info, user_errors("train.py"):
+        raise ValueError("data.rho must be >= 0,\n got -1")
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "train.py: error: data.rho must be >= 0, got -1\n"
+    with pytest.raises(KeyError), user_errors("train.py"):  # a bug keeps its traceback
+        raise KeyError("x")
+    for variable in ("HDREG_DEBUG", "HYDRA_FULL_ERROR"):
+        monkeypatch.setenv(variable, "1")
+        with pytest.raises(ValueError), user_errors("train.py"):
+            raise ValueError("shown with its traceback")
+        monkeypatch.delenv(variable)
