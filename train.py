@@ -14,12 +14,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from hdreg.errors import user_errors
 from hdreg.training import train_from_config
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return train_from_config(cfg)
+    with user_errors("train.py"):  # one line for bad input; HDREG_DEBUG=1 shows the traceback
+        return train_from_config(cfg)
 
 
 if __name__ == "__main__":

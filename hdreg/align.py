@@ -34,10 +34,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from hdreg.baselines.features import DETECTORS
 from hdreg.data.sources import load_gray
 from hdreg.estimators import Estimator, reportable
+from hdreg.geometry import rescale_homography
 from hdreg.geometry_np import normalize_homography
 from hdreg.methods import (
     REFINEMENTS,
@@ -56,6 +58,7 @@ __all__ = [
     "AlignResult",
     "align",
     "align_images",
+    "earlier_outputs",
     "make_estimator",
     "write_alignment",
 ]
@@ -65,6 +68,9 @@ METHODS = ("identity", *KEYPOINT_METHODS, "ecc", "model")
 # Everything write_alignment may write; files of an earlier run that this run does not write are
 # removed, so that a folder never shows a stale homography next to a failed run.
 OUTPUT_FILES = ("homography.json", "b_warped_to_a.png", "overlay.png", "matches.png")
+# `hdreg align` estimates on copies whose longer side is at most this (--max-side; 0: never).
+DEFAULT_MAX_SIDE = 2000
+MIN_MAX_SIDE = 64
 
 CONVENTION = (
     "pixel coordinates (x, y), (0, 0) = centre of the top-left pixel; "
@@ -89,7 +95,12 @@ class AlignResult:
             the pixels of B that map inside A, and the fraction of B they cover
             (:func:`hdreg.refinement.alignment_correlation`).
         details: the estimator's details of the pair (:mod:`hdreg.estimators`: ``matches``,
-            ``inliers``, keypoints, ``refine_kept``, ``refine_note``, …).
+            ``inliers``, keypoints, ``refine_kept``, ``refine_note``, …); keypoints in
+            full-resolution pixels.
+        matched_sizes: ``(size_a, size_b)`` of the downsized copies the estimation ran on when
+            the photos were larger than ``max_side`` (``None``: at full resolution). The
+            homography is always expressed at full resolution; ``correlation`` and ``overlap``
+            were measured on the copies.
     """
 
     method: str
@@ -105,6 +116,7 @@ class AlignResult:
     correlation: float | None = None
     overlap: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    matched_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     @property
     def failed(self) -> bool:
@@ -146,6 +158,9 @@ class AlignResult:
             "correlation": _finite_or_none(self.correlation),
             "overlap": self.overlap,
         }
+        if self.matched_sizes is not None:
+            out["matched_size_a"] = list(self.matched_sizes[0])
+            out["matched_size_b"] = list(self.matched_sizes[1])
         if self.checkpoint is not None:
             out["checkpoint"] = self.checkpoint
         out["details"] = reportable(self.details)
@@ -255,6 +270,37 @@ def align_images(
     return result
 
 
+def _downsized(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` resized (area) so that its longer side is ``max_side``, or itself if smaller."""
+    h, w = image.shape
+    if not max_side or max(h, w) <= max_side:
+        return image
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _to_full_resolution(
+    result: AlignResult, image_a: np.ndarray, image_b: np.ndarray
+) -> AlignResult:
+    """``result``, estimated on downsized copies, expressed for the full images ``image_a`` and
+    ``image_b``: the homography rescaled (``cv2.resize``'s pixel-centre convention) and the
+    keypoints moved to full-resolution pixels."""
+    small_a, small_b = result.size_a, result.size_b
+    full_a, full_b = (image_a.shape[1], image_a.shape[0]), (image_b.shape[1], image_b.shape[0])
+    if result.H_a_from_b is not None:
+        H = torch.from_numpy(result.H_a_from_b)[None]
+        H = rescale_homography(H, small_a, full_a, small_b, full_b)[0].numpy()
+        result.H_a_from_b = normalize_homography(H)
+    for key, small, full in (("keypoints_a", small_a, full_a), ("keypoints_b", small_b, full_b)):
+        if key in result.details:
+            ratio = np.asarray(full, np.float64) / np.asarray(small, np.float64)
+            result.details[key] = (np.asarray(result.details[key]) + 0.5) * ratio - 0.5
+    result.matched_sizes = (small_a, small_b)
+    result.image_a, result.image_b = image_a, image_b
+    return result
+
+
 def align(
     path_a: str | Path,
     path_b: str | Path,
@@ -266,11 +312,21 @@ def align(
     ratio: float | None = None,
     robust: str | None = None,
     reproj_threshold: float | None = None,
+    max_side: int = DEFAULT_MAX_SIDE,
 ) -> AlignResult:
     """Align image file ``path_b`` to image file ``path_a`` (see :func:`make_estimator` for the
     method options). Raises ``FileNotFoundError`` / ``ValueError`` for a missing or unreadable
     image or checkpoint and for invalid options; a method that finds no homography is not an
-    error: the result is ``failed`` with a ``reason``."""
+    error: the result is ``failed`` with a ``reason``.
+
+    A photo whose longer side exceeds ``max_side`` pixels is estimated on a copy downsized to
+    that side (keypoints, ECC and the model need no more, and full-resolution SIFT on a 48 MP
+    photo takes gigabytes); the homography is rescaled to full resolution. ``max_side=0``
+    always works at full resolution."""
+    if max_side and max_side < MIN_MAX_SIDE:
+        raise ValueError(
+            f"--max-side must be 0 (full resolution) or at least {MIN_MAX_SIDE} px, got {max_side}"
+        )
     spec = _spec(method, checkpoint, refine)
     if spec.checkpoint is not None and not spec.checkpoint.is_file():
         # Before decoding possibly large images: the cheapest error first.
@@ -285,7 +341,10 @@ def align(
         robust=robust,
         reproj_threshold=reproj_threshold,
     )
-    result = align_images(image_a, image_b, estimator, method=name, refine=spec.refine)
+    small_a, small_b = _downsized(image_a, max_side), _downsized(image_b, max_side)
+    result = align_images(small_a, small_b, estimator, method=name, refine=spec.refine)
+    if small_a is not image_a or small_b is not image_b:
+        result = _to_full_resolution(result, image_a, image_b)
     result.path_a, result.path_b = str(path_a), str(path_b)
     result.checkpoint = None if spec.checkpoint is None else str(spec.checkpoint)
     return result
@@ -314,13 +373,17 @@ def write_alignment(result: AlignResult, out_dir: str | Path) -> list[Path]:
 
     Success: ``homography.json``, ``b_warped_to_a.png`` (B in A's frame, A's size),
     ``overlay.png`` (:func:`hdreg.visualize.overlay_image`) and, for keypoint methods,
-    ``matches.png``.
-    Failure: only ``matches.png`` (keypoint methods), for diagnosis. Files named in
-    ``OUTPUT_FILES`` that this run does not write are removed from ``out_dir``.
+    ``matches.png``; files named in ``OUTPUT_FILES`` that this run does not write (a
+    ``matches.png`` of an earlier keypoint run) are removed, so that the folder shows one result.
+    Failure: nothing is removed. ``matches.png`` (keypoint methods) is written for diagnosis
+    only into a folder that holds no earlier output (:func:`earlier_outputs`), so that a failed
+    run never mixes with, or destroys, an earlier result.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output folder {out} exists and is not a folder")
+    if result.failed and earlier_outputs(out):
+        return []
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if result.failed:
@@ -338,7 +401,14 @@ def write_alignment(result: AlignResult, out_dir: str | Path) -> list[Path]:
         path = out / "homography.json"
         path.write_text(_json_text(result.to_json()))
         written += [out / "b_warped_to_a.png", out / "overlay.png", path]
-    for name in OUTPUT_FILES:
-        if (stale := out / name) not in written and stale.is_file():
-            stale.unlink()
+    if not result.failed:
+        for name in OUTPUT_FILES:
+            if (stale := out / name) not in written and stale.is_file():
+                stale.unlink()
     return written
+
+
+def earlier_outputs(out_dir: str | Path) -> list[str]:
+    """Names of ``OUTPUT_FILES`` already in ``out_dir`` (an earlier run's result)."""
+    out = Path(out_dir)
+    return [name for name in OUTPUT_FILES if (out / name).is_file()]

@@ -54,13 +54,20 @@ def _add_protocol_args(p: argparse.ArgumentParser, defaults) -> None:
 
 def _cmd_make_benchmark(args: argparse.Namespace) -> int:
     from hdreg.data.benchmark import make_synthetic_benchmark, write_synthetic_benchmark
-    from hdreg.data.sources import load_images, resolve_source, split_by_image
+    from hdreg.data.sources import (
+        load_images,
+        min_source_side,
+        resolve_source,
+        split_by_image,
+    )
     from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter
 
     jitter = PhotometricJitter.from_spec(args.jitter)
     protocol = DeToneProtocol(tuple(args.image_size), args.patch_size, args.rho, jitter)
     source = resolve_source(args.source, coco_split=args.coco_split)
-    images = load_images(source, protocol.image_size)
+    images = load_images(
+        source, protocol.image_size, min_side=min_source_side(protocol.patch_size, protocol.rho)
+    )
     if args.split != "all":
         fractions = tuple(float(f) for f in args.split_fractions)
         idx = split_by_image(images.groups, fractions, args.split_seed)
@@ -80,8 +87,10 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_align(args: argparse.Namespace) -> int:
-    from hdreg.align import align, write_alignment
+    from hdreg.align import align, earlier_outputs, write_alignment
+    from hdreg.errors import check_device
 
+    check_device(args.device, option="--device")  # before decoding possibly large images
     result = align(
         args.image_a,
         args.image_b,
@@ -92,26 +101,30 @@ def _cmd_align(args: argparse.Namespace) -> int:
         ratio=args.ratio,
         robust=args.robust,
         reproj_threshold=args.reproj_threshold,
+        max_side=args.max_side,
     )
+    earlier = earlier_outputs(args.out) if result.failed else []
     try:
         written = write_alignment(result, args.out)
     except OSError as exc:
         print(f"hdreg align: error: {exc}", file=sys.stderr)
         return 2
     if result.failed:
-        note = " (matches.png written for diagnosis)" if written else ""
-        print(
-            f"hdreg align: {result.label} failed: {result.reason}; no homography written to "
-            f"{args.out}{note}",
-            file=sys.stderr,
-        )
+        if earlier:
+            what = (
+                f"nothing written to {args.out}; its earlier files are kept: {', '.join(earlier)}"
+            )
+        else:
+            what = f"no homography written to {args.out}"
+            what += " (matches.png written for diagnosis)" if written else ""
+        print(f"hdreg align: {result.label} failed: {result.reason}; {what}", file=sys.stderr)
         return 1
     print(f"{result.summary()} -> {args.out}")
     return 0
 
 
 def _add_align_parser(sub: argparse._SubParsersAction) -> None:
-    from hdreg.align import KEYPOINT_METHODS, METHODS
+    from hdreg.align import DEFAULT_MAX_SIDE, KEYPOINT_METHODS, METHODS
     from hdreg.baselines.features import ROBUST_METHODS
     from hdreg.methods import REFINEMENTS
 
@@ -140,6 +153,11 @@ def _add_align_parser(sub: argparse._SubParsersAction) -> None:
     )
     al.add_argument("--out", required=True, help="output folder (created)")
     al.add_argument("--device", default="auto", help="for --method model: auto | cpu | cuda")
+    al.add_argument(
+        "--max-side", type=int, default=DEFAULT_MAX_SIDE, metavar="PX",
+        help="estimate on copies downsized to this longer side when a photo is larger; the "
+        f"homography is given at full resolution (default {DEFAULT_MAX_SIDE}; 0: never)",
+    )  # fmt: skip
     kp = al.add_argument_group(
         f"keypoint methods ({', '.join(KEYPOINT_METHODS)}); each option's default is the "
         "method's config, configs/method/<method>.yaml"
@@ -248,11 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default", UserWarning)
+    from hdreg.errors import user_errors
+
     try:
-        return int(args.func(args) or 0)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        print(f"hdreg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        with user_errors(f"hdreg {args.command}"):  # HDREG_DEBUG=1 shows the traceback
+            return int(args.func(args) or 0)
+    except SystemExit as exc:
+        return int(exc.code or 0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
+from hdreg.checkpointing import AtomicCheckpointIO, check_checkpoint
 from hdreg.evaluation.app import build_estimators
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import format_table, write_report
@@ -45,6 +46,23 @@ def _flat_hparams(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
+
+
+def check_run_length(max_steps: int | None, max_epochs: int | None) -> None:
+    """``ValueError`` naming the option unless the run has a length: ``trainer.max_steps`` a
+    positive number of steps, or -1 with a positive ``trainer.max_epochs``."""
+    if max_steps is None or max_steps == -1:
+        if max_epochs is None or max_epochs < 1:
+            raise ValueError(
+                "trainer.max_steps=-1 needs a positive trainer.max_epochs; set trainer.max_steps "
+                "to the number of optimizer steps to train"
+            )
+        return
+    if max_steps < 1:
+        raise ValueError(
+            f"trainer.max_steps must be a positive number of optimizer steps (or -1 with "
+            f"trainer.max_epochs), got {max_steps}"
+        )
 
 
 def evaluate_test_split(
@@ -76,7 +94,15 @@ def train_from_config(cfg: DictConfig) -> float | None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
+    steps, per_epoch = cfg.trainer.get("max_steps", -1), cfg.data.get("steps_per_epoch")
+    check_run_length(steps, cfg.trainer.get("max_epochs", -1))
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        ckpt_path = str(check_checkpoint(ckpt_path, "ckpt_path"))
+
     datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # bad data stops here, before any logger writes a file
     model = build_module(cfg.model)
     if getattr(model.loss, "needs_full_image", False) and not datamodule.with_full_image:
         raise ValueError(
@@ -87,9 +113,10 @@ def train_from_config(cfg: DictConfig) -> float | None:
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     if not loggers:  # logger=none: Lightning refuses a learning-rate monitor without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
-    steps, per_epoch = cfg.trainer.get("max_steps", -1), cfg.data.get("steps_per_epoch")
     if per_epoch and steps and steps > 0 and steps % per_epoch:
         log.warning(
             "trainer.max_steps=%d is not a multiple of data.steps_per_epoch=%d: the last %d steps "
@@ -101,7 +128,7 @@ def train_from_config(cfg: DictConfig) -> float | None:
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2fM parameters", type(model).__name__, n_params / 1e6)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     fit_seconds = time.perf_counter() - t0
     log.info("training took %.1f s (%d steps)", fit_seconds, trainer.global_step)
 

@@ -90,6 +90,25 @@ class TestAlignGraf:
         assert cv2.imread(str(out_dir / "b_warped_to_a.png")).shape[:2] == (640, 800)
         assert cv2.imread(str(out_dir / "overlay.png")).shape == (640, 800, 3)
 
+    def test_large_photos_matched_downsized(self, tmp_path, capsys):
+        """Photos larger than --max-side are matched on downsized copies; the homography is
+        still the full-resolution one (graf is 800x640: --max-side 400 halves it)."""
+        graf = shared_data("pairs", "graf")
+        out_dir = tmp_path / "out"
+        args = [graf / "img1.ppm", graf / "img2.ppm", "--method", "sift", "--max-side", "400"]
+        code, _, err = run([*args, "--out", out_dir], capsys)
+        assert code == 0, err
+        result = json.loads((out_dir / "homography.json").read_text())
+        assert result["size_a"] == result["size_b"] == [800, 640]
+        assert result["matched_size_a"] == result["matched_size_b"] == [400, 320]
+        c = corners((800, 640))
+        H_true = read_homography_file(graf / "H1to2p")
+        error = np.linalg.norm(project(result["b_from_a"], c) - project(H_true, c), axis=1).mean()
+        assert error < 5.0, f"corner error {error:.2f} px against H1to2p"
+        assert cv2.imread(str(out_dir / "b_warped_to_a.png")).shape[:2] == (640, 800)
+        code, _, err = run([*args[:-1], "10", "--out", tmp_path / "o"], capsys)
+        assert code == 2 and "--max-side must be 0" in err
+
 
 class TestAlign:
     def test_failure_writes_no_homography(self, tmp_path, capsys):
@@ -97,16 +116,38 @@ class TestAlign:
         cv2.imwrite(str(tmp_path / "a.png"), flat)
         cv2.imwrite(str(tmp_path / "b.png"), flat)
         out_dir = tmp_path / "out"
-        out_dir.mkdir()
-        (out_dir / "homography.json").write_text("{}")  # a stale success must not survive
         code, _, err = run(
             [tmp_path / "a.png", tmp_path / "b.png", "--method", "sift", "--out", out_dir], capsys
         )
         assert code == 1
-        assert "keypoints" in err and "failed" in err
+        assert "keypoints" in err and "failed" in err and "no homography written" in err
         assert not (out_dir / "homography.json").exists()
         assert not (out_dir / "overlay.png").exists()
         assert cv2.imread(str(out_dir / "matches.png")) is not None  # for diagnosis
+
+    def test_failure_keeps_an_earlier_result(self, shifted_pair, tmp_path, capsys):
+        """A failed run used to delete the homography.json and overlay.png already in --out."""
+        out_dir = tmp_path / "out"
+        assert run([*shifted_pair, "--method", "sift", "--out", out_dir], capsys)[0] == 0
+        before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+        assert {"homography.json", "overlay.png", "matches.png"} <= set(before)
+        flat = np.full((120, 160), 90, np.uint8)
+        cv2.imwrite(str(tmp_path / "flat.png"), flat)
+        code, _, err = run(
+            [tmp_path / "flat.png", tmp_path / "flat.png", "--method", "sift", "--out", out_dir],
+            capsys,
+        )
+        assert code == 1 and "nothing written" in err and "homography.json" in err
+        assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+
+    def test_bad_device_is_named(self, shifted_pair, tmp_path, capsys):
+        code, _, err = run([*shifted_pair, "--device", "foo", "--out", tmp_path / "o"], capsys)
+        assert code == 2
+        assert err.strip() == (
+            "hdreg align: error: --device 'foo' is not a device: expected auto, cpu, cuda or "
+            "cuda:<index>"
+        )
+        assert not (tmp_path / "o").exists()
 
     def test_model_needs_a_checkpoint(self, shifted_pair, tmp_path, capsys):
         code, _, err = run([*shifted_pair, "--method", "model", "--out", tmp_path / "o"], capsys)

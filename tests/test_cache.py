@@ -27,10 +27,10 @@ SIZE = (160, 120)
 def _no_decoding(monkeypatch) -> None:
     """Make any decoding fail loudly: a cache hit must not decode."""
 
-    def fail(path):
+    def fail(path, *args):
         raise AssertionError(f"decoded {path} on a cache hit")
 
-    monkeypatch.setattr(cache_module, "load_gray", fail)
+    monkeypatch.setattr(cache_module, "decode_resized", fail)
 
 
 def _user_warnings(fn):
@@ -144,11 +144,11 @@ class TestCache:
         real = cache_module._decode
         calls = []
 
-        def crash_on_second(path, size):
+        def crash_on_second(path, size, min_side=0):
             calls.append(path)
             if len(calls) == 2:
                 raise KeyboardInterrupt
-            return real(path, size)
+            return real(path, size, min_side)
 
         monkeypatch.setattr(cache_module, "_decode", crash_on_second)
         with pytest.raises(KeyboardInterrupt):

@@ -105,6 +105,13 @@ class SyntheticBenchmark:
             raise ValueError(f"{where}: 'offsets' and 'corners' must be finite")
         if not np.isfinite(self.rho) or self.rho < 0:
             raise ValueError(f"{where}: 'rho' must be a finite number >= 0, got {self.rho}")
+        largest = float(np.abs(self.offsets).max())
+        if largest > self.rho * (1 + 1e-5) + 1e-4:  # float32 rounding of offsets at ±rho
+            raise ValueError(
+                f"{where}: 'offsets' reach {largest:.4g} px, beyond its rho = {self.rho:g}: the "
+                "labels do not follow the file's own protocol (wrong rho, or offsets of another "
+                "convention or scale)"
+            )
         if len(self.image_size) != 2 or min(self.image_size) < p:
             raise ValueError(
                 f"{where}: 'image_size' must be (width, height) of at least the patch size {p}, "

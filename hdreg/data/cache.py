@@ -62,9 +62,8 @@ from hdreg.data.sources import (
     ImageSet,
     ImageSource,
     check_image_size,
-    load_gray,
+    decode_resized,
     no_usable_image,
-    resize_gray,
     warn_skipped,
 )
 
@@ -179,10 +178,11 @@ def cache_key(source: ImageSource, image_size: tuple[int, int]) -> str:
     return _key(source, image_size, _file_stats(source))
 
 
-def _key(source: ImageSource, image_size: tuple[int, int], stats: list) -> str:
-    blob = json.dumps(
-        [CACHE_VERSION, list(image_size), str(source.root.resolve()), stats], separators=(",", ":")
-    )
+def _key(source: ImageSource, image_size: tuple[int, int], stats: list, min_side: int = 0) -> str:
+    parts: list = [CACHE_VERSION, list(image_size), str(source.root.resolve()), stats]
+    if min_side:  # which images are skipped as too small (absent: the keys of earlier caches)
+        parts.append({"min_side": int(min_side)})
+    blob = json.dumps(parts, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -209,10 +209,10 @@ def _locked(path: Path) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _decode(path: str, image_size: tuple[int, int]) -> np.ndarray | str:
-    """One resized image, or the reason it cannot be read (as ``load_images`` reports it)."""
+def _decode(path: str, image_size: tuple[int, int], min_side: int = 0) -> np.ndarray | str:
+    """One resized image, or the reason it cannot be used (as ``load_images`` reports it)."""
     try:
-        return resize_gray(load_gray(path), image_size)
+        return decode_resized(path, image_size, min_side)
     except ValueError as exc:
         return str(exc.__cause__ or exc)
 
@@ -232,11 +232,13 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _decoded(paths: list[str], image_size: tuple[int, int], workers: int) -> Iterator:
+def _decoded(
+    paths: list[str], image_size: tuple[int, int], workers: int, min_side: int = 0
+) -> Iterator:
     """``_decode`` of every path, in order, in ``workers`` processes when more than one."""
     if workers <= 1 or len(paths) < 2:
         for p in paths:
-            yield _decode(p, image_size)
+            yield _decode(p, image_size, min_side)
         return
     pool = ProcessPoolExecutor(
         min(workers, len(paths)), mp_context=_pool_context(), initializer=_init_worker
@@ -246,7 +248,10 @@ def _decoded(paths: list[str], image_size: tuple[int, int], workers: int) -> Ite
             chunk = paths[start : start + _CHUNK]
             chunksize = max(1, len(chunk) // (4 * workers))
             try:
-                yield from pool.map(_decode, chunk, [image_size] * len(chunk), chunksize=chunksize)
+                yield from pool.map(
+                    _decode, chunk, [image_size] * len(chunk), [min_side] * len(chunk),
+                    chunksize=chunksize,
+                )  # fmt: skip
             except BrokenProcessPool as exc:
                 raise RuntimeError(
                     "an image decoding process died. New processes re-import the main module: "
@@ -278,6 +283,7 @@ def _build(
     base: str,
     workers: int,
     warn: bool,
+    min_side: int = 0,
 ) -> dict:
     """Decode every file into ``<base>-<key16>.npy`` and write the index; returns the index."""
     w, h = image_size
@@ -293,7 +299,7 @@ def _build(
     )
     try:
         paths = [str(source.root / rel) for rel in source.files]
-        for i, result in enumerate(_decoded(paths, image_size, workers)):
+        for i, result in enumerate(_decoded(paths, image_size, workers, min_side)):
             rel = source.files[i]
             if isinstance(result, str):
                 skipped.append(f"{rel} ({result})")
@@ -362,6 +368,7 @@ def load_cached_images(
     workers: int | None = None,
     warn: bool = True,
     lazy: bool = False,
+    min_side: int = 0,
 ) -> ImageSet:
     """:func:`~hdreg.data.sources.load_images`, decoded once into a memory-mapped cache.
 
@@ -379,6 +386,8 @@ def load_cached_images(
         warn: emit one ``UserWarning`` naming the unreadable files (also on a cache hit).
         lazy: return the images as :class:`MappedImages` (pickles by path, subsets without
             copying) instead of a read-only ``np.memmap``.
+        min_side: skip images whose shorter side is under this many pixels (as
+            ``load_images``).
 
     Returns:
         An ``ImageSet`` whose ``images`` are the cached ``(N, H, W) uint8`` array, read-only.
@@ -392,11 +401,11 @@ def load_cached_images(
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     base = _base_name(source, image_size)
-    key = _key(source, image_size, _file_stats(source))
+    key = _key(source, image_size, _file_stats(source), min_side)
     with _locked(cache_dir / f"{base}.lock") as locked:
         index = _read_index(cache_dir / f"{base}.json", key, image_size)
         if index is None:
-            index = _build(source, image_size, key, cache_dir, base, workers, warn)
+            index = _build(source, image_size, key, cache_dir, base, workers, warn, min_side)
             # Only under a lock can no other process be writing a temp file right now.
             _remove_stale(cache_dir, base, index["data"], temp_files=locked)
     if index["skipped"] and warn:

@@ -2,9 +2,10 @@
 
 Images are split by source image (``split_by_image``) into train / val / test. Training pairs
 form one endless seeded stream: epoch ``e`` of ``steps_per_epoch`` steps takes pairs
-``[e·n, (e+1)·n)`` (n = steps × batch × world size), so a run resumed from an end-of-epoch
-checkpoint continues the stream instead of repeating it. Validation and test pairs are generated
-once, from their own images and streams, and never change.
+``[e·n, (e+1)·n)`` (n = steps × batch × world size), counted from the optimizer steps already
+taken, so a run resumed from a checkpoint continues the stream at the pair where it stopped.
+Validation and test pairs are generated once, from their own images and streams, and never
+change.
 
 Two training generators share the protocol: ``generator="cpu"`` makes pairs in DataLoader
 workers (seeded per pair); ``generator="torch"`` makes whole batches on the training device
@@ -15,7 +16,7 @@ GPU. ``cache_dir`` decodes the source once into a memory-mapped file (:mod:`hdre
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -24,7 +25,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hdreg.data.benchmark import SyntheticBenchmark, make_synthetic_benchmark
 from hdreg.data.cache import load_cached_images
-from hdreg.data.sources import ImageSet, load_images, resolve_source, split_by_image
+from hdreg.data.sources import (
+    ImageSet,
+    load_images,
+    min_source_side,
+    resolve_source,
+    split_by_image,
+)
 from hdreg.data.synthetic import (
     DeToneProtocol,
     PhotometricJitter,
@@ -48,13 +55,26 @@ class _BatchIndices(Dataset):
 
 
 class StreamSampler(Sampler[int]):
-    """Indices ``[epoch·n + rank, …)`` with stride ``world_size``: epoch ``epoch``'s share of an
-    endless stream for one process. Lightning calls :meth:`set_epoch` at every epoch start."""
+    """Indices ``[start + rank, start + n)`` with stride ``world_size``: one epoch's share of an
+    endless stream for one process.
 
-    def __init__(self, pairs_per_epoch: int, rank: int = 0, world_size: int = 1) -> None:
+    ``start`` is ``epoch·n`` (Lightning calls :meth:`set_epoch` at every epoch start), or, with
+    ``position``, ``position()`` read when the epoch's iteration begins: the training stream's
+    index after the optimizer steps already taken. A run resumed from a checkpoint then goes on
+    at exactly the pair where it stopped, whatever epoch number Lightning restores.
+    """
+
+    def __init__(
+        self,
+        pairs_per_epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        position: Callable[[], int] | None = None,
+    ) -> None:
         if pairs_per_epoch % world_size:
             raise ValueError(f"pairs_per_epoch {pairs_per_epoch} not divisible by {world_size}")
         self.pairs_per_epoch, self.rank, self.world_size = pairs_per_epoch, rank, world_size
+        self.position = position
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -64,7 +84,8 @@ class StreamSampler(Sampler[int]):
         return self.pairs_per_epoch // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        start = self.epoch * self.pairs_per_epoch + self.rank
+        start = self.position() if self.position else self.epoch * self.pairs_per_epoch
+        start += self.rank
         return iter(range(start, start + self.pairs_per_epoch, self.world_size))
 
 
@@ -172,11 +193,15 @@ class SyntheticDataModule(pl.LightningDataModule):
 
     # -- data ----------------------------------------------------------------------------------
     def _load(self, source) -> ImageSet:
+        # Images too small for a patch and its margin are skipped (and counted in the warning).
+        min_side = min_source_side(self.protocol.patch_size, self.protocol.rho)
         if self.cache_dir:
             # lazy: a memory map that pickles by path (spawned workers, DDP) and subsets
             # without copying; rows come out as ordinary arrays
-            return load_cached_images(source, self.protocol.image_size, self.cache_dir, lazy=True)
-        return load_images(source, self.protocol.image_size)
+            return load_cached_images(
+                source, self.protocol.image_size, self.cache_dir, lazy=True, min_side=min_side
+            )
+        return load_images(source, self.protocol.image_size, min_side=min_side)
 
     def prepare_data(self) -> None:
         """Build the image cache once (Lightning calls this on one process per node)."""
@@ -233,9 +258,12 @@ class SyntheticDataModule(pl.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         if self.generator == "torch":
             # Batch indices only: each becomes a batch of pairs on the device after transfer.
-            batches = StreamSampler(self.steps_per_epoch, 0, 1)
+            batches = StreamSampler(self.steps_per_epoch, 0, 1, position=self._batches_done)
             return DataLoader(_BatchIndices(), batch_size=None, sampler=batches)
-        sampler = StreamSampler(self.steps_per_epoch * self.batch_size * world, rank, world)
+        sampler = StreamSampler(
+            self.steps_per_epoch * self.batch_size * world, rank, world,
+            position=lambda: self._batches_done() * self.batch_size * world,
+        )  # fmt: skip
         if self.num_workers > 0:
             single_threaded_opencv()  # before the workers fork (see its docstring)
         return DataLoader(
@@ -248,6 +276,13 @@ class SyntheticDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=True,
         )
+
+    def _batches_done(self) -> int:
+        """Training batches (per process) consumed so far: optimizer steps × accumulation."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.global_step) * int(trainer.accumulate_grad_batches)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With ``generator="torch"``: a training batch index, now on the device, becomes a

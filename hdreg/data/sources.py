@@ -9,10 +9,13 @@ frames) to train/val/test so that no image feeds two splits.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -26,9 +29,11 @@ __all__ = [
     "ImageSource",
     "check_image_size",
     "coco_source",
+    "decode_resized",
     "folder_source",
     "load_gray",
     "load_images",
+    "min_source_side",
     "no_usable_image",
     "resolve_source",
     "sample_source",
@@ -65,9 +70,13 @@ SAMPLE_IMAGES: dict[str, str] = {
 
 COCO_SPLITS = {"train": ("train2017", "train2014"), "val": ("val2017", "val2014")}
 
-# Default grouping of folder images: strip a trailing frame number, so that video frames such as
-# scene0711_00_frame-001680.jpg and scene0711_00_frame-001995.jpg land in the same split.
-_FRAME_SUFFIX = re.compile(r"[-_]*(?:frame)?[-_]*\d+$", re.IGNORECASE)
+# Default grouping of folder images: only names that say they are video frames ("frame" and a
+# number at the end) are grouped, by what comes before, so that scene0711_00_frame-001680.jpg and
+# scene0711_00_frame-001995.jpg land in the same split (and seq/frame_0001.png with all frames of
+# its folder). Camera names with a running number (IMG_0001.jpg, DSC01234.JPG) are independent
+# photos: each is its own group.
+_FRAME_SUFFIX = re.compile(r"[-_. ]*frame[-_. ]*\d+$", re.IGNORECASE)
+_TRAILING_NUMBER = re.compile(r"[-_]*\d+$")
 
 
 @dataclass(frozen=True)
@@ -88,9 +97,26 @@ class ImageSource:
     def group_of(self, index: int) -> str:
         if self.groups is not None:
             return self.groups[index]
-        rel = Path(self.files[index])
-        stem = _FRAME_SUFFIX.sub("", rel.stem) or rel.stem
-        return str(rel.parent / stem)
+        return self._default_groups[index]
+
+    @cached_property
+    def _default_groups(self) -> tuple[str, ...]:
+        """Frames (``<scene>_frame-<n>``) grouped by scene; every other file its own group.
+
+        A group's name only seeds the order of the split. A photo whose name is unique once a
+        trailing number is removed keeps that shortened name, the one earlier versions used, so
+        that existing splits do not move; names that would collide (IMG_0001, IMG_0002) use the
+        whole stem."""
+        paths = [Path(f) for f in self.files]
+        short = [str(p.parent / (_TRAILING_NUMBER.sub("", p.stem) or p.stem)) for p in paths]
+        counts = Counter(short)
+        out = []
+        for p, name in zip(paths, short, strict=True):
+            if _FRAME_SUFFIX.search(p.stem):
+                out.append(str(p.parent / _FRAME_SUFFIX.sub("", p.stem)))
+            else:
+                out.append(name if counts[name] == 1 else str(p.parent / p.stem))
+        return tuple(out)
 
 
 def sample_source() -> ImageSource:
@@ -240,13 +266,25 @@ def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def decode_resized(path: str | Path, image_size: tuple[int, int], min_side: int = 0) -> np.ndarray:
+    """:func:`load_gray` then :func:`resize_gray`; ``ValueError`` naming the file when its shorter
+    side is under ``min_side`` pixels (it would only be upscaled into blur)."""
+    gray = load_gray(path)
+    if min(gray.shape) < min_side:
+        raise ValueError(
+            f"image {path} is {gray.shape[1]}x{gray.shape[0]}: too small, pairs need a shorter "
+            f"side of at least {min_side} px (the patch plus its margin)"
+        )
+    return resize_gray(gray, image_size)
+
+
 def warn_skipped(source: ImageSource, skipped: Sequence[str], *, stacklevel: int = 2) -> None:
-    """The one ``UserWarning`` that names (the first 20 of) a source's unreadable files and
-    counts them; ``stacklevel`` as in :func:`warnings.warn`, counted from the caller."""
+    """The one ``UserWarning`` that names (the first 20 of) a source's unreadable or too small
+    files and counts them; ``stacklevel`` as in :func:`warnings.warn`, counted from the caller."""
     shown = "; ".join(skipped[:20]) + ("; ..." if len(skipped) > 20 else "")
     warnings.warn(
         f"skipped {len(skipped)} of {len(source.files)} files under {source.root} that are not "
-        f"readable images: {shown}",
+        f"readable images or are too small: {shown}",
         UserWarning,
         stacklevel=stacklevel + 1,
     )
@@ -256,17 +294,22 @@ def no_usable_image(source: ImageSource) -> ValueError:
     """The error for a source none of whose files decodes."""
     return ValueError(
         f"no usable image under {source.root}: all {len(source.files)} candidate files failed "
-        "to decode"
+        "to decode or are too small"
     )
 
 
 def load_images(
-    source: ImageSource, image_size: tuple[int, int] = (320, 240), *, warn: bool = True
+    source: ImageSource,
+    image_size: tuple[int, int] = (320, 240),
+    *,
+    warn: bool = True,
+    min_side: int = 0,
 ) -> ImageSet:
     """Decode every file of ``source`` to grayscale and resize it to ``(width, height)``.
 
-    Files that cannot be decoded are skipped; one ``UserWarning`` names them and says how many.
-    Raises ``ValueError`` naming the root when no usable image remains.
+    Files that cannot be decoded, and images whose shorter side is under ``min_side`` pixels
+    (pair sources pass :func:`min_source_side`), are skipped; one ``UserWarning`` names them and
+    says how many. Raises ``ValueError`` naming the root when no usable image remains.
     """
     image_size = check_image_size(image_size)
     images: list[np.ndarray] = []
@@ -275,11 +318,11 @@ def load_images(
     bad: list[str] = []
     for i, rel in enumerate(source.files):
         try:
-            gray = load_gray(source.root / rel)
+            resized = decode_resized(source.root / rel, image_size, min_side)
         except ValueError as exc:
             bad.append(f"{rel} ({exc.__cause__ or exc})")
             continue
-        images.append(resize_gray(gray, image_size))
+        images.append(resized)
         names.append(rel)
         groups.append(source.group_of(i))
     if bad and warn:
@@ -287,6 +330,13 @@ def load_images(
     if not images:
         raise no_usable_image(source)
     return ImageSet(np.stack(images), names, groups, source.root)
+
+
+def min_source_side(patch_size: int, rho: float) -> int:
+    """The smallest shorter side (pixels) a source image needs for pairs of ``patch_size`` with
+    corner perturbation ``rho``: the patch plus one margin of ``rho``. Smaller images (icons,
+    thumbnails) would be upscaled into blur, and are skipped."""
+    return int(patch_size + math.ceil(rho))
 
 
 def split_by_image(
@@ -306,8 +356,10 @@ def split_by_image(
     unique.sort(key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
     wanted = [k for k in range(3) if fr[k] > 0]
     if len(unique) < len(wanted):
+        shown = ", ".join(unique[:3]) + (", ..." if len(unique) > 3 else "")
         raise ValueError(
-            f"cannot split {len(unique)} image group(s) into {len(wanted)} non-empty splits; "
+            f"cannot split {len(unique)} image group(s) ({shown}; {len(groups)} images) into "
+            f"{len(wanted)} non-empty splits (frames named '<scene>_frame-<n>' share a group); "
             "use more images or set a split fraction to 0"
         )
     counts: dict[str, int] = {}

@@ -18,7 +18,13 @@ from hdreg.data.benchmark import (
     read_synthetic_benchmark,
 )
 from hdreg.data.pairs import find_real_pairs
-from hdreg.data.sources import load_gray, load_images, resolve_source, split_by_image
+from hdreg.data.sources import (
+    load_gray,
+    load_images,
+    min_source_side,
+    resolve_source,
+    split_by_image,
+)
 from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter
 from hdreg.evaluation.metrics import corner_error
 from hdreg.geometry_np import folds, image_corners, project, rect_corners
@@ -112,7 +118,10 @@ def synthetic_pairs(
         return EvalPairs.from_synthetic(read_synthetic_benchmark(path))
     jitter = PhotometricJitter.from_spec(jitter)
     protocol = DeToneProtocol(tuple(image_size), int(patch_size), float(rho), jitter)
-    images = load_images(resolve_source(source, coco_split=coco_split), protocol.image_size)
+    min_side = min_source_side(protocol.patch_size, protocol.rho)  # as make-benchmark
+    images = load_images(
+        resolve_source(source, coco_split=coco_split), protocol.image_size, min_side=min_side
+    )
     if split != "all":
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be all, train, val or test, got {split!r}")

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from hdreg.errors import check_device
 from hdreg.estimators import Estimate, Estimator
 from hdreg.geometry import (
     four_point_to_homography_ex,
@@ -55,6 +56,7 @@ def resolve_checkpoint(spec: str | Path) -> Path:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    check_device(device)
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
