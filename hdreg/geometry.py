@@ -1,6 +1,6 @@
 """Batched homography geometry in torch: corners, Tensor DLT, point transforms, spatial transformer.
 
-Conventions (the same everywhere in hdreg, see DESIGN.md):
+Conventions (the same everywhere in hdreg, see docs/conventions.md):
 
 * Pixel coordinates are ``(x, y)``, x to the right, y down; ``(0, 0)`` is the *centre* of the
   top-left pixel (OpenCV's convention).
@@ -296,7 +296,7 @@ def is_convex(quads: Tensor) -> Tensor:
 
 def corner_distance(points_pred, points_true):
     """Per pair, the mean over the points of ``‖pred − true‖₂``: the corner error of
-    DESIGN.md (its mean over pairs is the MACE). ``(..., K, 2)`` → ``(...)``.
+    docs/conventions.md (its mean is the MACE). ``(..., K, 2)`` → ``(...)``.
 
     The one implementation of that error: for torch tensors (validation, on offsets: the
     corners cancel) and numpy arrays (:func:`hdreg.evaluation.metrics.corner_error`) alike.

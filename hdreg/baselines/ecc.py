@@ -3,7 +3,7 @@
 ``cv2.findTransformECC(template, input, warp, ...)`` finds the warp ``W`` that maximises the
 correlation between ``template(p)`` and ``input(W p)``. With ``template = B`` and ``input = A``,
 ``A(W p_b) ≈ B(p_b)``: ``W`` maps pixel coordinates of B into A, so it *is* ``H_a_from_b``
-(DESIGN.md: pixel coordinates ``(x, y)``, ``(0, 0)`` the centre of the top-left pixel, and
+(docs/conventions.md: pixel coordinates ``(x, y)``, ``(0, 0)`` the centre of the top-left pixel, and
 ``p_a ~ H_a_from_b @ p_b``).
 
 ECC is a local method, so it runs on an image pyramid, coarsest level first, escalating the

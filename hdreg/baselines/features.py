@@ -9,7 +9,7 @@ Pipeline for one pair ``(A, B)`` of ``(H, W) uint8`` images (sizes free, may dif
    Lowe's ratio test; optionally keep only mutual nearest neighbours (cross check);
 3. ``cv2.findHomography(points_b, points_a, ...)`` with RANSAC, LMedS or MAGSAC++.
 
-Conventions (DESIGN.md): pixel coordinates ``(x, y)`` with ``(0, 0)`` the centre of the top-left
+Conventions (docs/conventions.md): pixel ``(x, y)`` with ``(0, 0)`` the centre of the top-left
 pixel (OpenCV keypoints use it); the result is ``H_a_from_b``, which maps pixel coordinates of B
 into A (``p_a ~ H_a_from_b @ p_b``) — hence B's points are the source of ``findHomography``.
 """

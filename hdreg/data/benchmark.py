@@ -1,4 +1,4 @@
-"""Fixed synthetic benchmarks: the ``.npz`` format of DESIGN.md, written and validated here.
+"""Fixed synthetic benchmarks: the ``.npz`` format of docs/conventions.md, written and checked here.
 
 Keys (N pairs of P×P patches):
 

@@ -11,8 +11,8 @@ Protocol (for one pair, from a grayscale image already resized to ``image_size``
 4. crop the same window from both: patch A and patch B.
 
 The label ``offsets`` is where patch B's corners lie in A's frame minus the corners
-(DESIGN.md). Pair ``i`` of a stream with seed ``s`` depends only on ``(s, stream, i)``, never on
-worker count or order.
+(docs/conventions.md). Pair ``i`` of a stream with seed ``s`` depends only on ``(s, stream, i)``,
+not on worker count or order.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ The protocol is the CPU generator's (:mod:`hdreg.data.synthetic`), vectorized ov
 5. the optional photometric jitter is :class:`~hdreg.data.synthetic.PhotometricJitter`'s formula,
    drawn independently for A and B and applied as a per-sample 256-entry lookup table.
 
-Conventions are DESIGN.md's: pixel ``(x, y)`` with ``(0, 0)`` the centre of the top-left pixel,
+Conventions (docs/conventions.md): pixel ``(x, y)``, ``(0, 0)`` the centre of the top-left pixel,
 corners TL, TR, BR, BL, ``offsets`` = where patch B's corners lie in A minus the corners.
 
 Randomness: one ``torch.Generator`` on the images' device, seeded for every batch from

@@ -109,7 +109,7 @@ def synthetic_pairs(
     image_size: tuple[int, int],
     jitter: bool | dict[str, float] | None,
 ) -> EvalPairs:
-    """A synthetic evaluation set: read from ``path`` (a ``.npz`` in the DESIGN.md format, whoever
+    """A synthetic evaluation set: read from ``path`` (a ``.npz`` as in docs/conventions.md, whoever
     wrote it), or, when ``path`` is None, ``n`` pairs generated from ``source`` with ``seed`` —
     the same pairs ``hdreg make-benchmark`` writes for those arguments. Built from
     ``configs/benchmark/synthetic.yaml``, which holds every default; ``jitter`` as for

@@ -5,7 +5,7 @@ homography and averages the Euclidean distances between the results (in pixels o
 points land in):
 
 * synthetic patches: the corners of patch B, mapped into A (``H_a_from_b``); the true positions
-  are ``corners + offsets`` (DESIGN.md's four-point label). Its mean over pairs is the MACE.
+  are ``corners + offsets`` (the four-point label, docs/conventions.md). Its mean is the MACE.
 * real pairs (HPatches style): the corners of image A mapped into image B by the estimated
   ``H_b_from_a = H_a_from_b⁻¹`` and by the ground truth, in pixels of B.
 """

@@ -12,7 +12,7 @@ A VGG-style network on two stacked grayscale patches: eight 3×3 convolutions (6
 ``input_size`` resizes the patches before the first convolution. Whatever the input size, the
 network's input and output live in the frame of ``patch_size``×``patch_size`` patches: offsets
 are where patch B's corners lie in patch A's frame minus the corners, in those pixels
-(DESIGN.md's four-point label).
+(docs/conventions.md's four-point label).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Unsupervised deep homography (Nguyen et al. 2018, "Unsupervised Deep Homography: A Fast and
 Robust Homography Estimation Model", RA-L): no labels, only photometric alignment.
 
-Forward model, per pair (``H_a_from_b`` maps pixels of B into A, DESIGN.md)::
+Forward model, per pair (``H_a_from_b`` maps pixels of B into A, docs/conventions.md)::
 
     offsets  = HomographyNet(patch A, patch B)                 # four-point, patch frame
     H_a_from_b = TensorDLT(corners, corners + offsets)         # full-image pixel coordinates
