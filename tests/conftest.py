@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Tests that need real downloaded data read it from the folder this variable names (`.ci/run`
+# sets it when its data folder exists); without it they skip, saying how to get the data.
+DATA_ENV = "HDREG_DATA"
 
 
 @pytest.fixture(autouse=True)
@@ -17,12 +20,29 @@ def _seed_torch():
     torch.manual_seed(0)
 
 
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test when it is absent (e.g. a user's machine)."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared test data not found: {path}")
-    return path
+def real_data_root() -> Path:
+    """The folder named by ``HDREG_DATA``, or skip the test saying how to get real data."""
+    how = f"get it with `hdreg data download oxford-affine --root data/` and set {DATA_ENV}=data"
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        pytest.skip(f"needs real image pairs: {DATA_ENV} is not set; {how}")
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        pytest.skip(f"needs real image pairs: {DATA_ENV}={value} is not a folder; {how}")
+    return root
+
+
+def oxford_sequence(name: str) -> Path:
+    """The Oxford affine sequence ``name`` (a folder holding ``img1.ppm`` and ``H1to2p``)
+    anywhere under ``HDREG_DATA``, or skip the test saying how to get it."""
+    root = real_data_root()
+    found = sorted(p.parent for p in root.rglob("H1to2p") if p.parent.name == name)
+    if not found:
+        pytest.skip(
+            f"needs the Oxford affine sequence {name!r}, not found under {DATA_ENV}={root}; get "
+            "it with `hdreg data download oxford-affine --root data/` and set HDREG_DATA=data"
+        )
+    return found[0]
 
 
 def textured_image(h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:

@@ -19,7 +19,7 @@ from hdreg.config import compose_config
 from hdreg.data.pairs import read_homography_file
 from hdreg.visualize import overlay_image, warp_b_into_a
 
-from .conftest import shared_data, textured_image, tiny_module
+from .conftest import oxford_sequence, textured_image, tiny_module
 
 
 def write_tiny_checkpoint(path: Path) -> Path:
@@ -58,7 +58,7 @@ def shifted_pair(tmp_path: Path) -> tuple[Path, Path]:
 
 class TestAlignGraf:
     def test_sift_graf_1_to_2(self, tmp_path, capsys):
-        graf = shared_data("pairs", "graf")
+        graf = oxford_sequence("graf")
         out_dir = tmp_path / "out"
         code, out, err = run(
             [graf / "img1.ppm", graf / "img2.ppm", "--method", "sift", "--out", out_dir], capsys

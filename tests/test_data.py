@@ -33,7 +33,8 @@ from hdreg.data.synthetic import (
 )
 from hdreg.geometry import four_point_to_homography, inside_mask, warp_grid, warp_perspective
 
-from .conftest import shared_data, textured_image
+from .conftest import textured_image
+from .fixtures import CAMERA_FRAMES, COLLECTION_PHOTOS, write_photo_folder
 
 
 class TestSources:
@@ -105,10 +106,12 @@ class TestSources:
         with pytest.raises(FileNotFoundError, match="train2017 or train2014"):
             coco_source(tmp_path, "train")
 
-    def test_frames_grouped(self):
-        src = folder_source(shared_data("photos"))
-        groups = {src.group_of(i) for i, f in enumerate(src.files) if "scannet" in f}
-        assert len(groups) == 15  # 30 frames, 15 scenes
+    def test_frames_grouped(self, tmp_path):
+        src = folder_source(write_photo_folder(tmp_path / "photos"))
+        frames = {src.group_of(i) for i, f in enumerate(src.files) if f.startswith("frames/")}
+        assert len(frames) == len(CAMERA_FRAMES) // 2  # two frames per scene
+        photos = {src.group_of(i) for i, f in enumerate(src.files) if f.startswith("collection/")}
+        assert len(photos) == len(COLLECTION_PHOTOS)  # each photo its own group
 
 
 class TestSplits:
@@ -269,7 +272,7 @@ class TestBenchmarkFile:
     def test_cli_identical_twice_and_identity_mace(self, tmp_path):
         from hdreg.cli import main
 
-        photos = shared_data("photos")
+        photos = write_photo_folder(tmp_path / "photos")
         outs = []
         for name in ("a.npz", "b.npz"):
             args = ["make-benchmark", "--source", str(photos), "--n", "1000", "--seed", "0",

@@ -18,8 +18,25 @@ from hdreg.evaluation.metrics import SUMMARY_KEYS, corner_error, summarize
 from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
 
-from .conftest import shared_data, textured_image
+from .conftest import oxford_sequence, real_data_root, textured_image
+from .fixtures import write_opencv_xml, write_sequence
 
+GRAF_H1TO3P = """   7.6285898e-01  -2.9922929e-01   2.2567123e+02
+   3.3443473e-01   1.0143901e+00  -7.6999973e+01
+   3.4663091e-04  -1.4364524e-05   1.0000000e+00
+"""
+GRAF_H1TO3P_XML = """<?xml version="1.0"?>
+<opencv_storage>
+<H13 type_id="opencv-matrix">
+  <rows>3</rows>
+  <cols>3</cols>
+  <dt>d</dt>
+  <data>
+\t7.6285898e-01  -2.9922929e-01   2.2567123e+02
+\t3.3443473e-01   1.0143901e+00  -7.6999973e+01
+\t3.4663091e-04  -1.4364524e-05   1.0000000e+00 </data></H13>
+</opencv_storage>
+"""
 SQUARE = np.array([[[0, 0], [127, 0], [127, 127], [0, 127]]], np.float64)
 SHIFT = np.array([3.0, 4.0])  # a 3-4-5 translation
 
@@ -66,11 +83,19 @@ class TestCornerError:
 
 
 class TestHomographyFiles:
-    def test_text_and_opencv_xml_agree(self):
-        graf = read_homography_file(shared_data("pairs", "graf", "H1to3p"))
-        xml = read_homography_file(shared_data("pairs", "opencv_graf_xml", "H1to3p.xml"))
+    def test_text_and_opencv_xml_agree(self, tmp_path):
+        # graf 1 -> 3 as the Oxford set writes it (text) and as OpenCV's samples ship it (XML)
+        (tmp_path / "H1to3p").write_text(GRAF_H1TO3P)
+        (tmp_path / "H1to3p.xml").write_text(GRAF_H1TO3P_XML)
+        graf = read_homography_file(tmp_path / "H1to3p")
+        xml = read_homography_file(tmp_path / "H1to3p.xml")
         np.testing.assert_allclose(xml, graf, rtol=0, atol=0)
         assert graf[2, 2] == 1.0 and graf[0, 2] == pytest.approx(225.67123)
+        # and a file written by OpenCV itself reads back exactly
+        H = np.array([[2.0, 0.1, 5.5], [0.0, 2.2, -3.25], [1e-3, 0.0, 1.0]])
+        np.testing.assert_array_equal(
+            read_homography_file(write_opencv_xml(tmp_path / "w.xml", H)), H
+        )
 
     def test_yaml_storage_and_scale(self, tmp_path):
         H = np.array([[2.0, 0.1, 5], [0, 2.2, 3], [0.001, 0, 2]])
@@ -118,20 +143,28 @@ def _hpatches_fixture(root, seq="v_test", sizes=((160, 120), (200, 150))):
 class TestRealPairs:
     def test_both_layouts(self, tmp_path):
         H = _hpatches_fixture(tmp_path / "hp")
-        oxford = tmp_path / "hp" / "deeper" / "graf"
-        oxford.mkdir(parents=True)
-        for name in ("img1.ppm", "img3.ppm", "H1to3p"):
-            (oxford / name).write_bytes(shared_data("pairs", "graf", name).read_bytes())
+        oxford_H = write_sequence(tmp_path / "hp" / "deeper" / "graf", "oxford")
         pairs = find_real_pairs(tmp_path / "hp")
-        assert [p.pair_id for p in pairs] == ["deeper/graf/1-3", "v_test/1-2"]
-        np.testing.assert_allclose(pairs[1].H_b_from_a, H, rtol=1e-9)
+        assert [p.pair_id for p in pairs] == [
+            "deeper/graf/1-2", "deeper/graf/1-3", "deeper/graf/1-4", "v_test/1-2",
+        ]  # fmt: skip
+        assert pairs[0].path_a.name == "img1.ppm" and pairs[1].path_b.name == "img3.ppm"
+        np.testing.assert_allclose(pairs[1].H_b_from_a, oxford_H[1], rtol=1e-9)
+        np.testing.assert_allclose(pairs[3].H_b_from_a, H, rtol=1e-9)
 
-    def test_shared_pairs(self):
+    def test_real_oxford_sequences(self):
+        """The downloaded Oxford sequences: 5 pairs each, ground truth read for all."""
+        root = real_data_root()
+        oxford_sequence("graf")  # skip, saying how to get them, when they are not there
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # opencv_graf_xml holds an H file without its images
-            pairs = find_real_pairs(shared_data("pairs"))
-        assert len(pairs) == 25
-        assert {p.sequence for p in pairs} == {"bikes", "graf", "leuven", "trees", "ubc"}
+            warnings.simplefilter("ignore")  # e.g. an H file kept without its images
+            pairs = find_real_pairs(root)
+        by_sequence: dict[str, int] = {}
+        for p in pairs:
+            if (p.path_a.parent / "H1to2p").is_file():
+                by_sequence[p.path_a.parent.name] = by_sequence.get(p.path_a.parent.name, 0) + 1
+        assert {"graf", "bikes", "trees", "leuven", "ubc"} <= set(by_sequence)
+        assert set(by_sequence.values()) == {5}
 
     def test_missing_image_warns_and_empty_errors(self, tmp_path):
         d = tmp_path / "seq"

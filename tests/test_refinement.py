@@ -28,7 +28,7 @@ from hdreg.geometry_np import folds, rect_corners
 from hdreg.methods import parse_checkpoint_spec
 from hdreg.refinement import RefinedEstimator, compare_estimates, warp_a_onto_b
 
-from .conftest import REPO, shared_data, textured_image
+from .conftest import REPO, oxford_sequence, textured_image
 from .test_align import write_tiny_checkpoint
 
 W, H = 320, 240
@@ -222,7 +222,7 @@ class TestRefinedEstimator:
         # Oxford ubc 1 -> 6: JPEG compression, the true homography is the identity. SIFT's
         # estimate is ~1.7 px off; ECC's is within 0.2 px, and the comparison must see it (with
         # bilinear resampling the noise made SIFT's estimate correlate better).
-        ubc = shared_data("pairs", "ubc")
+        ubc = oxford_sequence("ubc")
         a, b = load_gray(ubc / "img1.ppm"), load_gray(ubc / "img6.ppm")
         out = RefinedEstimator(method_estimator("sift"), method_estimator("ecc")).estimate([a], [b])
         w, h = a.shape[1], a.shape[0]
