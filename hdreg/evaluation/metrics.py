@@ -12,19 +12,27 @@ points land in):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from hdreg.geometry_np import corner_distance, project
 
 __all__ = [
+    "AUC_THRESHOLDS",
     "SUMMARY_KEYS",
     "THRESHOLDS",
     "corner_error",
+    "error_auc",
     "summarize",
 ]
 
 THRESHOLDS = (1, 3, 5, 10)
-SUMMARY_KEYS = ("mace", "median", "lt1", "lt3", "lt5", "lt10", "fail_rate", "ms_per_pair", "n")
+AUC_THRESHOLDS = (1, 3, 5)
+SUMMARY_KEYS = (
+    "mace", "median", "lt1", "lt3", "lt5", "lt10", "auc1", "auc3", "auc5",
+    "fail_rate", "ms_per_pair", "n",
+)  # fmt: skip
 
 
 def corner_error(
@@ -54,6 +62,7 @@ def summarize(errors: np.ndarray, failed: np.ndarray, seconds: np.ndarray) -> di
     """The summary of one method on one benchmark, keys ``SUMMARY_KEYS``.
 
     ``mace`` is the mean corner error, ``median`` its median, ``ltK`` the share of pairs under K px,
+    ``aucK`` the area under the cumulative error curve up to K px (:func:`error_auc`),
     ``fail_rate`` the share of failed pairs (scored as the identity in ``errors``), ``ms_per_pair``
     the mean wall time, ``n`` the number of pairs. Errors in pixels, rates in [0, 1].
     """
@@ -67,7 +76,39 @@ def summarize(errors: np.ndarray, failed: np.ndarray, seconds: np.ndarray) -> di
     }
     for t in THRESHOLDS:
         out[f"lt{t}"] = float(np.mean(errors < t))
+    for t, auc in zip(AUC_THRESHOLDS, error_auc(errors, AUC_THRESHOLDS), strict=True):
+        out[f"auc{t}"] = auc
     out["fail_rate"] = float(np.mean(np.asarray(failed, bool)))
     out["ms_per_pair"] = float(np.mean(seconds) * 1e3)
     out["n"] = n
+    return out
+
+
+def error_auc(errors: np.ndarray, thresholds: Sequence[float] = AUC_THRESHOLDS) -> list[float]:
+    """Area under the cumulative error curve from 0 to each threshold ``t``, divided by ``t``.
+
+    The curve joins the points (0, 0) and (e_i, i/N) for the sorted errors e_1 ≤ … ≤ e_N (the
+    share of pairs with an error at most e_i) by straight lines, and stays flat after the last
+    error below ``t``: the AUC of SuperGlue's pose evaluation, which LightGlue and glue-factory
+    report for HPatches homographies. 1.0 means every error is 0; infinite errors count as misses.
+
+    >>> error_auc(np.array([0.5, 2.0, 4.0, 10.0]), (1, 3, 5))
+    [0.1875, 0.375, 0.525]
+    """
+    errors = np.sort(np.asarray(errors, np.float64).ravel())
+    if len(errors) == 0:
+        raise ValueError("cannot compute the AUC of an empty set of errors")
+    if np.isnan(errors).any():
+        raise ValueError("errors must not be NaN (score a failed pair as the identity or inf)")
+    recall = np.arange(1, len(errors) + 1) / len(errors)
+    errors = np.r_[0.0, errors]
+    recall = np.r_[0.0, recall]
+    out = []
+    for t in thresholds:
+        if not t > 0:
+            raise ValueError(f"AUC thresholds must be > 0, got {t}")
+        last = int(np.searchsorted(errors, t))
+        e = np.r_[errors[:last], t]
+        r = np.r_[recall[:last], recall[last - 1]]
+        out.append(float(np.sum((e[1:] - e[:-1]) * (r[1:] + r[:-1]) / 2) / t))
     return out

@@ -40,11 +40,13 @@ def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> s
     """The Markdown summary table (one row per method), plus, for real pairs, the corner error of
     every pair (one column per method) when ``per_pair`` (default: real pairs, at most 200)."""
     pairs = result.pairs
+    auc = pairs.kind == "real"  # the AUC columns of the real-pair protocols (HPatches)
     lines = [
         f"Corner error (px) on {len(pairs)} {pairs.kind} pairs: {pairs.name}",
         "",
-        "| method | MACE | median | <1px | <3px | <5px | <10px | failed | ms/pair |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | MACE | median | <1px | <3px | <5px | <10px | failed | ms/pair |"
+        + (" AUC@1px | AUC@3px | AUC@5px |" if auc else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" * 3 if auc else ""),
     ]
     for m in result.methods:
         s = m.summary
@@ -52,11 +54,21 @@ def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> s
             f"| {m.name} | {_fmt_err(s['mace'])} | {_fmt_err(s['median'])} | "
             f"{100 * s['lt1']:.1f}% | {100 * s['lt3']:.1f}% | {100 * s['lt5']:.1f}% | "
             f"{100 * s['lt10']:.1f}% | {100 * s['fail_rate']:.1f}% | {s['ms_per_pair']:.2f} |"
+            + (
+                f" {100 * s['auc1']:.1f} | {100 * s['auc3']:.1f} | {100 * s['auc5']:.1f} |"
+                if auc
+                else ""
+            )
         )
     lines += [
         "",
         "Failed pairs (no homography, or one that folds the image) are scored as the identity.",
     ]
+    if auc:
+        lines.append(
+            "AUC@t px: area under the share-of-pairs-vs-error curve from 0 to t, divided by t, "
+            "in % (docs/conventions.md)."
+        )
     for m in result.methods:
         if (line := _refinement_line(m.name, m.details)) is not None:
             lines.append(line)

@@ -1,0 +1,117 @@
+"""The HPatches homography protocol of LightGlue / glue-factory, as an evaluation set.
+
+Protocol: every sequence of ``hpatches-sequences-release`` except the 8 with very large images
+(the ones LoFTR also drops), so 108 sequences × 5 pairs (1, k), k = 2…6 = 540 pairs; both images
+of a pair resized so that their short side is 480 px (area interpolation); the error of a pair is
+the mean distance of the four corners of image A mapped by the estimated and the true
+homography, in pixels of the resized image B; the figures reported are the AUC of that error at
+1, 3 and 5 px (:func:`hdreg.evaluation.metrics.error_auc`).
+
+The ground truth is carried to the resized images with the pixel-centre convention of
+docs/conventions.md (``hdreg.geometry.rescale_homography``). hdreg's methods see grayscale
+images; glue-factory's matchers see RGB.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hdreg.data.pairs import find_real_pairs
+from hdreg.data.sources import load_gray, resize_gray
+from hdreg.evaluation.benchmarks import EvalPairs
+from hdreg.geometry_np import image_corners, project
+from hdreg.geometry import rescale_homography
+
+__all__ = [
+    "LARGE_SEQUENCES",
+    "PROTOCOL_PAIRS",
+    "PROTOCOL_SEQUENCES",
+    "hpatches_pairs",
+    "short_side_size",
+]
+
+# Sequences left out by the protocol: their images are far larger than the others.
+LARGE_SEQUENCES = (
+    "i_contruction", "i_crownnight", "i_dc", "i_pencils", "i_whitebuilding",
+    "v_artisans", "v_astronautis", "v_talent",
+)  # fmt: skip
+PROTOCOL_SEQUENCES = 108
+PROTOCOL_PAIRS = 540
+
+
+def short_side_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled so that the shorter side is ``short_side`` (rounded)."""
+    w, h = size
+    scale = short_side / min(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def hpatches_pairs(
+    root: str,
+    *,
+    short_side: int = 480,
+    exclude: tuple[str, ...] | list[str] = LARGE_SEQUENCES,
+) -> EvalPairs:
+    """The HPatches pairs under ``root`` (a folder of sequences in the HPatches layout, e.g.
+    ``data/hpatches-sequences-release`` from ``hdreg data download hpatches``), resized so that the
+    short side is ``short_side`` (0 keeps full resolution), without the sequences named in
+    ``exclude``.
+
+    Warns when the pairs found are not the protocol's 540 (e.g. a partial copy), so that a
+    figure on a subset is never mistaken for the published protocol.
+    """
+    if short_side < 0:
+        raise ValueError(f"short_side must be >= 0 (0 = full resolution), got {short_side}")
+    pairs = find_real_pairs(root)
+    excluded = set(exclude)
+    kept = [p for p in pairs if Path(p.sequence).name not in excluded]
+    if not kept:
+        raise ValueError(
+            f"no pairs left under {root} once the sequences {', '.join(sorted(excluded))} are "
+            "left out"
+        )
+    sequences = sorted({p.sequence for p in kept})
+    if len(kept) != PROTOCOL_PAIRS:
+        warnings.warn(
+            f"{root}: {len(kept)} pairs in {len(sequences)} sequences, while the HPatches protocol "
+            f"has {PROTOCOL_PAIRS} pairs in {PROTOCOL_SEQUENCES} sequences; the figures are for "
+            "this subset only",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    def load(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
+        full = load_gray(path)
+        size = (full.shape[1], full.shape[0])
+        if short_side == 0:
+            return full, size
+        return resize_gray(full, short_side_size(size, short_side)), size
+
+    cache: dict[Path, tuple[np.ndarray, tuple[int, int]]] = {}  # a sequence's reference image
+    images_a, images_b, H_true = [], [], []
+    for p in kept:
+        if p.path_a not in cache:
+            cache[p.path_a] = load(p.path_a)
+        a, size_a = cache[p.path_a]
+        b, size_b = load(p.path_b)
+        images_a.append(a)
+        images_b.append(b)
+        H = torch.from_numpy(np.asarray(p.H_b_from_a, np.float64))[None]
+        new_a, new_b = (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0])
+        H_true.append(rescale_homography(H, size_b, new_b, size_a, new_a)[0].numpy())
+    corners_a = image_corners([(a.shape[1], a.shape[0]) for a in images_a])
+    resized = f"short side {short_side} px" if short_side else "full resolution"
+    return EvalPairs(
+        name=f"HPatches protocol ({len(sequences)} sequences, {resized}) under {root}",
+        kind="real",
+        ids=[p.pair_id for p in kept],
+        groups=[p.sequence for p in kept],
+        images_a=images_a,
+        images_b=images_b,
+        points_src=corners_a,
+        points_dst_true=project(np.stack(H_true), corners_a),
+    )
