@@ -52,8 +52,44 @@ def _add_protocol_args(p: argparse.ArgumentParser, defaults) -> None:
     )  # fmt: skip
 
 
+def _cmd_make_protocol_benchmark(args: argparse.Namespace) -> int:
+    from hdreg.data.coco_test import write_coco_test2017
+
+    fixed = {
+        "--n": args.n is not None,
+        "--rho": args.rho != 32.0,
+        "--patch-size": args.patch_size != 128,
+        "--image-size": tuple(args.image_size) != (320, 240),
+        "--jitter": args.jitter,
+        "--split": args.split != "all",
+        "--full-images": args.full_images,
+    }
+    clash = [name for name, given in fixed.items() if given]
+    if clash:
+        raise ValueError(
+            f"--protocol {args.protocol} fixes the pairs (one per image, 320x240, 128x128 patch, "
+            f"rho 32): drop {', '.join(clash)} (use --limit N for a subset)"
+        )
+    t0 = time.perf_counter()
+    paths = write_coco_test2017(
+        args.source, args.out, seed=args.seed, limit=args.limit, shard_size=args.shard_size
+    )
+    dt = time.perf_counter() - t0
+    where = str(paths[0]) if len(paths) == 1 else f"{len(paths)} shards {paths[0]} ... {paths[-1]}"
+    print(f"wrote {where} ({args.protocol} protocol, seed={args.seed}) in {dt:.1f} s")
+    return 0
+
+
 def _cmd_make_benchmark(args: argparse.Namespace) -> int:
     from hdreg.data.benchmark import make_synthetic_benchmark, write_synthetic_benchmark
+
+    if args.protocol:
+        return _cmd_make_protocol_benchmark(args)
+    for name, value in (("--limit", args.limit), ("--shard-size", args.shard_size)):
+        if value is not None:
+            raise ValueError(f"{name} goes with --protocol (use --n for the number of pairs)")
+    if args.n is None:
+        args.n = args.default_n
     from hdreg.data.sources import (
         load_images,
         min_source_side,
@@ -284,8 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
         f"COCO root (with train2014/val2014 or train2017/val2017); default {defaults.source}",
     )  # fmt: skip
     mb.add_argument(
-        "--n", type=int, default=defaults.n, help=f"number of pairs (default {defaults.n})"
-    )
+        "--protocol", choices=["coco-test2017"],
+        help="a published test protocol instead of --n random pairs: coco-test2017 = one pair "
+        "per image of --source (sorted; a folder, or a COCO root with test2017/), 320x240, "
+        "128x128 patch, integer offsets in [-32, 32] (IHN, RHWF, MCNet)",
+    )  # fmt: skip
+    mb.add_argument("--limit", type=int, help="with --protocol: only the first N images")
+    mb.add_argument(
+        "--shard-size", type=int,
+        help="with --protocol: write files of N pairs, OUT-00000.npz, ... (e.g. 10000)",
+    )  # fmt: skip
+    mb.add_argument("--n", type=int, help=f"number of pairs (default {defaults.n})")
+    mb.set_defaults(default_n=defaults.n)
     mb.add_argument(
         "--seed",
         type=int,

@@ -37,6 +37,7 @@ __all__ = [
     "SyntheticBenchmark",
     "make_synthetic_benchmark",
     "read_synthetic_benchmark",
+    "read_synthetic_benchmarks",
     "write_synthetic_benchmark",
 ]
 
@@ -196,9 +197,19 @@ def write_synthetic_benchmark(bench: SyntheticBenchmark, path: str | Path) -> Pa
         **bench.extra,
     }
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    _savez_reproducible(tmp, arrays)
     tmp.replace(path)  # a crash mid-write never leaves a truncated benchmark behind
     return path
+
+
+def _savez_reproducible(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` with a fixed timestamp on every member: the same arrays give the same bytes,
+    so two runs of ``hdreg make-benchmark`` with the same arguments write identical files."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
 
 
 def _scalar(data: np.lib.npyio.NpzFile, key: str, kind: type, where: str) -> float | int:
@@ -264,4 +275,46 @@ def read_synthetic_benchmark(path: str | Path) -> SyntheticBenchmark:
             # e.g. object arrays, which need pickle and are refused for safety
             raise ValueError(f"{where}: cannot read its arrays: {exc}") from exc
     bench.validate(where)
+    return bench
+
+
+def read_synthetic_benchmarks(pattern: str | Path) -> SyntheticBenchmark:
+    """One benchmark from a file, or from the shards a glob ``pattern`` matches
+    (``data/benchmarks/coco_test2017-*.npz``), concatenated in file-name order.
+
+    Shards must share ``rho``, ``patch_size``, ``image_size`` and ``seed``; an extra key is kept
+    when every shard has it (per-pair arrays are concatenated, equal scalars kept once).
+    """
+    text = str(pattern)
+    if not any(c in text for c in "*?["):
+        return read_synthetic_benchmark(text)
+    pattern_path = Path(text).expanduser()
+    paths = sorted(pattern_path.parent.glob(pattern_path.name))
+    if not paths:
+        raise FileNotFoundError(f"no benchmark file matches {text}")
+    parts = [read_synthetic_benchmark(p) for p in paths]
+    first = parts[0]
+    for b in parts[1:]:
+        same = (b.rho, b.patch_size, tuple(b.image_size), b.seed) == (
+            first.rho, first.patch_size, tuple(first.image_size), first.seed,
+        )  # fmt: skip
+        if not same:
+            raise ValueError(
+                f"{b.path} does not match {first.path}: shards must share rho, patch_size, "
+                "image_size and seed"
+            )
+    extra: dict[str, np.ndarray] = {}
+    for key in set.intersection(*(set(b.extra) for b in parts)):
+        values = [np.asarray(b.extra[key]) for b in parts]
+        if all(v.ndim > 0 and len(v) == len(b) for v, b in zip(values, parts, strict=True)):
+            extra[key] = np.concatenate(values)
+        elif all(np.array_equal(v, values[0]) for v in values):
+            extra[key] = values[0]
+    bench = SyntheticBenchmark(
+        *(np.concatenate([getattr(b, k) for b in parts]) for k in (
+            "patch_a", "patch_b", "offsets", "corners", "sources")),
+        rho=first.rho, patch_size=first.patch_size, seed=first.seed,
+        image_size=first.image_size, extra=extra, path=Path(text),
+    )  # fmt: skip
+    bench.validate(text)
     return bench

@@ -187,8 +187,12 @@ def generate_pair(
     rng: np.random.Generator,
     *,
     with_full_image: bool = False,
+    integer_offsets: bool = False,
 ) -> dict[str, np.ndarray]:
     """One DeTone pair from a grayscale ``uint8`` image of ``protocol.image_size``.
+
+    With ``integer_offsets`` the corner offsets are integers drawn uniformly from
+    ``[-floor(ρ), floor(ρ)]`` (the test set of IHN, RHWF and MCNet) instead of reals in ``[-ρ, ρ]``.
 
     Returns a dict of arrays:
         ``patch_a``, ``patch_b``: ``(P, P) uint8``;
@@ -209,7 +213,11 @@ def generate_pair(
     y0 = int(rng.integers(m, h - p - m, endpoint=True))
     corners = rect_corners((p, p), (x0, y0), np.float32)
     while True:
-        offsets = rng.uniform(-rho, rho, size=(4, 2)).astype(np.float32)
+        if integer_offsets:
+            r = math.floor(rho)
+            offsets = rng.integers(-r, r, size=(4, 2), endpoint=True).astype(np.float32)
+        else:
+            offsets = rng.uniform(-rho, rho, size=(4, 2)).astype(np.float32)
         if is_convex(corners + offsets):
             break
     # H_a_from_b in window coordinates: patch B pixel q -> image A pixel (corner shift included).

@@ -15,7 +15,7 @@ import numpy as np
 from hdreg.data.benchmark import (
     SyntheticBenchmark,
     make_synthetic_benchmark,
-    read_synthetic_benchmark,
+    read_synthetic_benchmarks,
 )
 from hdreg.data.pairs import find_real_pairs
 from hdreg.data.sources import (
@@ -114,8 +114,8 @@ def synthetic_pairs(
     the same pairs ``hdreg make-benchmark`` writes for those arguments. Built from
     ``configs/benchmark/synthetic.yaml``, which holds every default; ``jitter`` as for
     :meth:`~hdreg.data.synthetic.PhotometricJitter.from_spec`."""
-    if path:
-        return EvalPairs.from_synthetic(read_synthetic_benchmark(path))
+    if path:  # one file, or a glob of shards
+        return EvalPairs.from_synthetic(read_synthetic_benchmarks(path))
     jitter = PhotometricJitter.from_spec(jitter)
     protocol = DeToneProtocol(tuple(image_size), int(patch_size), float(rho), jitter)
     min_side = min_source_side(protocol.patch_size, protocol.rho)  # as make-benchmark

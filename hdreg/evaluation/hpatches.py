@@ -23,8 +23,8 @@ import torch
 from hdreg.data.pairs import find_real_pairs
 from hdreg.data.sources import load_gray, resize_gray
 from hdreg.evaluation.benchmarks import EvalPairs
-from hdreg.geometry_np import image_corners, project
 from hdreg.geometry import rescale_homography
+from hdreg.geometry_np import image_corners, project
 
 __all__ = [
     "LARGE_SEQUENCES",
