@@ -2,7 +2,7 @@
 
     python evaluate.py benchmark=synthetic benchmark.path=data/benchmarks/photos_1000.npz \\
         'methods=[identity,sift,orb,akaze,brisk,ecc]'
-    python evaluate.py benchmark=pairs benchmark.root=../shared/data/pairs 'methods=[identity,sift]'
+    python evaluate.py benchmark=pairs benchmark.root=data/oxford-affine 'methods=[identity,sift]'
     python evaluate.py ... 'checkpoints=[outputs/train/.../checkpoints/best.ckpt]'
 
 Writes results.md, results.csv, pairs.csv, results.json and corner_error_cdf.png into the run
