@@ -272,7 +272,10 @@ def _fetch(archive: Archive, dest: Path, *, url: str, progress: bool) -> None:
                     except (OSError, http.client.HTTPException) as exc:  # cut, reset, timeout
                         if received < (total or 0):
                             break
-                        raise DownloadError(f"transfer of {url} failed: {exc}") from None
+                        raise DownloadError(
+                            f"transfer of {url} failed after {received} bytes ({exc}); run the "
+                            f"same command again to resume (partial file: {part})"
+                        ) from None
                     if not block:
                         break
                     f.write(block)
