@@ -7,11 +7,12 @@ import hashlib
 import cv2
 import numpy as np
 import pytest
+from hydra.utils import instantiate
 
 from hdreg.cli import main
+from hdreg.config import compose_config
 from hdreg.data.benchmark import read_synthetic_benchmark, read_synthetic_benchmarks
 from hdreg.data.coco_test import write_coco_test2017
-from hdreg.evaluation.benchmarks import synthetic_pairs
 
 from .fixtures import write_photo_folder
 
@@ -83,7 +84,9 @@ class TestCocoTest2017:
         for key in ("patch_a", "patch_b", "offsets", "corners", "sources"):
             assert np.array_equal(getattr(joined, key), getattr(a, key)), key
         assert joined.extra["index"].tolist() == list(range(9))
-        pairs = synthetic_pairs(str(tmp_path / "s-*.npz"))
+        cfg = compose_config("benchmark/synthetic")  # evaluate.py's benchmark=synthetic
+        cfg.path = str(tmp_path / "s-*.npz")
+        pairs = instantiate(cfg)
         assert len(pairs) == 9
 
     def test_coco_root_and_errors(self, photos, tmp_path, capsys):
