@@ -93,7 +93,7 @@ class TestAlignGraf:
     def test_large_photos_matched_downsized(self, tmp_path, capsys):
         """Photos larger than --max-side are matched on downsized copies; the homography is
         still the full-resolution one (graf is 800x640: --max-side 400 halves it)."""
-        graf = shared_data("pairs", "graf")
+        graf = oxford_sequence("graf")
         out_dir = tmp_path / "out"
         args = [graf / "img1.ppm", graf / "img2.ppm", "--method", "sift", "--max-side", "400"]
         code, _, err = run([*args, "--out", out_dir], capsys)
