@@ -176,18 +176,18 @@ def test_one_iteration_with_a_perfect_signal_moves_to_the_truth():
 
 
 # One 32×32 scale (8×8 cells) at batch 16: the smallest variant that leaves the identity's
-# plateau within 200 steps (measured: smaller nets or batches stay there for hundreds of steps).
+# plateau within a few hundred steps (measured: smaller nets or batches stay there far longer).
 TINY_TRAIN = [
     "model.net.input_size=32", "model.net.channels=[16,32]", "model.net.width=32",
     "model.net.iterations=3", "model.net.fine_input_size=0", "model.net.fine_iterations=0",
     "data.batch_size=16",
-    "data.val_pairs=64", "data.num_workers=0", "trainer.max_steps=200",
+    "data.val_pairs=64", "data.num_workers=0", "trainer.max_steps=300",
 ]  # fmt: skip
 
 
 @pytest.mark.slow
 def test_tiny_training_run_through_the_real_config_lowers_val_mace(tmp_path):
-    """`experiment=iterative_cpu`, shrunk: 200 steps lower val/mace well below the identity's."""
+    """`experiment=iterative_cpu`, shrunk: 300 steps lower val/mace well below the identity's."""
     import pytorch_lightning as pl
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
