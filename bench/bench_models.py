@@ -28,7 +28,8 @@ from hdreg.data.benchmark import make_synthetic_benchmark
 from hdreg.data.sources import load_images, resolve_source
 from hdreg.geometry import four_point_to_homography_ex, patch_corners
 from hdreg.models.homographynet import HomographyNet
-from hdreg.models.iterative import IterativeHomographyNet, SequenceL1Loss
+from hdreg.models.iterative import IterativeHomographyNet
+from hdreg.models.losses import SequenceL1
 
 MODELS = {
     # DeTone et al.'s network
@@ -77,7 +78,7 @@ def autocast(device: torch.device, precision: str):
 def bench_model(name, spec, patches_a, patches_b, offsets, args, device) -> dict:
     cls, kwargs = spec
     net = cls(**kwargs).to(device)
-    sequence_loss = SequenceL1Loss() if cls is IterativeHomographyNet else None
+    sequence_loss = SequenceL1() if cls is IterativeHomographyNet else None
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     fwd = torch.compile(net) if args.compile else net
@@ -98,7 +99,7 @@ def bench_model(name, spec, patches_a, patches_b, offsets, args, device) -> dict
         with autocast(device, args.precision):
             out = fwd(pa, pb)
         if sequence_loss is not None:
-            loss = sequence_loss(out, target)
+            loss = sequence_loss(out, {"offsets": target})
         else:
             loss = torch.nn.functional.mse_loss(out["offsets"].float() / 32, target / 32)
         opt.zero_grad(set_to_none=True)
