@@ -30,20 +30,10 @@ from hdreg.errors import TrainingDiverged, user_error_message
 from hdreg.schedules import one_cycle
 
 from .conftest import REPO, textured_image
+from .test_train_pipeline import TINY as PIPELINE_TINY
 
-# A tiny network, tiny fixed sets, no worker processes: the run's logic is under test.
-TINY = [
-    "model.net.width=0.125",
-    "model.net.input_size=32",
-    "data.batch_size=8",
-    "data.val_pairs=16",
-    "data.test_pairs=16",
-    "data.eval_batch_size=16",
-    "data.num_workers=0",
-    "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar.refresh_rate=0",
-    "evaluate_test=false",
-]
+# The pipeline tests' tiny network and sets, no worker processes: the run's logic is under test.
+TINY = [*PIPELINE_TINY, "evaluate_test=false"]
 # Two 2-step epochs of the default recipe (AdamW, one-cycle LR) with dropout, so that a resume
 # must restore the random state too; logger=none also covers the LR monitor without a logger.
 RESUME = [*TINY, "logger=none", "data.steps_per_epoch=2", "model.net.dropout=0.5"]
