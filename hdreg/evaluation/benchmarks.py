@@ -7,6 +7,7 @@ receives the same ``(A, B)`` images and its ``H_a_from_b`` is scored by the same
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hdreg.data.benchmark import (
     make_synthetic_benchmark,
     read_synthetic_benchmarks,
 )
-from hdreg.data.pairs import find_real_pairs
+from hdreg.data.pairs import RealPair, find_real_pairs
 from hdreg.data.sources import (
     load_gray,
     load_images,
@@ -77,6 +78,29 @@ class EvalPairs:
         four corners to a non-convex (folded) quadrilateral. No view of a plane does that, and
         such an estimate would give an infinite or meaningless corner error."""
         return folds(self.scoring_homographies(H_a_from_b), self.points_src)
+
+    @classmethod
+    def from_real(
+        cls,
+        name: str,
+        pairs: Sequence[RealPair],
+        images_a: list[np.ndarray],
+        images_b: list[np.ndarray],
+        H_b_from_a: np.ndarray,
+    ) -> EvalPairs:
+        """Real pairs scored on the four corners of image A mapped by ``H_b_from_a (N, 3, 3)``
+        (the ground truth for images as given, in pixels of B)."""
+        corners_a = image_corners([(a.shape[1], a.shape[0]) for a in images_a])
+        return cls(
+            name=name,
+            kind="real",
+            ids=[p.pair_id for p in pairs],
+            groups=[p.sequence for p in pairs],
+            images_a=images_a,
+            images_b=images_b,
+            points_src=corners_a,
+            points_dst_true=project(np.asarray(H_b_from_a), corners_a),
+        )
 
     @classmethod
     def from_synthetic(cls, bench: SyntheticBenchmark, name: str | None = None) -> EvalPairs:
@@ -143,15 +167,5 @@ def real_pairs(root: str) -> EvalPairs:
             cache[p.path_a] = load_gray(p.path_a)
     images_a = [cache[p.path_a] for p in pairs]
     images_b = [load_gray(p.path_b) for p in pairs]
-    corners_a = image_corners([(a.shape[1], a.shape[0]) for a in images_a])
     H_true = np.stack([p.H_b_from_a for p in pairs])
-    return EvalPairs(
-        name=f"real pairs under {root}",
-        kind="real",
-        ids=[p.pair_id for p in pairs],
-        groups=[p.sequence for p in pairs],
-        images_a=images_a,
-        images_b=images_b,
-        points_src=corners_a,
-        points_dst_true=project(H_true, corners_a),
-    )
+    return EvalPairs.from_real(f"real pairs under {root}", pairs, images_a, images_b, H_true)

@@ -24,7 +24,6 @@ from hdreg.data.pairs import find_real_pairs
 from hdreg.data.sources import load_gray, resize_gray
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.geometry import rescale_homography
-from hdreg.geometry_np import image_corners, project
 
 __all__ = [
     "LARGE_SEQUENCES",
@@ -103,15 +102,6 @@ def hpatches_pairs(
         H = torch.from_numpy(np.asarray(p.H_b_from_a, np.float64))[None]
         new_a, new_b = (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0])
         H_true.append(rescale_homography(H, size_b, new_b, size_a, new_a)[0].numpy())
-    corners_a = image_corners([(a.shape[1], a.shape[0]) for a in images_a])
     resized = f"short side {short_side} px" if short_side else "full resolution"
-    return EvalPairs(
-        name=f"HPatches protocol ({len(sequences)} sequences, {resized}) under {root}",
-        kind="real",
-        ids=[p.pair_id for p in kept],
-        groups=[p.sequence for p in kept],
-        images_a=images_a,
-        images_b=images_b,
-        points_src=corners_a,
-        points_dst_true=project(np.stack(H_true), corners_a),
-    )
+    name = f"HPatches protocol ({len(sequences)} sequences, {resized}) under {root}"
+    return EvalPairs.from_real(name, kept, images_a, images_b, np.stack(H_true))
