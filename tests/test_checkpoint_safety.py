@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from hdreg.estimators.learned import load_module
 from hdreg.models.checkpoint import load_net, read_checkpoint, resolve_checkpoint
-from hdreg.models.estimator import load_module
 from hdreg.weights import export_weights, shipped
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def _malicious_config(payload: Path, marker: Path) -> dict:
     """The exploit: Hydra would follow attributes from an allowed prefix to torch.load and
     Path.write_text, writing a pickle and executing it."""
     return {
-        "_target_": "hdreg.models.estimator.torch.load",
+        "_target_": "hdreg.estimators.learned.torch.load",
         "f": str(payload),
         "weights_only": False,
         "map_location": {
@@ -98,7 +98,7 @@ def _pair(tmp_path: Path) -> tuple[Path, Path]:
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hdreg.cli", *args],
+        [sys.executable, "-m", "hdreg.apps.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

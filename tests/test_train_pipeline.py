@@ -23,14 +23,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from hdreg.evaluation.app import evaluate_from_config
+from hdreg.apps.evaluate import evaluate_from_config
+from hdreg.estimators.learned import load_module, save_weights
 from hdreg.models.base import build_module
-from hdreg.models.estimator import load_module, save_weights
-from hdreg.training import train_from_config
+from hdreg.training.job import train_from_config
 
 from .conftest import REPO
 
-CONFIGS = str(REPO / "configs")
+CONFIGS = str(REPO / "hdreg" / "configs")
 # A tiny network and tiny fixed sets: the pipeline, not the accuracy, is under test.
 TINY = [
     "model.net.width=0.125",

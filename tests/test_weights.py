@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from hdreg.cli import main as hdreg_main
+from hdreg.apps.cli import main as hdreg_main
 from hdreg.data.benchmark import make_synthetic_benchmark
 from hdreg.data.sources import load_images, sample_source, split_by_image
+from hdreg.estimators.learned import load_checkpoint_estimator, load_module, resolve_checkpoint
 from hdreg.geometry import patch_corners, transform_points
-from hdreg.models.estimator import load_checkpoint_estimator, load_module, resolve_checkpoint
 from hdreg.weights import export_weights, shipped, shipped_weights
 
 SHIPPED = ["homographynet", "iterative"]

@@ -2,7 +2,7 @@
 
 Every place that takes a checkpoint path also takes one of these names
 (``evaluate.py 'checkpoints=[iterative]'``, ``hdreg align A B --checkpoint iterative``), through
-:func:`hdreg.models.estimator.resolve_checkpoint`.
+:func:`hdreg.estimators.learned.resolve_checkpoint`.
 A shipped file holds the model's construction config and its weights, no optimizer state
 (see :func:`export_weights`); ``index.json`` beside it records how it was trained and what it
 scored. ``hdreg weights`` lists them; docs/results.md has the commands that made and scored them.
@@ -72,7 +72,7 @@ def shipped_for_path(path: str | Path) -> Shipped | None:
 def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the weights-only copy of an hdreg checkpoint (its model config, weights and
     ``val_mace_best``; no optimizer, scheduler or loop state), atomically. Returns ``out``."""
-    from hdreg.models.estimator import load_module, save_weights
+    from hdreg.estimators.learned import load_module, save_weights
 
     out = Path(out).expanduser()
     if out.is_dir():
