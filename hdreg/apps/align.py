@@ -237,7 +237,12 @@ def make_estimator(
             f"{flags} only apply to the keypoint methods ({', '.join(KEYPOINT_METHODS)}), "
             f"not to {name!r}"
         )
-    return name, build_estimator(spec, device=device, overrides=given)
+    from hdreg.estimators.learned import ALIGN_MIN_CONFIDENCE
+
+    estimator = build_estimator(
+        spec, device=device, overrides=given, min_confidence=ALIGN_MIN_CONFIDENCE
+    )
+    return name, estimator
 
 
 def align_images(

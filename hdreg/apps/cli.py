@@ -217,7 +217,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     if args.action == "export":
         if not args.checkpoint or not args.out:
             raise ValueError("usage: hdreg weights export CHECKPOINT OUT (a .ckpt from train.py)")
-        path = export_weights(args.checkpoint, args.out)
+        path = export_weights(args.checkpoint, args.out, estimator=args.estimator)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, weights only)")
         return 0
     for w in shipped_weights().values():
@@ -242,6 +242,11 @@ def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
     we.add_argument("action", nargs="?", choices=["list", "export"], default="list")
     we.add_argument("checkpoint", nargs="?", help="export: the .ckpt written by train.py")
     we.add_argument("out", nargs="?", help="export: the weights file to write")
+    we.add_argument(
+        "--estimator", metavar="NAME",
+        help="export: record the whole-image estimator the weights stand for "
+        "(hdreg/configs/estimator/NAME.yaml, e.g. wide)",
+    )  # fmt: skip
     we.set_defaults(func=_cmd_weights)
 
 

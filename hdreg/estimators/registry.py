@@ -111,6 +111,7 @@ def build_estimator(
     device: str = "auto",
     overrides: Mapping[str, Any] | None = None,
     refiners: dict[str, Any] | None = None,
+    min_confidence: float | None = None,
 ) -> Estimator:
     """The estimator of a parsed spec.
 
@@ -122,6 +123,9 @@ def build_estimator(
         overrides: constructor arguments that replace the method config's (``hdreg align``'s
             ``--ratio``…).
         refiners: a cache of built refiners by name, shared between calls.
+        min_confidence: for a checkpoint of a plain network, report estimates under this
+            confidence as failed (``hdreg align`` and the Python API do; see
+            :class:`~hdreg.estimators.learned.HomographyNetEstimator`).
     """
     from hdreg.config import method_estimator
     from hdreg.estimators.refinement import RefinedEstimator
@@ -135,7 +139,9 @@ def build_estimator(
     if spec.checkpoint is not None:
         from hdreg.estimators.learned import load_checkpoint_estimator
 
-        estimator = load_checkpoint_estimator(spec.checkpoint, device=device)
+        estimator = load_checkpoint_estimator(
+            spec.checkpoint, device=device, min_confidence=min_confidence
+        )
     elif spec.method is not None:
         estimator = make(spec.method, **dict(overrides or {}))
     else:

@@ -65,6 +65,11 @@ MODULES: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: whole-image estimators a checkpoint may wrap its network in (``"hdreg_estimator"``)
+ESTIMATORS: dict[str, tuple[str, str]] = {
+    "coarse_to_fine": ("hdreg.estimators.coarse_to_fine", "CoarseToFineEstimator"),
+}
+
 _PLAIN = (type(None), bool, int, float, str)
 
 
@@ -105,6 +110,29 @@ def check_model_config(config: Any) -> None:
     _check_part(top, "hdreg_model", MODULES)
     _check_part(config.get("net"), "hdreg_model.net", NETS)
     _check_part(config.get("loss"), "hdreg_model.loss", LOSSES)
+
+
+def check_estimator_config(config: Any) -> None:
+    """Check a checkpoint's ``hdreg_estimator``: ``{"kind": <ESTIMATORS>, "refine": <shipped
+    name or None>, arg: plain, ...}``; ``ValueError`` saying what is wrong."""
+    if not isinstance(config, dict):
+        raise ValueError(f"'hdreg_estimator' must be a mapping, got {type(config).__name__}")
+    kind = config.get("kind")
+    if kind not in ESTIMATORS:
+        raise ValueError(
+            f"hdreg_estimator.kind is {kind!r}, not one of {', '.join(sorted(ESTIMATORS))}"
+        )
+    for key, value in config.items():
+        if not isinstance(key, str) or key.startswith("_") or not _is_plain(value):
+            raise ValueError(f"hdreg_estimator.{key} must be a plain keyword argument")
+    refine = config.get("refine")
+    if refine is not None:
+        from hdreg.weights import shipped_weights
+
+        if refine not in shipped_weights():
+            raise ValueError(
+                f"hdreg_estimator.refine names {refine!r}, which is not a shipped model"
+            )
 
 
 def _class(target: str, table: dict[str, tuple[str, str]]) -> type:
@@ -228,6 +256,11 @@ def read_checkpoint(spec: str | Path) -> Checkpoint:
     expected = ckpt.get("tensors_sha256")
     if expected is not None and tensors_sha256(state) != expected:
         raise ValueError(f"{path}: the weights do not match their recorded checksum (corrupt file)")
+    if "hdreg_estimator" in ckpt:
+        try:
+            check_estimator_config(ckpt["hdreg_estimator"])
+        except ValueError as exc:
+            raise ValueError(f"{path}: refused, {exc}") from None
     meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "hdreg_model")}
     return Checkpoint(path, ckpt["hdreg_model"], state, meta)
 
@@ -240,6 +273,16 @@ def _load_state(target: nn.Module, state: dict[str, torch.Tensor], path: Path) -
         raise ValueError(f"the weights in {path} do not fit its model config: {first}") from None
 
 
+def net_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
+    """The network of a read checkpoint, weights loaded, in eval mode (on the CPU)."""
+    net = build_net(ckpt.config)
+    prefix = "net."
+    state = {k[len(prefix) :]: v for k, v in ckpt.state_dict.items() if k.startswith(prefix)}
+    _load_state(net, state, ckpt.path)
+    net.hdreg_name = ckpt.name  # the model's name in evaluation tables
+    return net.eval()
+
+
 def load_net(spec: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The network saved in an hdreg checkpoint (a path or a shipped name), weights loaded,
     in eval mode — without PyTorch Lightning or Hydra.
@@ -249,13 +292,7 @@ def load_net(spec: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     >>> tuple(out["offsets"].shape)
     (2, 4, 2)
     """
-    ckpt = read_checkpoint(spec)
-    net = build_net(ckpt.config)
-    prefix = "net."
-    state = {k[len(prefix) :]: v for k, v in ckpt.state_dict.items() if k.startswith(prefix)}
-    _load_state(net, state, ckpt.path)
-    net.hdreg_name = ckpt.name  # the model's name in evaluation tables
-    return net.to(device).eval()
+    return net_from_checkpoint(read_checkpoint(spec)).to(device)
 
 
 def load_module_checked(spec: str | Path, device: str | torch.device = "cpu") -> Any:

@@ -69,19 +69,37 @@ def shipped_for_path(path: str | Path) -> Shipped | None:
     return next((w for w in shipped_weights().values() if w.path == resolved), None)
 
 
-def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
+def estimator_config(name: str) -> dict[str, Any]:
+    """The whole-image estimator settings ``hdreg/configs/estimator/<name>.yaml`` (plain)."""
+    path = _DIR.parent / "configs" / "estimator" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ValueError(f"unknown estimator {name!r}: choose one of {', '.join(known)}")
+    import yaml
+
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, estimator: str | None = None) -> Path:
     """Write the weights-only copy of an hdreg checkpoint (its model config, weights and
-    ``val_mace_best``; no optimizer, scheduler or loop state), atomically. Returns ``out``."""
+    ``val_mace_best``; no optimizer, scheduler or loop state), atomically. Returns ``out``.
+    ``estimator``: also record the whole-image estimator the file stands for
+    (``hdreg/configs/estimator/<estimator>.yaml``, e.g. ``wide``)."""
     from hdreg.estimators.learned import load_module, save_weights
 
     out = Path(out).expanduser()
     if out.is_dir():
         raise ValueError(f"{out} is a directory: give the weights file to write, e.g. {out}/w.pt")
     module = load_module(checkpoint)
+    extra = {"hdreg_estimator": estimator_config(estimator)} if estimator else {}
+    if extra:
+        from hdreg.models.checkpoint import check_estimator_config
+
+        check_estimator_config(extra["hdreg_estimator"])
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_weights(module, tmp)
+        save_weights(module, tmp, extra)
         tmp.replace(out)
     except OSError as exc:
         _remove(tmp)
