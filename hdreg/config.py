@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
-__all__ = ["compose_config", "config_dir", "method_estimator"]
+__all__ = ["compose_config", "config_dir", "method_estimator", "method_names"]
 
 
 def config_dir() -> Path:
@@ -34,6 +32,12 @@ def config_dir() -> Path:
     return path
 
 
+def method_names() -> list[str]:
+    """Every method name: the configs of ``hdreg/configs/method/`` (the one registry that
+    ``train.py``, ``evaluate.py``, ``hdreg align`` and :func:`hdreg.estimate` read)."""
+    return sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
+
+
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose ``hdreg/configs/<name>.yaml`` (with its defaults list) and return its content, e.g.
     ``compose_config("method/sift")`` or ``compose_config("benchmark/synthetic")``.
@@ -41,6 +45,9 @@ def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     Inside a running Hydra application (``train.py``, ``evaluate.py``), whose search path is this
     same folder, the application's Hydra is used; elsewhere a temporary one.
     """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
     *group, _ = name.split("/")
     if GlobalHydra.instance().is_initialized():
         cfg = compose(config_name=name, overrides=list(overrides))
@@ -56,9 +63,12 @@ def method_estimator(method: str, /, **overrides: Any):
     """The estimator of ``hdreg/configs/method/<method>.yaml``, with ``overrides`` replacing
     parameters (``method_estimator("sift", ratio=0.8, name="sift-0.8")``). Errors of the
     estimator's own argument checks (``ValueError``) come through as they are."""
-    known = sorted(p.stem for p in (config_dir() / "method").glob("*.yaml"))
+    known = method_names()
     if method not in known:
         raise ValueError(f"unknown method {method!r}: valid methods are {', '.join(known)}")
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
     config = compose_config(f"method/{method}")
     params: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
     cls = get_class(params.pop("_target_"))

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import torch
 
+from hdreg.config import method_names
 from hdreg.data.sources import load_gray
 from hdreg.estimators import Estimator, reportable
 from hdreg.estimators.features import DETECTORS
@@ -65,7 +66,8 @@ __all__ = [
 ]
 
 KEYPOINT_METHODS = tuple(sorted(DETECTORS))  # akaze, brisk, orb, sift
-METHODS = ("identity", *KEYPOINT_METHODS, "ecc", "model")
+#: the method configs (the registry, hdreg/configs/method/) and "model" for --checkpoint
+METHODS = (*method_names(), "model")
 # Everything write_alignment may write; files of an earlier run that this run does not write are
 # removed, so that a folder never shows a stale homography next to a failed run.
 OUTPUT_FILES = ("homography.json", "b_warped_to_a.png", "overlay.png", "matches.png")
@@ -196,7 +198,7 @@ def _spec(method: str | None, checkpoint: str | Path | None, refine: str | None)
     elif checkpoint is not None:
         raise ValueError(f"--checkpoint is only used with --method model, not with {method!r}")
     else:
-        spec = parse_method_spec(method, METHODS[:-1])
+        spec = parse_method_spec(method, method_names())
     if refine is not None:
         if refine not in REFINEMENTS:
             raise ValueError(

@@ -8,6 +8,7 @@ and the estimators, then hands plain objects to :func:`hdreg.evaluation.runner.e
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,7 +20,16 @@ from hdreg.estimators.registry import build_estimator, parse_checkpoint_spec, pa
 from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
 
-__all__ = ["build_estimators", "evaluate_from_config", "main"]
+__all__ = ["build_estimators", "check_method_specs", "evaluate_from_config", "main"]
+
+
+def check_method_specs(methods: Any, method_params: Any) -> list:
+    """Parse method specs against the registry (``hdreg/configs/method/`` plus any
+    ``method_params`` entry); ``ValueError`` for an unknown name, before any work starts."""
+    from hdreg.config import method_names
+
+    known = sorted(set(method_names()) | set((method_params or {}).keys()))
+    return [parse_method_spec(str(m), known) for m in methods]
 
 
 def build_estimators(
@@ -36,8 +46,7 @@ def build_estimators(
     """
     if isinstance(methods, str):
         methods = [methods]
-    known = list(method_params.keys())
-    specs = [parse_method_spec(str(m), known) for m in methods]
+    specs = check_method_specs(methods, method_params)
     specs += [parse_checkpoint_spec(str(c)) for c in checkpoints or ()]
     if not specs:
         raise ValueError("nothing to evaluate: give methods=[...] and/or checkpoints=[...]")

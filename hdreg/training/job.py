@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from hdreg.apps.evaluate import build_estimators
+from hdreg.apps.evaluate import build_estimators, check_method_specs
 from hdreg.estimators.learned import load_checkpoint_estimator
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import format_table, write_report
@@ -119,6 +119,8 @@ def train_from_config(cfg: DictConfig) -> float | None:
     if ckpt_path:
         ckpt_path = str(check_checkpoint(ckpt_path, "ckpt_path"))
 
+    if cfg.get("evaluate_test", True):  # an unknown test method stops here, before training
+        check_method_specs(list(cfg.test_methods), cfg.get("method_params"))
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")  # bad data stops here, before any logger writes a file
