@@ -92,6 +92,25 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
     return {k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])}
 
 
+MODEL_CONFIGS = sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
+def test_every_model_config_trains_alone(model, tmp_path):
+    """``python train.py model=<name>``: composed with the default train config (and its default
+    experiment), the module builds and takes one optimizer step."""
+    cfg = compose_train([f"model={model}"])
+    module = build_module(cfg.model)
+    assert module.net.patch_size == instantiate(cfg.data).protocol.patch_size
+    one_step = [f"model={model}", "data.batch_size=2", "data.val_pairs=2", "data.test_pairs=2",
+                "data.eval_batch_size=2", "data.num_workers=0", "trainer.max_steps=1",
+                "data.steps_per_epoch=1", "evaluate_test=false", "logger=none",
+                "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
+    run_train(one_step, tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 1 and ckpt["hdreg_model"]["name"] == cfg.model.name
+
+
 class TestConfigsCompose:
     @pytest.mark.parametrize(
         "experiment",
