@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from hdreg.checkpointing import AtomicCheckpointIO, check_checkpoint
+from hdreg.checkpointing import AtomicCheckpointIO, check_checkpoint, check_same_model
 from hdreg.evaluation.app import build_estimators
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import format_table, write_report
@@ -104,6 +104,8 @@ def train_from_config(cfg: DictConfig) -> float | None:
     datamodule.prepare_data()
     datamodule.setup("fit")  # bad data stops here, before any logger writes a file
     model = build_module(cfg.model)
+    if ckpt_path:
+        check_same_model(ckpt_path, model, "ckpt_path")
     if getattr(model.loss, "needs_full_image", False) and not datamodule.with_full_image:
         raise ValueError(
             f"{type(model.loss).__name__} warps each pair's full image A, but "

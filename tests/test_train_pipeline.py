@@ -358,6 +358,23 @@ class TestTraining:
 
 
 class TestCheckpointErrors:
+    def test_resume_from_a_file_without_training_state_or_of_another_model(self, tmp_path):
+        from hdreg.errors import user_error_message
+
+        bare = tmp_path / "bare.ckpt"
+        torch.save({"state_dict": {}, "global_step": 3}, bare)  # a torch file, no Lightning keys
+        with pytest.raises(ValueError, match=r"bare.ckpt is not a training checkpoint") as info:
+            run_train(_steps(tmp_path / "a", [f"ckpt_path={bare}"], steps=1), tmp_path / "a")
+        assert "pytorch-lightning_version" in str(info.value)
+        assert "\n" not in user_error_message(info.value)
+        run_train(_steps(tmp_path / "b", [], steps=1), tmp_path / "b")
+        last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+        other = _steps(tmp_path / "c", ["model.net.width=0.25", f"ckpt_path={last}"], steps=2)
+        with pytest.raises(ValueError, match=r"last.ckpt holds a different model") as info:
+            run_train(other, tmp_path / "c")
+        message = user_error_message(info.value)
+        assert f"ckpt_path={last}" in message and "\n" not in message
+
     def test_missing_corrupt_foreign_and_old_files_are_named(self, tmp_path):
         with pytest.raises(FileNotFoundError, match=r"nothing.ckpt does not exist"):
             load_module(tmp_path / "nothing.ckpt")
