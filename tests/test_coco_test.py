@@ -135,7 +135,12 @@ class TestShardRuns:
             read_synthetic_benchmarks(x / "b-*.npz")
         (y / "b-00002.npz").unlink()
         with pytest.raises(
-            ValueError, match=r"matches 2 of the 3 shards of one run, missing .*\[2\]"
+            ValueError, match=r"matches 2 files, not the 3 shards .*missing .*\[2\]"
+        ):
+            read_synthetic_benchmarks(y / "b-*.npz")
+        (y / "b-00002.npz").write_bytes((y / "b-00001.npz").read_bytes())  # a copy, not shard 2
+        with pytest.raises(
+            ValueError, match=r"not the 3 shards .*\[2\], shard\(s\) \[1\] more than once"
         ):
             read_synthetic_benchmarks(y / "b-*.npz")
 

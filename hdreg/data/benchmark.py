@@ -303,10 +303,11 @@ def _check_one_whole_run(parts: list[SyntheticBenchmark], pattern: str) -> None:
     if got != list(range(count)):
         missing = sorted(set(range(count)) - set(got))
         doubled = sorted({k for k in got if got.count(k) > 1})
-        what = f"missing shard(s) {missing}" if missing else f"shard(s) {doubled} twice"
+        what = [f"missing shard(s) {missing}"] if missing else []
+        what += [f"shard(s) {doubled} more than once (copies)"] if doubled else []
         raise ValueError(
-            f"{pattern} matches {len(parts)} of the {count} shards of one run, {what}: match "
-            "every shard (name-*.npz) or write the benchmark again"
+            f"{pattern} matches {len(parts)} files, not the {count} shards of one run each once "
+            f"({', '.join(what)}): match every shard once (name-*.npz) or write the benchmark again"
         )
 
 
