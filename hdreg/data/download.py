@@ -14,10 +14,9 @@ from where it stopped (an HTTP ``Range`` request) when the command is run again.
 extracted only once it is complete and verified, into a staging folder beside its target that is
 renamed into place only after every member (and the compressed stream, and a zip's CRCs) read
 cleanly; a truncated or corrupt archive is deleted and leaves nothing behind. A stamp file then
-records it, so that running the
-same command again downloads and extracts nothing. An archive already placed by hand in
-``ROOT/.downloads/`` is verified and used as is. Archives are deleted after extraction unless
-``keep_archives``.
+records it, so that running the same command again downloads and extracts nothing. An archive
+already placed by hand in ``ROOT/.downloads/`` is verified and used as is. Archives are deleted
+after extraction unless ``keep_archives``.
 
 Checksums come from published sources (noted beside each entry); where none is known the entry
 holds ``None`` and the downloader says, in one line, that the file is not verified.
