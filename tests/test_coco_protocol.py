@@ -107,3 +107,69 @@ class TestCocoTest2017:
             write_coco_test2017(photos, tmp_path / "y.npz", limit=0)
         with pytest.raises(FileNotFoundError, match="no benchmark file matches"):
             read_synthetic_benchmarks(tmp_path / "none-*.npz")
+
+
+class TestShardRuns:
+    def _make(self, photos, out, *extra: str) -> int:
+        return main(["make-benchmark", "--protocol", "coco-test2017", "--source", str(photos),
+                     "--limit", "6", "--out", str(out), *extra])  # fmt: skip
+
+    def test_a_rerun_with_another_shard_size_replaces_the_earlier_shards(self, photos, tmp_path):
+        out = tmp_path / "s.npz"
+        assert self._make(photos, out, "--shard-size", "2") == 0  # 3 shards
+        assert self._make(photos, out, "--shard-size", "4") == 0  # 2 shards
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s-00000.npz", "s-00001.npz"]
+        cfg = compose_config("benchmark/synthetic")  # evaluate.py's benchmark.path=<out>-*.npz
+        cfg.path = str(tmp_path / "s-*.npz")
+        assert len(instantiate(cfg)) == 6
+        joined = read_synthetic_benchmarks(tmp_path / "s-*.npz")
+        assert joined.extra["index"].tolist() == list(range(6))
+        assert joined.extra["shards"] == 2
+
+    def test_a_glob_over_two_runs_or_part_of_one_is_refused(self, photos, tmp_path):
+        x, y = tmp_path / "x", tmp_path / "y"
+        assert self._make(photos, x / "b.npz", "--shard-size", "2") == 0
+        assert self._make(photos, y / "b.npz", "--shard-size", "2", "--seed", "1") == 0
+        (x / "b-00001.npz").write_bytes((y / "b-00001.npz").read_bytes())
+        with pytest.raises(ValueError, match=r"b-\*.npz matches shards of 2 different runs"):
+            read_synthetic_benchmarks(x / "b-*.npz")
+        (y / "b-00002.npz").unlink()
+        with pytest.raises(
+            ValueError, match=r"matches 2 files, not the 3 shards .*missing .*\[2\]"
+        ):
+            read_synthetic_benchmarks(y / "b-*.npz")
+        (y / "b-00002.npz").write_bytes((y / "b-00001.npz").read_bytes())  # a copy, not shard 2
+        with pytest.raises(
+            ValueError, match=r"not the 3 shards .*\[2\], shard\(s\) \[1\] more than once"
+        ):
+            read_synthetic_benchmarks(y / "b-*.npz")
+
+    def test_a_failed_shard_leaves_the_earlier_run_as_it_was(self, photos, tmp_path):
+        src = tmp_path / "src"
+        src.mkdir()
+        good = sorted(photos.rglob("*.jpg"))[:2]
+        for name, p in zip(("a.jpg", "b.jpg"), good, strict=True):
+            (src / name).write_bytes(p.read_bytes())
+        out = tmp_path / "out" / "t.npz"
+        write_coco_test2017(src, out, shard_size=1)
+        before = {p.name: sha256(p) for p in out.parent.iterdir()}
+        assert sorted(before) == ["t-00000.npz", "t-00001.npz"]
+        for name in ("c.jpg", "d.jpg"):
+            (src / name).write_text("not an image")
+        with pytest.raises(
+            ValueError, match=r"no readable image among pairs 2\.\.3 .*c\.jpg.*d\.jpg"
+        ):
+            write_coco_test2017(src, out, shard_size=2)
+        assert {p.name: sha256(p) for p in out.parent.iterdir()} == before
+
+    def test_an_unreadable_only_image_is_named(self, tmp_path, capsys):
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "broken.jpg").write_text("not an image")
+        argv = ["make-benchmark", "--protocol", "coco-test2017", "--source", str(src),
+                "--out", str(tmp_path / "b.npz")]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "no readable image among pairs 0..0" in err
+        assert "broken.jpg" in err
+        assert not (tmp_path / "b.npz").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import socket
 import tarfile
 import threading
@@ -33,6 +34,8 @@ class Served:
     files: dict[str, bytes] = field(default_factory=dict)
     truncate_next: int = 0  # cut the next N responses after half their body
     ignore_range: bool = False
+    range_from_zero: bool = False  # answer a Range request with 206 and the whole file
+    send_length: bool = True  # False: no Content-Length, the body ends when the server closes
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
 
 
@@ -51,7 +54,7 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             body = served.files[name]
             start = 0
             if rng and not served.ignore_range:
-                start = int(rng.removeprefix("bytes=").split("-")[0])
+                start = 0 if served.range_from_zero else int(rng[6:].split("-")[0])
                 if start >= len(body):
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(body)}")
@@ -63,7 +66,8 @@ def _handler(served: Served) -> type[BaseHTTPRequestHandler]:
             else:
                 self.send_response(200)
             chunk = body[start:]
-            self.send_header("Content-Length", str(len(chunk)))
+            if served.send_length:
+                self.send_header("Content-Length", str(len(chunk)))
             self.end_headers()
             if served.truncate_next:
                 served.truncate_next -= 1
@@ -108,6 +112,28 @@ def _hpatches_tarball() -> bytes:
         add("H_1_2", b"1 0 2\n0 1 3\n0 0 1\n")
         add("H_1_3", b"1 0 -1\n0 1 1\n0 0 1\n")
     return buf.getvalue() + b"\0" * 20000  # padding: a body long enough to cut in half
+
+
+def _incompressible_tarball() -> bytes:
+    """An hpatches-sequences-release.tar.gz of noise images and no padding: cutting it anywhere
+    cuts the gzip stream (and usually a member)."""
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("1.ppm", "2.ppm", "3.ppm", "H_1_2", "H_1_3"):
+            if name.endswith(".ppm"):
+                data = b"P5\n128 96\n255\n" + rng.integers(0, 256, (96, 128), np.uint8).tobytes()
+            else:
+                data = b"1 0 2\n0 1 3\n0 0 1\n"
+            info = tarfile.TarInfo(f"hpatches-sequences-release/v_graf/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _leftovers(root) -> list[str]:
+    """Everything under ``root`` except the downloads folder itself."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name != ".downloads")
 
 
 def _dataset(base: str, data: bytes, *, sha256: str | None, size: int | None) -> Dataset:
@@ -222,6 +248,117 @@ class TestDownload:
         )  # fmt: skip
         target = download_dataset(ds, tmp_path, progress=False, say=lambda s: None)
         assert (target / "000000000139.jpg").read_bytes() == b"not really a jpeg"
+
+
+class TestBrokenArchives:
+    def test_truncated_archive_without_length_extracts_nothing_then_retries(
+        self, server, tmp_path, capsys
+    ):
+        served, base = server
+        data = _incompressible_tarball()
+        served.files["hpatches-sequences-release.tar.gz"] = data
+        served.send_length, served.truncate_next = False, 1  # half the file, then close
+        staging = tmp_path / ".hpatches-sequences-release.extracting"
+        staging.mkdir()  # left by an extraction that was killed
+        argv = ["data", "download", "hpatches", "--root", str(tmp_path), "--mirror", base,
+                "--no-progress"]  # fmt: skip
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err, err
+        assert "hpatches-sequences-release.tar.gz" in err and "truncated or corrupt" in err
+        assert "run the command again" in err
+        assert _leftovers(tmp_path) == []  # no partial target, no staging folder, no marker
+        assert main(argv) == 0  # the next run downloads afresh
+        assert "extracted into" in capsys.readouterr().out
+        seq = tmp_path / "hpatches-sequences-release" / "v_graf"
+        assert sorted(p.name for p in seq.iterdir()) == [
+            "1.ppm",
+            "2.ppm",
+            "3.ppm",
+            "H_1_2",
+            "H_1_3",
+        ]
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = tar.extractfile("hpatches-sequences-release/v_graf/2.ppm")
+            assert (seq / "2.ppm").read_bytes() == member.read()
+        assert not staging.exists()
+
+    def test_206_from_byte_zero_restarts_the_file(self, server, tmp_path):
+        served, base = server
+        data = _incompressible_tarball()
+        served.files["hpatches-sequences-release.tar.gz"] = data
+        served.range_from_zero = True  # 206, but from byte 0 whatever the Range asked
+        part = tmp_path / ".downloads" / "hpatches-sequences-release.tar.gz.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(data[:1000])
+        said: list[str] = []
+        download_dataset(
+            _dataset(base, data, sha256=None, size=None), tmp_path, progress=False,
+            keep_archives=True, say=said.append,
+        )  # fmt: skip
+        assert served.requests[-1][1] == "bytes=1000-"
+        archive = tmp_path / ".downloads" / "hpatches-sequences-release.tar.gz"
+        assert archive.read_bytes() == data  # restarted, not appended
+        assert (tmp_path / "hpatches-sequences-release" / "v_graf" / "H_1_3").is_file()
+
+    def test_zip_with_a_bad_crc_extracts_nothing(self, server, tmp_path):
+        served, base = server
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+            z.writestr("val2017/000000000139.jpg", b"first image bytes")
+            z.writestr("val2017/000000000285.jpg", b"second image bytes")
+        corrupt = buf.getvalue().replace(b"second image", b"SECOND image")
+        served.files["val2017.zip"] = corrupt
+        ds = Dataset(
+            "coco", "tiny", (Archive(f"{base}/val2017.zip", None, None, "coco", "coco/val2017"),),
+            "coco/val2017", "test",
+        )  # fmt: skip
+        with pytest.raises(DownloadError, match=r"val2017.zip .*truncated or corrupt") as info:
+            download_dataset(ds, tmp_path, progress=False, say=lambda s: None)
+        assert "\n" not in str(info.value) and "000000000285.jpg" in str(info.value)
+        assert _leftovers(tmp_path) == ["coco"]  # the empty parent folder, nothing inside
+        assert not list((tmp_path / "coco").iterdir())
+        served.files["val2017.zip"] = buf.getvalue()
+        target = download_dataset(ds, tmp_path, progress=False, say=lambda s: None)
+        assert (target / "000000000285.jpg").read_bytes() == b"second image bytes"
+
+    def test_root_under_a_regular_file(self, tmp_path, capsys):
+        (tmp_path / "file").write_text("x")
+        root = tmp_path / "file" / "data"
+        argv = [
+            "data",
+            "download",
+            "hpatches",
+            "--root",
+            str(root),
+            "--mirror",
+            "http://127.0.0.1:9",
+        ]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err, err
+        assert f"data root {root} is not a writable folder" in err
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0o555 folder")
+    def test_read_only_root(self, tmp_path, capsys):
+        root = tmp_path / "ro"
+        root.mkdir()
+        root.chmod(0o555)
+        try:
+            argv = [
+                "data",
+                "download",
+                "hpatches",
+                "--root",
+                str(root),
+                "--mirror",
+                "http://127.0.0.1:9",
+            ]
+            assert main(argv) == 2
+        finally:
+            root.chmod(0o755)
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"data root {root} is not a writable folder" in err
 
 
 class TestCli:

@@ -19,7 +19,7 @@ from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
 
 from .conftest import oxford_sequence, real_data_root, textured_image
-from .fixtures import write_opencv_xml, write_sequence
+from .fixtures import write_matrix, write_opencv_xml, write_sequence
 
 GRAF_H1TO3P = """   7.6285898e-01  -2.9922929e-01   2.2567123e+02
    3.3443473e-01   1.0143901e+00  -7.6999973e+01
@@ -189,6 +189,33 @@ class TestRealPairs:
         mapped = cv2.perspectiveTransform(corners[None], H_b_from_a)[0]
         expected = np.linalg.norm(mapped - corners, axis=1).mean()
         assert pairs.errors(np.eye(3)[None])[0] == pytest.approx(expected)
+
+
+class TestImplausibleGroundTruth:
+    @pytest.mark.parametrize("w_at_corner", [0.0, -1.0])  # to infinity, behind the camera
+    def test_a_corner_of_a_at_infinity_or_behind_is_refused(self, tmp_path, w_at_corner):
+        write_sequence(tmp_path / "seq", "hpatches")  # 320x240 images
+        # w = 1 + a*x + b*y equals w_at_corner at the bottom-right corner (319, 239)
+        a = (w_at_corner - 1) / 2 / 319
+        b = (w_at_corner - 1) / 2 / 239
+        h_file = write_matrix(
+            tmp_path / "seq" / "H_1_2", np.array([[1, 0, 0], [0, 1, 0], [a, b, 1]])
+        )
+        with pytest.raises(ValueError, match="to infinity or behind the camera") as info:
+            real_pairs(str(tmp_path))
+        assert str(h_file) in str(info.value) and "[319.0, 239.0]" in str(info.value)
+
+    def test_an_image_b_far_smaller_than_its_ground_truth_is_named(self, tmp_path):
+        write_sequence(tmp_path / "seq", "hpatches")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            real_pairs(str(tmp_path))  # the fixture itself is plausible
+        assert cv2.imwrite(str(tmp_path / "seq" / "3.ppm"), np.zeros((15, 20, 3), np.uint8))
+        with pytest.warns(UserWarning, match=r"1 ground truth\(s\) implausible") as record:
+            pairs = real_pairs(str(tmp_path))
+        message = str(record[0].message)
+        assert str(tmp_path / "seq" / "H_1_3") in message and "image B 20x15" in message
+        assert len(pairs.ids) == 3  # scored anyway
 
 
 class _Scripted(PairwiseEstimator):

@@ -79,14 +79,15 @@ import os, sys, time, torch
 from hdreg.training.checkpointing import atomic_torch_save
 
 path = sys.argv[1]
-atomic_torch_save({"state_dict": {"w": torch.zeros(4)}, "global_step": 1}, path)
+lightning = {"epoch": 0, "pytorch-lightning_version": "2.0.0", "optimizer_states": []}
+atomic_torch_save({"state_dict": {"w": torch.zeros(4)}, "global_step": 1, **lightning}, path)
 
 def stall(fd):  # the new checkpoint's bytes are written; the kill lands before the rename
     print("written", flush=True)
     time.sleep(120)
 
 os.fsync = stall
-atomic_torch_save({"state_dict": {"w": torch.ones(4_000_000)}, "global_step": 2}, path)
+atomic_torch_save({"state_dict": {"w": torch.ones(4_000_000)}, "global_step": 2, **lightning}, path)
 """
 
 

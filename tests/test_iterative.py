@@ -44,6 +44,22 @@ class TestShapes:
         assert net(a, b, iterations=7, fine_iterations=0)["offsets_all"].shape[0] == 7
         assert net(a, b, iterations=1, fine_iterations=4)["offsets_all"].shape[0] == 5
 
+    def test_bad_iteration_counts_at_test_time(self):
+        net = IterativeHomographyNet(**SMALL).eval()
+        a, b, _ = _pair(1)
+        with pytest.raises(ValueError, match=r"iterations must be a whole number >= 1 .*got 0"):
+            net(a, b, iterations=0)
+        with pytest.raises(
+            ValueError, match=r"fine_iterations must be a whole number >= 0 .*got -2"
+        ):
+            net(a, b, fine_iterations=-2)
+        with pytest.raises(ValueError, match=r"iterations must be a whole number >= 1 .*got 2.5"):
+            net(a, b, iterations=2.5)
+        one_scale = IterativeHomographyNet(**{**SMALL, "fine_input_size": 0, "fine_iterations": 0})
+        with pytest.raises(ValueError, match="fine_iterations=2, but this network has no second"):
+            one_scale(a, b, fine_iterations=2)
+        assert one_scale(a, b, fine_iterations=0)["offsets_all"].shape[0] == 3
+
     def test_other_patch_sizes_are_resized(self):
         net = IterativeHomographyNet(**SMALL)
         a, b, _ = _pair(2, p=96)

@@ -289,6 +289,18 @@ class TestCheckpointSpecs:
         spec = parse_checkpoint_spec(f"{odd}+ecc")
         assert spec.checkpoint == odd and spec.refine == "ecc"
 
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [("", r"empty checkpoint spec ''"), (" ", "empty checkpoint spec"),
+         ("+ecc", r"'\+ecc' is a refinement with no checkpoint before it")],
+    )  # fmt: skip
+    def test_empty_spec_or_refinement_alone_says_so(self, text, expected):
+        with pytest.raises(ValueError, match=expected) as info:
+            parse_checkpoint_spec(text)
+        assert "does not exist" not in str(info.value)
+        with pytest.raises(ValueError, match=expected.replace("checkpoint", "method")):
+            methods.parse_method_spec(text, ["sift", "ecc"])
+
     def test_plus_ecc_after_a_missing_path_is_the_refinement(self, tmp_path):
         spec = parse_checkpoint_spec(str(tmp_path / "m.ckpt+ecc"))
         assert spec.checkpoint == tmp_path / "m.ckpt" and spec.refine == "ecc"

@@ -92,6 +92,25 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
     return {k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])}
 
 
+MODEL_CONFIGS = sorted(p.stem for p in (REPO / "hdreg" / "configs" / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
+def test_every_model_config_trains_alone(model, tmp_path):
+    """``python train.py model=<name>``: composed with the default train config (and its default
+    experiment), the module builds and takes one optimizer step."""
+    cfg = compose_train([f"model={model}"])
+    module = build_module(cfg.model)
+    assert module.net.patch_size == instantiate(cfg.data).protocol.patch_size
+    one_step = [f"model={model}", "data.batch_size=2", "data.val_pairs=2", "data.test_pairs=2",
+                "data.eval_batch_size=2", "data.num_workers=0", "trainer.max_steps=1",
+                "data.steps_per_epoch=1", "evaluate_test=false", "logger=none",
+                "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
+    run_train(one_step, tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 1 and ckpt["hdreg_model"]["name"] == cfg.model.name
+
+
 class TestConfigsCompose:
     @pytest.mark.parametrize(
         "experiment",
@@ -340,6 +359,23 @@ class TestTraining:
 
 
 class TestCheckpointErrors:
+    def test_resume_from_a_file_without_training_state_or_of_another_model(self, tmp_path):
+        from hdreg.errors import user_error_message
+
+        bare = tmp_path / "bare.ckpt"
+        torch.save({"state_dict": {}, "global_step": 3}, bare)  # a torch file, no Lightning keys
+        with pytest.raises(ValueError, match=r"bare.ckpt is not a training checkpoint") as info:
+            run_train(_steps(tmp_path / "a", [f"ckpt_path={bare}"], steps=1), tmp_path / "a")
+        assert "pytorch-lightning_version" in str(info.value)
+        assert "\n" not in user_error_message(info.value)
+        run_train(_steps(tmp_path / "b", [], steps=1), tmp_path / "b")
+        last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+        other = _steps(tmp_path / "c", ["model.net.width=0.25", f"ckpt_path={last}"], steps=2)
+        with pytest.raises(ValueError, match=r"last.ckpt holds a different model") as info:
+            run_train(other, tmp_path / "c")
+        message = user_error_message(info.value)
+        assert f"ckpt_path={last}" in message and "\n" not in message
+
     def test_missing_corrupt_foreign_and_old_files_are_named(self, tmp_path):
         with pytest.raises(FileNotFoundError, match=r"nothing.ckpt does not exist"):
             load_module(tmp_path / "nothing.ckpt")

@@ -278,12 +278,46 @@ def read_synthetic_benchmark(path: str | Path) -> SyntheticBenchmark:
     return bench
 
 
+def _check_one_whole_run(parts: list[SyntheticBenchmark], pattern: str) -> None:
+    """``ValueError`` unless shards that record their run (keys ``run``, ``shard``, ``shards``,
+    written by ``hdreg make-benchmark --shard-size``) are exactly the shards of one run, each
+    once. Files without these keys are accepted as they are."""
+    marked = [b for b in parts if "run" in b.extra]
+    if not marked:
+        return
+    if len(marked) != len(parts):
+        other = next(b for b in parts if "run" not in b.extra)
+        raise ValueError(
+            f"{pattern} mixes shards of a sharded run ({marked[0].path}) with {other.path}, "
+            "which is not one of them: narrow the pattern or write the benchmark again"
+        )
+    runs = {str(b.extra["run"]) for b in parts}
+    if len(runs) > 1:
+        other = next(b for b in parts if str(b.extra["run"]) != str(parts[0].extra["run"]))
+        raise ValueError(
+            f"{pattern} matches shards of {len(runs)} different runs ({parts[0].path} and "
+            f"{other.path}): narrow the pattern or write the benchmark again"
+        )
+    count = int(parts[0].extra["shards"])
+    got = sorted(int(b.extra["shard"]) for b in parts)
+    if got != list(range(count)):
+        missing = sorted(set(range(count)) - set(got))
+        doubled = sorted({k for k in got if got.count(k) > 1})
+        what = [f"missing shard(s) {missing}"] if missing else []
+        what += [f"shard(s) {doubled} more than once (copies)"] if doubled else []
+        raise ValueError(
+            f"{pattern} matches {len(parts)} files, not the {count} shards of one run each once "
+            f"({', '.join(what)}): match every shard once (name-*.npz) or write the benchmark again"
+        )
+
+
 def read_synthetic_benchmarks(pattern: str | Path) -> SyntheticBenchmark:
     """One benchmark from a file, or from the shards a glob ``pattern`` matches
     (``data/benchmarks/coco_test2017-*.npz``), concatenated in file-name order.
 
-    Shards must share ``rho``, ``patch_size``, ``image_size`` and ``seed``; an extra key is kept
-    when every shard has it (per-pair arrays are concatenated, equal scalars kept once).
+    Shards must share ``rho``, ``patch_size``, ``image_size`` and ``seed``, and shards that record
+    their run must be exactly the shards of one run; an extra key is kept when every shard has it
+    (per-pair arrays are concatenated, equal scalars kept once).
     """
     text = str(pattern)
     if not any(c in text for c in "*?["):
@@ -293,6 +327,7 @@ def read_synthetic_benchmarks(pattern: str | Path) -> SyntheticBenchmark:
     if not paths:
         raise FileNotFoundError(f"no benchmark file matches {text}")
     parts = [read_synthetic_benchmark(p) for p in paths]
+    _check_one_whole_run(parts, text)
     first = parts[0]
     for b in parts[1:]:
         same = (b.rho, b.patch_size, tuple(b.image_size), b.seed) == (

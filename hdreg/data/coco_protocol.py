@@ -14,6 +14,9 @@ the full set, and shards concatenate to it.
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +57,23 @@ def _shard_paths(out: Path, n: int, shard_size: int | None) -> list[tuple[Path, 
     ]
 
 
+def _run_id(files: list[str], seed: int, shard_size: int | None) -> str:
+    """The same for every shard of one run and for a rerun with the same arguments and images;
+    different for another seed, limit, shard size or image list."""
+    key = json.dumps(["coco-test2017", int(seed), shard_size, files])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _staged(path: Path) -> Path:
+    """Where a shard is written until every shard of the run is: hidden, so no glob meets it."""
+    return path.with_name(f".{path.name}")
+
+
+def _earlier_shards(out: Path) -> list[Path]:
+    """Shards of an earlier run into the same ``out`` (``<stem>-NNNNN.npz``)."""
+    return sorted(out.parent.glob(f"{glob.escape(out.stem)}-[0-9][0-9][0-9][0-9][0-9].npz"))
+
+
 def write_coco_test2017(
     source: str | Path,
     out: str | Path,
@@ -76,6 +96,12 @@ def write_coco_test2017(
     Returns the paths written. Each file is a complete benchmark; its extra key ``index`` holds
     each pair's image index in the sorted list, and ``protocol`` the protocol's name.
     Unreadable images are skipped with one warning (their index is simply absent).
+
+    Shards also hold ``run`` (an identifier of the arguments and image list), ``shard`` and
+    ``shards`` (its position and the count), so that a reader can tell that a glob matched
+    exactly one whole run. They are written under hidden names and renamed only once every shard
+    is written, replacing the shards of an earlier run into the same ``out``; a failure leaves
+    the earlier files as they were.
     """
     out = Path(out)
     if out.suffix != ".npz":
@@ -86,43 +112,32 @@ def write_coco_test2017(
         if limit < 1:
             raise ValueError(f"--limit must be >= 1, got {limit}")
         files = files[:limit]
-    protocol = COCO_TEST2017
-    p = protocol.patch_size
-    written: list[Path] = []
+    shards = _shard_paths(out, len(files), shard_size)
+    run = _run_id(list(files), seed, shard_size)
+    staged: list[tuple[Path, Path]] = []  # (hidden file, final name)
     skipped: list[str] = []
-    for path, start, end in _shard_paths(out, len(files), shard_size):
-        m = end - start
-        patch_a = np.empty((m, p, p), np.uint8)
-        patch_b = np.empty((m, p, p), np.uint8)
-        offsets = np.empty((m, 4, 2), np.float32)
-        corners = np.empty((m, 4, 2), np.float32)
-        index = np.empty(m, np.int64)
-        names: list[str] = []
-        j = 0
-        for i in range(start, end):
-            try:
-                gray = load_gray(images.root / files[i])
-            except ValueError as exc:
-                skipped.append(f"{files[i]} ({exc.__cause__ or exc})")
-                continue
-            image = resize_gray(gray, protocol.image_size)
-            rng = pair_rng(seed, STREAMS["benchmark"], i)
-            pair = generate_pair(image, protocol, rng, integer_offsets=True)
-            patch_a[j], patch_b[j] = pair["patch_a"], pair["patch_b"]
-            offsets[j], corners[j] = pair["offsets"], pair["corners"]
-            index[j] = i
-            names.append(files[i])
-            j += 1
-            if progress is not None:
-                progress(i + 1, len(files))
-        if j == 0:
-            raise ValueError(f"no readable image among pairs {start}..{end - 1} of {images.root}")
-        bench = SyntheticBenchmark(
-            patch_a[:j], patch_b[:j], offsets[:j], corners[:j], np.array(names, dtype=str),
-            rho=protocol.rho, patch_size=p, seed=int(seed), image_size=protocol.image_size,
-            extra={"index": index[:j], "protocol": np.array("coco-test2017")},
-        )  # fmt: skip
-        written.append(write_synthetic_benchmark(bench, path))
+    try:
+        for k, (path, start, end) in enumerate(shards):
+            extra = {} if shard_size is None else {
+                "run": np.array(run), "shard": np.int64(k), "shards": np.int64(len(shards)),
+            }  # fmt: skip
+            target = path if shard_size is None else _staged(path)
+            staged.append((target, path))
+            skipped += _write_part(
+                images, files, start, end, target, seed=seed, extra=extra, progress=progress
+            )
+    except BaseException:
+        for hidden, final in staged:
+            if hidden != final:
+                hidden.unlink(missing_ok=True)
+        raise
+    if shard_size is not None:
+        finals = {final for _, final in staged}
+        for old in _earlier_shards(out):
+            if old not in finals:
+                old.unlink()
+        for hidden, final in staged:
+            hidden.replace(final)
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} unreadable image(s) under {images.root}: "
@@ -130,4 +145,59 @@ def write_coco_test2017(
             UserWarning,
             stacklevel=2,
         )
-    return written
+    return [final for _, final in staged]
+
+
+def _write_part(
+    images: ImageSource,
+    files: list[str],
+    start: int,
+    end: int,
+    path: Path,
+    *,
+    seed: int,
+    extra: dict[str, np.ndarray],
+    progress: Callable[[int, int], None] | None,
+) -> list[str]:
+    """Write pairs ``start..end-1`` to ``path``; returns the images skipped as unreadable.
+    ``ValueError`` naming them when none of the range is readable."""
+    protocol = COCO_TEST2017
+    p = protocol.patch_size
+    skipped: list[str] = []
+    m = end - start
+    patch_a = np.empty((m, p, p), np.uint8)
+    patch_b = np.empty((m, p, p), np.uint8)
+    offsets = np.empty((m, 4, 2), np.float32)
+    corners = np.empty((m, 4, 2), np.float32)
+    index = np.empty(m, np.int64)
+    names: list[str] = []
+    j = 0
+    for i in range(start, end):
+        try:
+            gray = load_gray(images.root / files[i])
+        except ValueError as exc:
+            skipped.append(f"{files[i]} ({exc.__cause__ or exc})")
+            continue
+        image = resize_gray(gray, protocol.image_size)
+        rng = pair_rng(seed, STREAMS["benchmark"], i)
+        pair = generate_pair(image, protocol, rng, integer_offsets=True)
+        patch_a[j], patch_b[j] = pair["patch_a"], pair["patch_b"]
+        offsets[j], corners[j] = pair["offsets"], pair["corners"]
+        index[j] = i
+        names.append(files[i])
+        j += 1
+        if progress is not None:
+            progress(i + 1, len(files))
+    if j == 0:
+        raise ValueError(
+            f"no readable image among pairs {start}..{end - 1} of {images.root}: "
+            + "; ".join(skipped[:5])
+            + (f"; … ({len(skipped)} in all)" if len(skipped) > 5 else "")
+        )
+    bench = SyntheticBenchmark(
+        patch_a[:j], patch_b[:j], offsets[:j], corners[:j], np.array(names, dtype=str),
+        rho=protocol.rho, patch_size=p, seed=int(seed), image_size=protocol.image_size,
+        extra={"index": index[:j], "protocol": np.array("coco-test2017"), **extra},
+    )  # fmt: skip
+    write_synthetic_benchmark(bench, path)
+    return skipped

@@ -11,10 +11,12 @@ SHA-256 where they are published, and extracts it where hdreg's loaders expect i
 
 A download is resumable: bytes arrive in ``<archive>.part`` and an interrupted transfer continues
 from where it stopped (an HTTP ``Range`` request) when the command is run again. An archive is
-extracted only once it is complete and verified; a stamp file then records it, so that running the
-same command again downloads and extracts nothing. An archive already placed by hand in
-``ROOT/.downloads/`` is verified and used as is. Archives are deleted after extraction unless
-``keep_archives``.
+extracted only once it is complete and verified, into a staging folder beside its target that is
+renamed into place only after every member (and the compressed stream, and a zip's CRCs) read
+cleanly; a truncated or corrupt archive is deleted and leaves nothing behind. A stamp file then
+records it, so that running the same command again downloads and extracts nothing. An archive
+already placed by hand in ``ROOT/.downloads/`` is verified and used as is. Archives are deleted
+after extraction unless ``keep_archives``.
 
 Checksums come from published sources (noted beside each entry); where none is known the entry
 holds ``None`` and the downloader says, in one line, that the file is not verified.
@@ -29,9 +31,11 @@ import os
 import shutil
 import sys
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +236,16 @@ def _progress_bar(total: int | None, initial: int, label: str, enabled: bool):
     )  # fmt: skip
 
 
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of a ``Content-Range: bytes START-END/TOTAL`` header (None if unreadable)."""
+    if not content_range or not content_range.strip().startswith("bytes "):
+        return None
+    try:
+        return int(content_range.strip()[6:].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
 def _fetch(archive: Archive, dest: Path, *, url: str, progress: bool) -> None:
     """Download ``url`` to ``dest``, resuming ``dest.part`` if present. Raises DownloadError."""
     part = dest.with_name(dest.name + ".part")
@@ -260,6 +274,17 @@ def _fetch(archive: Archive, dest: Path, *, url: str, progress: bool) -> None:
     with response:
         if have and response.status != 206:
             have = 0  # the server ignored the Range request: start over
+        elif have:
+            start = _range_start(response.headers.get("Content-Range"))
+            if start == 0:
+                have = 0  # a 206 from byte 0: the server ignored the offset, start over
+            elif start != have:
+                part.unlink()
+                raise DownloadError(
+                    f"{url} answered a request for bytes {have}- with Content-Range "
+                    f"{response.headers.get('Content-Range')!r}; the partial file {part} was "
+                    "deleted, run the command again to download it afresh"
+                )
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else archive.size
         received = have
@@ -314,15 +339,24 @@ def _verify(archive: Archive, path: Path, url: str, say: Callable[[str], None]) 
         say(f"{archive.filename}: verified (SHA-256 {archive.sha256[:12]}…, {size} bytes)")
 
 
-def _extract(path: Path, into: Path) -> None:
-    into.mkdir(parents=True, exist_ok=True)
+def _check_zip(path: Path, z: zipfile.ZipFile, into: Path) -> None:
+    """Refuse members outside ``into``; read every member and check its CRC (``testzip``)."""
+    base = into.resolve()
+    for member in z.namelist():
+        if not (into / member).resolve().is_relative_to(base):
+            raise DownloadError(f"{path}: refusing member {member!r} outside {into}")
+    bad = z.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"member {bad!r} fails its CRC check")
+
+
+def _extract_all(path: Path, into: Path) -> None:
+    """Extract ``path`` (zip or tar, any compression) into ``into``, reading the whole archive:
+    a truncated or corrupt file raises (``zipfile.BadZipFile``, ``tarfile.TarError``,
+    ``EOFError``, ``zlib.error``, ``OSError``)."""
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
-            base = into.resolve()
-            for member in z.namelist():
-                target = (into / member).resolve()
-                if not target.is_relative_to(base):
-                    raise DownloadError(f"{path}: refusing member {member!r} outside {into}")
+            _check_zip(path, z, into)
             z.extractall(into)
     elif tarfile.is_tarfile(path):
         with tarfile.open(path) as t:
@@ -330,8 +364,85 @@ def _extract(path: Path, into: Path) -> None:
                 t.extractall(into, filter="data")  # refuses links and paths leaving `into`
             except tarfile.FilterError as exc:
                 raise DownloadError(f"{path}: unsafe archive member: {exc}") from None
+            # the tar ends at its end-of-archive blocks; read the compressed stream to its end
+            # so that a truncated gzip/bz2/xz file (or a bad CRC) is noticed too
+            while t.fileobj.read(CHUNK):  # type: ignore[union-attr]
+                pass
     else:
-        raise DownloadError(f"{path} is neither a zip nor a tar archive; delete it and retry")
+        raise DownloadError(
+            f"{path} is not a complete zip or tar archive (truncated or corrupt); it was "
+            "deleted: run the command again to download it afresh"
+        )
+
+
+def _staging_dir(creates: Path) -> Path:
+    """Where an archive is extracted before its folder is renamed into place (beside it)."""
+    return creates.parent / f".{creates.name}.extracting"
+
+
+def _extract(path: Path, into: Path, creates: Path, url: str) -> None:
+    """Extract ``path`` (whose members are relative to ``into``) so that ``creates`` appears only
+    once the whole archive has read cleanly: members go to a staging folder beside ``creates``,
+    which is then renamed. On any failure the staging folder and the archive are deleted and
+    ``DownloadError`` says to run the command again."""
+    staging = _staging_dir(creates)
+    shutil.rmtree(staging, ignore_errors=True)  # left by an extraction that was killed
+    rel = Path(os.path.relpath(creates, into))
+    try:
+        staging.mkdir(parents=True)
+        _extract_all(path, staging)
+        staged = staging / rel
+        if not staged.is_dir():
+            raise DownloadError(
+                f"{path} (from {url}) holds no folder {rel}; it is not the expected archive"
+            )
+        if creates.exists():  # a partial folder left without a done-marker: replace it
+            shutil.rmtree(creates)
+        creates.parent.mkdir(parents=True, exist_ok=True)
+        staged.rename(creates)
+        if rel != Path("."):  # any other top-level members of the archive
+            for entry in staging.iterdir():
+                dest = into / entry.name
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                elif dest.exists():
+                    dest.unlink()
+                entry.rename(dest)
+    except DownloadError:
+        shutil.rmtree(staging, ignore_errors=True)
+        path.unlink(missing_ok=True)
+        raise
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno is not None:  # disk full, no permission, ...
+            raise DownloadError(
+                f"cannot extract {path} into {into}: {exc.strerror or exc}; free space or fix "
+                "the permissions and run the command again"
+            ) from None
+        path.unlink(missing_ok=True)  # a bad gzip stream or CRC is an OSError without errno
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise DownloadError(
+            f"{path} (from {url}) is truncated or corrupt ({detail}); it was deleted and nothing "
+            "was extracted: run the command again to download it afresh"
+        ) from None
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _writable_downloads(root: Path) -> Path:
+    """``root/.downloads``, created; ``ValueError`` naming ``root`` when it cannot be written
+    (a read-only file system, no permission, a path under a regular file)."""
+    downloads = root / DOWNLOAD_DIR
+    try:
+        downloads.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=downloads):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(
+            f"data root {root} is not a writable folder ({reason}: {exc.filename}); choose "
+            "another --root"
+        ) from None
+    return downloads
 
 
 def download_dataset(
@@ -356,7 +467,7 @@ def download_dataset(
         say: where one-line status messages go.
 
     Raises:
-        ValueError: unknown dataset name.
+        ValueError: unknown dataset name, or ``root`` cannot be written.
         DownloadError: no network, an HTTP error, an interrupted transfer (run again to resume),
             a size or checksum mismatch (the file is deleted), or an unreadable archive.
     """
@@ -368,8 +479,7 @@ def download_dataset(
             )
         dataset = DATASETS[dataset]
     root = Path(root).expanduser()
-    downloads = root / DOWNLOAD_DIR
-    downloads.mkdir(parents=True, exist_ok=True)
+    downloads = _writable_downloads(root)
     for archive in dataset.archives:
         stamp = downloads / f"{archive.filename}.done"
         into = root / archive.into
@@ -382,7 +492,8 @@ def download_dataset(
             say(f"{archive.filename}: downloading {url}")
             _fetch(archive, dest, url=url, progress=progress)
         _verify(archive, dest, url, say)
-        _extract(dest, into)
+        stamp.unlink(missing_ok=True)
+        _extract(dest, into, root / archive.creates, url)
         stamp.write_text(
             json.dumps({"url": url, "size": dest.stat().st_size, "sha256": archive.sha256}) + "\n"
         )

@@ -24,7 +24,7 @@ import numpy as np
 from hdreg.data.sources import IMAGE_EXTENSIONS, load_gray
 from hdreg.geometry_np import check_homography, normalize_homography
 
-__all__ = ["RealPair", "find_real_pairs", "read_homography_file"]
+__all__ = ["RealPair", "check_ground_truth", "find_real_pairs", "read_homography_file"]
 
 # (image pattern, H-file pattern) of each layout; the groups capture the image index k.
 _LAYOUTS = {
@@ -42,6 +42,7 @@ class RealPair:
     path_a: Path
     path_b: Path
     H_b_from_a: np.ndarray
+    path_h: Path | None = None  # the ground-truth file, named in errors
 
     @property
     def pair_id(self) -> str:
@@ -160,7 +161,7 @@ def find_real_pairs(root: str | Path) -> list[RealPair]:
                     skipped.append(f"{h_path} (no image {k})")
                     continue
                 H = read_homography_file(h_path)
-                pairs.append(RealPair(name, k, images[1], images[k], H))
+                pairs.append(RealPair(name, k, images[1], images[k], H, h_path))
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} ground-truth file(s) under {root} without their images: "
@@ -175,6 +176,64 @@ def find_real_pairs(root: str | Path) -> list[RealPair]:
             "(img1.ppm, ..., H1to2p, ...)"
         )
     return pairs
+
+
+#: the ground truth of a pair is implausible for its images (a warning) when A's corners, mapped
+#: into B, span an area this many times larger or smaller than B's ...
+IMPLAUSIBLE_AREA_RATIO = 16.0
+#: ... or every mapped corner lies more than this many B-diagonals outside B
+IMPLAUSIBLE_DISTANCE = 1.0
+
+
+def check_ground_truth(
+    pairs: list[RealPair], sizes_a: list[tuple[int, int]], sizes_b: list[tuple[int, int]]
+) -> None:
+    """Check each pair's ``H_b_from_a`` against its images' ``(width, height)``.
+
+    ``ValueError`` naming the H file when a corner of A maps to infinity or behind the camera
+    (last homogeneous coordinate not > 0, as for the corner (0, 0)): no corner error can be
+    scored. One ``UserWarning`` naming the files when B is far smaller or larger than the ground
+    truth implies (A's mapped corners span over 16x or under 1/16 of B's area, or all lie more
+    than one B-diagonal outside B): such pairs are scored, but an H file probably belongs to
+    other images (or another resolution).
+    """
+    notes = []
+    for pair, (wa, ha), (wb, hb) in zip(pairs, sizes_a, sizes_b, strict=True):
+        where = pair.path_h or f"the ground truth of {pair.pair_id}"
+        corners = np.array([[0, 0, 1], [wa - 1, 0, 1], [wa - 1, ha - 1, 1], [0, ha - 1, 1]], float)
+        mapped = corners @ np.asarray(pair.H_b_from_a, np.float64).T
+        w = mapped[:, 2]
+        scale = np.abs(mapped).max()
+        if not np.isfinite(mapped).all() or (w <= 1e-9 * scale).any():
+            bad = int(np.argmin(w)) if np.isfinite(w).all() else 0
+            raise ValueError(
+                f"homography file {where}: it maps corner {corners[bad, :2].tolist()} of "
+                f"{pair.path_a.name} ({wa}x{ha}) to infinity or behind the camera (last "
+                f"coordinate {w[bad]:.3g}); this is not the ground truth of these images"
+            )
+        q = mapped[:, :2] / w[:, None]
+        x, y = q[:, 0], q[:, 1]
+        area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+        ratio = area / (wb * hb)
+        dx = np.maximum(0.0, np.maximum(-0.5 - x, x - (wb - 0.5)))
+        dy = np.maximum(0.0, np.maximum(-0.5 - y, y - (hb - 0.5)))
+        outside = np.hypot(dx, dy).min() / np.hypot(wb, hb)
+        if (
+            not 1 / IMPLAUSIBLE_AREA_RATIO <= ratio <= IMPLAUSIBLE_AREA_RATIO
+            or outside > IMPLAUSIBLE_DISTANCE
+        ):
+            notes.append(
+                f"{where} (image B {wb}x{hb}: A's corners map to {ratio:.3g}x its area, "
+                f"{outside:.2f} diagonals outside)"
+            )
+    if notes:
+        warnings.warn(
+            f"{len(notes)} ground truth(s) implausible for the size of image B (scored anyway; "
+            "check that each H file belongs to these images at this resolution): "
+            + "; ".join(notes[:10]),
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def load_pair_images(pair: RealPair) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,17 @@ def _check_refine(refine: str, text: str) -> None:
         )
 
 
+def _check_not_empty(text: str, base: str, plus: str, what: str, example: str) -> None:
+    """``ValueError`` for an empty spec or a ``+<refinement>`` with nothing before it."""
+    if not text.strip():
+        raise ValueError(f"empty {what} spec {text!r}: give {example}, optionally followed by +ecc")
+    if plus and not base.strip():
+        raise ValueError(
+            f"{what} spec {text!r} is a refinement with no {what} before it: write "
+            f"<{what}>{text} (e.g. {example.split(' ')[-1]}{text})"
+        )
+
+
 def parse_method_spec(text: str, known: Iterable[str]) -> MethodSpec:
     """``"sift"`` / ``"sift+ecc"`` → :class:`MethodSpec`; ``known``: the valid method names.
 
@@ -66,6 +77,7 @@ def parse_method_spec(text: str, known: Iterable[str]) -> MethodSpec:
     """
     text = str(text)
     base, plus, refine = text.partition("+")
+    _check_not_empty(text, base, plus, "method", "a method name such as sift")
     known = sorted(known)
     if base not in known:
         raise ValueError(
@@ -88,9 +100,16 @@ def parse_checkpoint_spec(text: str) -> MethodSpec:
     from hdreg.estimators.learned import resolve_checkpoint
 
     text = str(text)
-    if Path(text).expanduser().is_file():
+    if text.strip() and Path(text).expanduser().is_file():
         return MethodSpec(text, None, resolve_checkpoint(text), None)
     base, plus, suffix = text.rpartition("+")
+    _check_not_empty(
+        text,
+        base,
+        plus,
+        "checkpoint",
+        "a checkpoint file or a shipped model name such as iterative",
+    )
     if plus and suffix in REFINEMENTS:
         return MethodSpec(text, None, resolve_checkpoint(base), suffix)
     if plus and Path(base).expanduser().is_file():

@@ -18,7 +18,7 @@ from hdreg.data.benchmark import (
     make_synthetic_benchmark,
     read_synthetic_benchmarks,
 )
-from hdreg.data.pairs import RealPair, find_real_pairs
+from hdreg.data.pairs import RealPair, check_ground_truth, find_real_pairs
 from hdreg.data.sources import (
     load_gray,
     load_images,
@@ -157,6 +157,10 @@ def synthetic_pairs(
     return EvalPairs.from_synthetic(bench, name=label)
 
 
+def _size(image: np.ndarray) -> tuple[int, int]:
+    return image.shape[1], image.shape[0]
+
+
 def real_pairs(root: str) -> EvalPairs:
     """Every (1, k) pair with ground truth under ``root`` (HPatches or Oxford layout), at full
     resolution; the two images of a pair may differ in size."""
@@ -167,5 +171,6 @@ def real_pairs(root: str) -> EvalPairs:
             cache[p.path_a] = load_gray(p.path_a)
     images_a = [cache[p.path_a] for p in pairs]
     images_b = [load_gray(p.path_b) for p in pairs]
+    check_ground_truth(pairs, [_size(a) for a in images_a], [_size(b) for b in images_b])
     H_true = np.stack([p.H_b_from_a for p in pairs])
     return EvalPairs.from_real(f"real pairs under {root}", pairs, images_a, images_b, H_true)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hdreg.data.pairs import find_real_pairs
+from hdreg.data.pairs import check_ground_truth, find_real_pairs
 from hdreg.data.sources import load_gray, resize_gray
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.geometry import rescale_homography
@@ -91,17 +91,20 @@ def hpatches_pairs(
         return resize_gray(full, short_side_size(size, short_side)), size
 
     cache: dict[Path, tuple[np.ndarray, tuple[int, int]]] = {}  # a sequence's reference image
-    images_a, images_b, H_true = [], [], []
+    images_a, images_b, H_true, sizes_a, sizes_b = [], [], [], [], []
     for p in kept:
         if p.path_a not in cache:
             cache[p.path_a] = load(p.path_a)
         a, size_a = cache[p.path_a]
         b, size_b = load(p.path_b)
+        sizes_a.append(size_a)
+        sizes_b.append(size_b)
         images_a.append(a)
         images_b.append(b)
         H = torch.from_numpy(np.asarray(p.H_b_from_a, np.float64))[None]
         new_a, new_b = (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0])
         H_true.append(rescale_homography(H, size_b, new_b, size_a, new_a)[0].numpy())
+    check_ground_truth(kept, sizes_a, sizes_b)  # at full resolution, as the H files are
     resized = f"short side {short_side} px" if short_side else "full resolution"
     name = f"HPatches protocol ({len(sequences)} sequences, {resized}) under {root}"
     return EvalPairs.from_real(name, kept, images_a, images_b, np.stack(H_true))

@@ -311,10 +311,24 @@ class IterativeHomographyNet(nn.Module):
                 "patch_a and patch_b must both have shape (B, 1, P, P), got "
                 f"{tuple(patch_a.shape)} and {tuple(patch_b.shape)}"
             )
+        for name, value, least in (
+            ("iterations", iterations, 1),
+            ("fine_iterations", fine_iterations, 0),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or float(value) != int(value) or value < least
+            ):
+                raise ValueError(
+                    f"{name} must be a whole number >= {least} (or None: the trained count), "
+                    f"got {value!r}"
+                )
         n_coarse = self.iterations if iterations is None else int(iterations)
         n_fine = self.fine_iterations if fine_iterations is None else int(fine_iterations)
-        if self.fine is None:
-            n_fine = 0
+        if self.fine is None and n_fine:
+            raise ValueError(
+                f"fine_iterations={n_fine}, but this network has no second scale "
+                "(fine_input_size=0): pass 0 or None"
+            )
         p = self.patch_size
         if patch_a.shape[-1] != p or patch_a.shape[-2] != p:
             patch_a = F.interpolate(patch_a, size=(p, p), mode="area")

@@ -7,8 +7,8 @@
   copy left a truncated ``last.ckpt`` and an orphaned temporary file.
 * :class:`FiniteModelCheckpoint` is Lightning's ``ModelCheckpoint`` that skips a save when the
   monitored metric or any weight is NaN or infinite, so ``best.ckpt`` is never a diverged model.
-* :func:`check_checkpoint` turns a missing, empty or corrupt ``ckpt_path`` into one clear error
-  before training starts.
+* :func:`check_checkpoint` turns a missing, empty, corrupt or weights-only ``ckpt_path`` into one
+  clear error before training starts, and :func:`check_same_model` one of another model.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ __all__ = [
     "FiniteModelCheckpoint",
     "atomic_torch_save",
     "check_checkpoint",
+    "check_same_model",
     "partial_path",
 ]
 
@@ -40,6 +41,14 @@ log = logging.getLogger(__name__)
 
 #: a checkpoint being written is ``.<name>.partial`` in the destination folder
 PARTIAL_SUFFIX = ".partial"
+#: what Lightning reads to resume a run
+RESUME_KEYS = (
+    "state_dict",
+    "global_step",
+    "epoch",
+    "pytorch-lightning_version",
+    "optimizer_states",
+)
 
 
 def partial_path(path: str | Path) -> Path:
@@ -151,6 +160,37 @@ def check_checkpoint(path: str | Path, option: str = "ckpt_path") -> Path:
             f"{option}={path} is corrupt or truncated ({size} bytes), not a readable PyTorch "
             f"checkpoint: {first}"
         ) from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
-        raise ValueError(f"{option}={path} is not a training checkpoint written by train.py")
+    missing = [k for k in RESUME_KEYS if k not in ckpt] if isinstance(ckpt, dict) else []
+    if not isinstance(ckpt, dict) or missing:
+        what = f" (no {', '.join(repr(k) for k in missing)})" if missing else ""
+        raise ValueError(
+            f"{option}={path} is not a training checkpoint written by train.py{what}: resume "
+            "from the run's checkpoints/last.ckpt"
+        )
     return path
+
+
+def check_same_model(path: str | Path, module: torch.nn.Module, option: str = "ckpt_path") -> None:
+    """``ValueError`` naming ``option`` and the file when the checkpoint's weights do not fit
+    ``module`` (another network, size or head): names and shapes of every tensor must match."""
+    path = Path(path).expanduser()
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items() if hasattr(v, "shape")}
+    ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if theirs == ours:
+        return
+    problems = []
+    if absent := sorted(set(ours) - set(theirs)):
+        problems.append(f"{len(absent)} tensor(s) missing, e.g. {absent[0]}")
+    if extra := sorted(set(theirs) - set(ours)):
+        problems.append(f"{len(extra)} unexpected, e.g. {extra[0]}")
+    if reshaped := sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k]):
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape, e.g. {k} {theirs[k]} vs {ours[k]}")
+    saved = ckpt.get("hdreg_model")
+    name = saved.get("name") if isinstance(saved, dict) else None
+    held = f" ({name!r})" if name else ""
+    raise ValueError(
+        f"{option}={path} holds a different model{held} than the one configured "
+        f"({'; '.join(problems)}): resume with the model config it was trained with"
+    )

@@ -24,7 +24,7 @@ from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
 from hdreg.models.base import build_module
-from hdreg.training.checkpointing import AtomicCheckpointIO, check_checkpoint
+from hdreg.training.checkpointing import AtomicCheckpointIO, check_checkpoint, check_same_model
 
 __all__ = ["evaluate_test_split", "init_weights", "train_from_config"]
 
@@ -127,6 +127,8 @@ def train_from_config(cfg: DictConfig) -> float | None:
     model = build_module(cfg.model)
     if cfg.get("init"):
         init_weights(model, cfg.init)
+    if ckpt_path:
+        check_same_model(ckpt_path, model, "ckpt_path")
     if getattr(model.loss, "needs_full_image", False) and not datamodule.with_full_image:
         raise ValueError(
             f"{type(model.loss).__name__} warps each pair's full image A, but "
