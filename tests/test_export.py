@@ -113,3 +113,16 @@ def test_export_api_returns_path(tmp_path):
     path = export_onnx(net, tmp_path / "h.onnx", opset=MIN_OPSET)
     assert path == tmp_path / "h.onnx" and path.stat().st_size > 1e6
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_pytorch_keeps_the_lu_solve():
+    """Outside an export the iterative network's DLT is the LU solve, bit for bit (its scores in
+    docs/ stand); the closed form serves only the exported graph."""
+    from hdreg.geometry import four_point_to_homography_ex, patch_corners
+    from hdreg.models.iterative import _dlt
+
+    corners = patch_corners(torch.zeros(8, 2), 128)
+    offsets = (torch.rand(8, 4, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 32
+    H, valid = _dlt(corners, corners + offsets)
+    H_ex, valid_ex = four_point_to_homography_ex(corners, corners + offsets)
+    assert torch.equal(H, H_ex) and torch.equal(valid, valid_ex)
