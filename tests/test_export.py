@@ -126,3 +126,21 @@ def test_pytorch_keeps_the_lu_solve():
     H, valid = _dlt(corners, corners + offsets)
     H_ex, valid_ex = four_point_to_homography_ex(corners, corners + offsets)
     assert torch.equal(H, H_ex) and torch.equal(valid, valid_ex)
+
+
+@pytest.mark.parametrize("kind", ["classification", "unsupervised"])
+def test_checkpoint_file_of_any_head(kind, tmp_path):
+    """A weights file of another head or module (here untrained, tiny) exports by its path and
+    runs in onnxruntime as in PyTorch."""
+    from hdreg.models.estimator import save_weights
+
+    from .conftest import tiny_module
+
+    ckpt = save_weights(tiny_module(kind), tmp_path / f"{kind}.pt")
+    out = tmp_path / f"{kind}.onnx"
+    assert main(["export", "onnx", str(ckpt), str(out)]) == 0
+    net = load_net(ckpt)
+    g = np.random.default_rng(0)
+    a = g.random((3, 1, 128, 128), dtype=np.float32)
+    b = g.random((3, 1, 128, 128), dtype=np.float32)
+    assert np.abs(onnx_offsets(out, a, b) - _torch_offsets(net, a, b)).max() < 1e-3
