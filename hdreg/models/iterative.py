@@ -137,12 +137,29 @@ class CorrelationPyramid:
         in A's cell coordinates (cell ``i`` centred at ``i``). Returns ``(B, channels, h, w)``."""
         b, h, w = self.shape
         centre = cells_a.reshape(b * h * w, 1, 1, 2)
+        lookup = self._sample_exported if torch.onnx.is_in_onnx_export() else self._sample
         out = []
         for k, level in enumerate(self.pyramid):
             # cell u of level 0 lies at (u - (2^k - 1) / 2) / 2^k in level k's cells
-            at = (centre - (2**k - 1) / 2) / 2**k + self.window  # (B·h·w, (2r+1)², 1, 2)
-            out.append(sample_at(level, at.to(level.dtype)).reshape(b, h, w, -1))
+            at = (centre - (2**k - 1) / 2) / 2**k  # (B·h·w, 1, 1, 2): the window's centres
+            out.append(lookup(level, at.to(level.dtype)).reshape(b, h, w, -1))
         return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()
+
+    def _sample(self, level: Tensor, at: Tensor) -> Tensor:
+        """``level (N, 1, h, w)`` sampled in the window around ``at (N, 1, 1, 2)``."""
+        return sample_at(level, at + self.window)
+
+    def _sample_exported(self, level: Tensor, at: Tensor) -> Tensor:
+        """:meth:`_sample` for ONNX: the normalized grid is built per axis from ``(N, 1, 1, 1)``
+        centres and ``(1, K, 1, 1)`` offsets, then stacked, so that no large tensor is broadcast
+        over a last axis of 2 (onnxruntime's slow path). Equal up to rounding."""
+        h, w = level.shape[-2:]
+        # pixel -> normalized coordinates of grid_sample(align_corners=True), as in sample_at
+        sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
+        gx = (at[..., :1] * sx - 1.0) + self.window[..., :1] * sx  # (N, K, 1, 1)
+        gy = (at[..., 1:] * sy - 1.0) + self.window[..., 1:] * sy
+        grid = torch.cat([gx, gy], dim=-1)
+        return F.grid_sample(level, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 class Updater(nn.Module):
