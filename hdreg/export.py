@@ -101,8 +101,8 @@ def export_onnx(
     """Write ``net`` (a :class:`HomographyNet` or :class:`IterativeHomographyNet`) as ONNX.
 
     Inputs ``patch_a``, ``patch_b`` ``(B, 1, P, P)`` float32, output ``offsets (B, 4, 2)``,
-    ``B`` dynamic. Traced (TorchScript exporter) on ``batch`` random pairs; written atomically.
-    Returns ``out``.
+    ``B`` dynamic. Traced (TorchScript exporter) on ``batch`` random pairs, with ``net`` moved to
+    the CPU in eval mode; written atomically. Returns ``out``.
     """
     require_onnx()
     if not MIN_OPSET <= opset <= max_opset():
