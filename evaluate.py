@@ -6,23 +6,11 @@
     python evaluate.py ... 'checkpoints=[outputs/train/.../checkpoints/best.ckpt]'
 
 Writes results.md, results.csv, pairs.csv, results.json and corner_error_cdf.png into the run
-directory (``hydra.run.dir=...`` chooses it). Configuration: configs/evaluate.yaml.
+directory (``hydra.run.dir=...`` chooses it). The same as ``hdreg evaluate``.
+Configuration: hdreg/configs/evaluate.yaml.
 """
 
-from __future__ import annotations
-
-import hydra
-from omegaconf import DictConfig
-
-from hdreg.errors import user_errors
-from hdreg.evaluation.app import evaluate_from_config
-
-
-@hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
-def main(cfg: DictConfig) -> dict:
-    with user_errors("evaluate.py"):  # one line for bad input; HDREG_DEBUG=1 shows the traceback
-        return evaluate_from_config(cfg)
-
+from hdreg.apps.evaluate import main
 
 if __name__ == "__main__":
     main()

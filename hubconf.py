@@ -20,23 +20,19 @@ from torch import nn as _nn
 
 import hdreg.weights as _weights
 
-# modules torch.hub checks before loading (hdreg's own imports for rebuilding a model)
-dependencies = ["torch", "numpy", "cv2", "pytorch_lightning", "hydra", "omegaconf"]
+# modules torch.hub checks before loading (what rebuilding a network imports)
+dependencies = ["torch", "numpy"]
 
 
 def _entry(name: str) -> _Callable[..., _nn.Module]:
     """The hub entry point of shipped model ``name``."""
 
     def load(pretrained: bool = True, device: str = "cpu") -> _nn.Module:
-        from hdreg.models.base import build_module
-        from hdreg.models.estimator import load_module, resolve_device
+        from hdreg.models.checkpoint import build_net, load_net, read_checkpoint
 
         if pretrained:
-            return load_module(name, device=device).net.eval()
-        import torch
-
-        config = torch.load(_weights.shipped(name).path, map_location="cpu", weights_only=True)
-        return build_module(config["hdreg_model"]).net.to(resolve_device(device)).eval()
+            return load_net(name, device=device).eval()
+        return build_net(read_checkpoint(name).config).to(device).eval()
 
     entry = _weights.shipped(name)
     load.__name__ = load.__qualname__ = name
@@ -45,7 +41,7 @@ def _entry(name: str) -> _Callable[..., _nn.Module]:
         f"Trained: {entry.command}\nData: {entry.data}\n\n"
         "Args:\n"
         "    pretrained: load the shipped weights (False: the same architecture, untrained).\n"
-        "    device: where the network lives (cpu, cuda, auto).\n\n"
+        "    device: where the network lives (cpu, cuda).\n\n"
         "Returns:\n"
         "    The network in eval mode: ``net(patch_a, patch_b)`` with ``(B, 1, P, P)`` float32\n"
         "    patches in [0, 1] returns a dict whose ``offsets (B, 4, 2)`` are where patch B's\n"

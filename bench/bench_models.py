@@ -44,7 +44,7 @@ MODELS = {
     "homographynet_full": (HomographyNet, {"width": 1.0, "input_size": 128}),
     # experiment=cpu_quick (the shipped `homographynet` weights)
     "homographynet_cpu_quick": (HomographyNet, {"width": 0.5, "input_size": 32}),
-    # experiment=iterative_cpu (the shipped `iterative` weights): configs/model/iterative.yaml
+    # experiment=iterative_cpu (the shipped `iterative` weights): hdreg/configs/model/iterative.yaml
     "iterative_cpu": (IterativeHomographyNet, {
         "input_size": 64, "channels": (32, 48), "dim": 64, "width": 48, "iterations": 4,
         "fine_input_size": 128, "fine_channels": (16, 32, 48), "fine_iterations": 3,

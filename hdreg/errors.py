@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from omegaconf.errors import MissingMandatoryValue
 
@@ -20,6 +21,7 @@ __all__ = [
     "TrainingDiverged",
     "check_device",
     "debug_enabled",
+    "program_name",
     "user_error_message",
     "user_errors",
 ]
@@ -72,6 +74,13 @@ def user_error_message(exc: BaseException) -> str | None:
         return text if key else str(root).splitlines()[0]
     text = " ".join(str(root).split())  # one line, even when the message had several
     return text or type(root).__name__
+
+
+def program_name(job: str) -> str:
+    """How a Hydra job calls itself in error lines: ``train.py`` when run as the script,
+    ``hdreg train`` when run as the ``hdreg`` subcommand."""
+    script = Path(sys.argv[0]).name if sys.argv else ""
+    return script if script.endswith(".py") else f"hdreg {job}"
 
 
 @contextmanager

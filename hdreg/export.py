@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hdreg.models.checkpoint import load_net  # the network of a shipped name or a checkpoint
+
 __all__ = [
     "DEFAULT_OPSET",
     "MIN_OPSET",
@@ -62,14 +64,6 @@ def require_onnx() -> None:
             f"ONNX export needs {' and '.join(missing)}: pip install 'hdreg[onnx]' "
             "(or pip install onnx onnxruntime)"
         )
-
-
-def load_net(name_or_path: str | Path) -> nn.Module:
-    """The network (plain ``nn.Module``, eval mode, CPU) of a shipped model name or an hdreg
-    checkpoint; ``FileNotFoundError`` / ``ValueError`` naming the file otherwise."""
-    from hdreg.models.estimator import load_module
-
-    return load_module(name_or_path, device="cpu").net.eval()
 
 
 class OffsetsOnly(nn.Module):

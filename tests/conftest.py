@@ -73,7 +73,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 def tiny_model_config(kind: str = "regression", **net) -> dict:
-    """The config of a tiny model as ``configs/model/`` composes it: ``kind`` is
+    """The config of a tiny model as ``hdreg/configs/model/`` composes it: ``kind`` is
     ``regression``, ``classification`` or ``unsupervised``."""
     head = "classification" if kind == "classification" else "regression"
     loss = {

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from hdreg.align import OUTPUT_FILES, make_estimator
-from hdreg.cli import main
+from hdreg.apps.align import OUTPUT_FILES, make_estimator
+from hdreg.apps.cli import main
 from hdreg.config import compose_config
 from hdreg.data.pairs import read_homography_file
 from hdreg.visualize import overlay_image, warp_b_into_a
@@ -25,7 +25,7 @@ from .conftest import oxford_sequence, textured_image, tiny_module
 def write_tiny_checkpoint(path: Path) -> Path:
     """An untrained, tiny supervised HomographyNet in the weights-only format ``load_module``
     reads (its regression head starts at zero offsets, so it answers the identity)."""
-    from hdreg.models.estimator import save_weights
+    from hdreg.estimators.learned import save_weights
 
     return save_weights(tiny_module(), path)
 
@@ -185,15 +185,15 @@ class TestAlign:
         assert "matches" not in result["details"] and not (out_dir / "matches.png").exists()
 
     def test_refiner_parameters_come_from_the_ecc_config(self, monkeypatch):
-        """`--refine ecc` builds its refiner from configs/method/ecc.yaml, not from defaults
+        """`--refine ecc` builds its refiner from hdreg/configs/method/ecc.yaml, not from defaults
         written in the code: a changed config changes the refiner."""
         import hdreg.config
-        from hdreg import methods
+        from hdreg.estimators import registry as methods
 
         real = hdreg.config.method_estimator
 
         def edited(name, /, **kw):
-            if name == "ecc":  # as if configs/method/ecc.yaml said so
+            if name == "ecc":  # as if hdreg/configs/method/ecc.yaml said so
                 kw = {"refine_levels": 3, "iterations": 7, **kw}
             return real(name, **kw)
 

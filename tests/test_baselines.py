@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from hdreg.baselines import ECCEstimator, IdentityEstimator
 from hdreg.config import method_estimator
 from hdreg.data.synthetic import DeToneProtocol, generate_pair
+from hdreg.estimators import ECCEstimator, IdentityEstimator
 from hdreg.geometry import resize_matrix
 
 from .conftest import textured_image

@@ -127,7 +127,7 @@ class TestSplits:
 
     def test_samples_split(self):
         """The README's split of scikit-image's 19 photos under the protocol's fractions and
-        seed (configs/protocol/detone.yaml): 14 train, 3 validation, 2 test, the same every run."""
+        seed (hdreg/configs/protocol/detone.yaml): 14 train, 3 validation, 2 test, the same every run."""
         from hdreg.config import compose_config
 
         images = load_images(sample_source())
@@ -270,7 +270,7 @@ class TestBenchmarkFile:
         assert (pred - b).abs()[overlap].mean() < 1.0
 
     def test_cli_identical_twice_and_identity_mace(self, tmp_path):
-        from hdreg.cli import main
+        from hdreg.apps.cli import main
 
         photos = write_photo_folder(tmp_path / "photos")
         outs = []
@@ -287,9 +287,9 @@ class TestBenchmarkFile:
 
     def test_cli_defaults_are_the_evaluation_benchmark(self, tmp_path):
         """`hdreg make-benchmark` without protocol options writes the very pairs that
-        evaluate.py's benchmark=synthetic generates (both read configs/benchmark/synthetic.yaml),
+        evaluate.py's benchmark=synthetic generates (both read hdreg/configs/benchmark/synthetic.yaml),
         and --jitter gives them the jitter of `benchmark.jitter=true`."""
-        from hdreg.cli import main
+        from hdreg.apps.cli import main
         from hdreg.config import compose_config
         from hdreg.evaluation.benchmarks import synthetic_pairs
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from hdreg.cli import main
+from hdreg.apps.cli import main
 from hdreg.data.download import (
     DATASETS,
     Archive,

@@ -308,7 +308,7 @@ class TestRunner:
         """num_workers=2: per-pair methods run in worker processes, learned-style batch
         estimators in this one, and every per-pair result is the single-process one."""
         from hdreg.config import method_estimator
-        from hdreg.refinement import RefinedEstimator
+        from hdreg.estimators.refinement import RefinedEstimator
 
         estimators = [
             method_estimator("sift"),

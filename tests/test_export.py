@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hdreg.cli import main
+from hdreg.apps.cli import main
 from hdreg.data.benchmark import make_synthetic_benchmark
 from hdreg.data.sources import load_images, sample_source
 from hdreg.export import MIN_OPSET, export_onnx, load_net, onnx_offsets, require_onnx
@@ -132,7 +132,7 @@ def test_pytorch_keeps_the_lu_solve():
 def test_checkpoint_file_of_any_head(kind, tmp_path):
     """A weights file of another head or module (here untrained, tiny) exports by its path and
     runs in onnxruntime as in PyTorch."""
-    from hdreg.models.estimator import save_weights
+    from hdreg.estimators.learned import save_weights
 
     from .conftest import tiny_module
 

@@ -17,17 +17,17 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf.errors import MissingMandatoryValue
 
-from hdreg.callbacks import NonFiniteLossStop
-from hdreg.checkpointing import (
+from hdreg.data.benchmark import read_synthetic_benchmark
+from hdreg.data.sources import folder_source, load_images, min_source_side, split_by_image
+from hdreg.errors import TrainingDiverged, user_error_message
+from hdreg.training.callbacks import NonFiniteLossStop
+from hdreg.training.checkpointing import (
     AtomicCheckpointIO,
     FiniteModelCheckpoint,
     check_checkpoint,
     partial_path,
 )
-from hdreg.data.benchmark import read_synthetic_benchmark
-from hdreg.data.sources import folder_source, load_images, min_source_side, split_by_image
-from hdreg.errors import TrainingDiverged, user_error_message
-from hdreg.schedules import one_cycle
+from hdreg.training.schedules import one_cycle
 
 from .conftest import REPO, textured_image
 from .test_train_pipeline import TINY as PIPELINE_TINY
@@ -69,14 +69,14 @@ def load(path: Path) -> dict:
 
 
 def compose_train(overrides: list[str]):
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "hdreg" / "configs")):
         return compose("train", overrides=overrides)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
 KILL_DURING_SAVE = """
 import os, sys, time, torch
-from hdreg.checkpointing import atomic_torch_save
+from hdreg.training.checkpointing import atomic_torch_save
 
 path = sys.argv[1]
 atomic_torch_save({"state_dict": {"w": torch.zeros(4)}, "global_step": 1}, path)
@@ -289,7 +289,7 @@ def test_camera_names_are_independent_photos(tmp_path):
     train_idx, val_idx, test_idx = split_by_image(groups, (0.7, 0.15, 0.15), seed=0)
     assert train_idx and val_idx and test_idx
 
-    from hdreg.cli import main
+    from hdreg.apps.cli import main
 
     out = tmp_path / "test.npz"
     assert main(["make-benchmark", "--source", str(tmp_path), "--split", "test", "--n", "4",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hdreg.models.estimator import load_module
+from hdreg.models.checkpoint import load_net
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_hub_load_iterative_from_checkout():
     net = torch.hub.load(str(ROOT), "iterative", source="local")
     assert type(net).__name__ == "IterativeHomographyNet" and not net.training
-    assert _state_equal(net, load_module("iterative").net)
+    assert _state_equal(net, load_net("iterative"))
     with torch.no_grad():
         out = net(torch.rand(2, 1, 128, 128), torch.rand(2, 1, 128, 128))
     assert out["offsets"].shape == (2, 4, 2)
@@ -44,7 +44,7 @@ def test_one_entry_per_indexed_model():
 
 def test_untrained_architecture():
     net = torch.hub.load(str(ROOT), "homographynet", source="local", pretrained=False)
-    trained = load_module("homographynet").net
+    trained = load_net("homographynet")
     assert type(net) is type(trained) and not net.training
     assert net.state_dict().keys() == trained.state_dict().keys()
     assert not _state_equal(net, trained)

@@ -196,7 +196,7 @@ def test_tiny_training_run_through_the_real_config_lowers_val_mace(tmp_path):
 
     from .conftest import REPO
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "hdreg" / "configs")):
         cfg = compose(
             "train",
             overrides=["experiment=iterative_cpu", *TINY_TRAIN, f"paths.output_dir={tmp_path}"],

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from hdreg.estimators.learned import HomographyNetEstimator
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.geometry import four_point_to_homography, patch_corners, transform_points
-from hdreg.models.estimator import HomographyNetEstimator
 from hdreg.models.homographynet import HomographyNet, bin_centers, offsets_to_bins
 from hdreg.models.losses import BinCrossEntropy, OffsetMSE
 

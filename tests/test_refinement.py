@@ -15,18 +15,17 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from hdreg import methods
-from hdreg.baselines import ECCEstimator
+from hdreg.apps.evaluate import build_estimators
 from hdreg.config import method_estimator
 from hdreg.data.sources import load_gray
-from hdreg.estimators import Estimate, Estimator, IdentityEstimator, PairResult
-from hdreg.evaluation.app import build_estimators
+from hdreg.estimators import ECCEstimator, Estimate, Estimator, IdentityEstimator, PairResult
+from hdreg.estimators import registry as methods
+from hdreg.estimators.refinement import RefinedEstimator, compare_estimates, warp_a_onto_b
+from hdreg.estimators.registry import parse_checkpoint_spec
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import write_report
 from hdreg.evaluation.runner import evaluate
 from hdreg.geometry_np import folds, rect_corners
-from hdreg.methods import parse_checkpoint_spec
-from hdreg.refinement import RefinedEstimator, compare_estimates, warp_a_onto_b
 
 from .conftest import REPO, oxford_sequence, textured_image
 from .test_align import write_tiny_checkpoint
@@ -88,7 +87,7 @@ class SpyECC(ECCEstimator):
     """ECC that records its calls, and optionally answers a fixed (wrong) homography."""
 
     def __init__(self, answer: np.ndarray | None = None) -> None:
-        ecc = method_estimator("ecc")  # the parameters of configs/method/ecc.yaml
+        ecc = method_estimator("ecc")  # the parameters of hdreg/configs/method/ecc.yaml
         super().__init__(**{k: v for k, v in vars(ecc).items() if not k.startswith("_")})
         self.answer, self.calls = answer, 0
 
@@ -242,7 +241,7 @@ class TestRefinedEstimator:
 
 
 def method_params(*overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "configs")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "hdreg" / "configs")):
         return compose("evaluate", overrides=list(overrides)).method_params
 
 
@@ -297,7 +296,7 @@ class TestCheckpointSpecs:
         assert plain.checkpoint == tmp_path / "a+b.ckpt" and plain.refine is None
 
     def test_names_go_through_resolve_checkpoint(self, tmp_path, monkeypatch):
-        import hdreg.models.estimator as model_estimator
+        import hdreg.estimators.learned as model_estimator
 
         seen = []
 

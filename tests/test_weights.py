@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from hdreg.cli import main as hdreg_main
+from hdreg.apps.cli import main as hdreg_main
 from hdreg.data.benchmark import make_synthetic_benchmark
 from hdreg.data.sources import load_images, sample_source, split_by_image
+from hdreg.estimators.learned import load_checkpoint_estimator, load_module, resolve_checkpoint
 from hdreg.geometry import patch_corners, transform_points
-from hdreg.models.estimator import load_checkpoint_estimator, load_module, resolve_checkpoint
 from hdreg.weights import export_weights, shipped, shipped_weights
 
 SHIPPED = ["homographynet", "iterative"]
@@ -63,7 +63,7 @@ def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
 def test_export_keeps_only_the_weights(tmp_path):
     out = export_weights(shipped("iterative").path, tmp_path / "copy.pt")
     saved = torch.load(out, map_location="cpu", weights_only=True)
-    assert set(saved) == {"hdreg_model", "state_dict", "val_mace_best"}
+    assert set(saved) == {"hdreg_model", "state_dict", "val_mace_best", "tensors_sha256"}
     original = load_module("iterative").state_dict()
     assert all(torch.equal(v, original[k]) for k, v in load_module(out).state_dict().items())
 

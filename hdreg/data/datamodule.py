@@ -115,8 +115,8 @@ class FixedPairs(Dataset):
 class SyntheticDataModule(pl.LightningDataModule):
     """DeTone pairs from an image source, split by image.
 
-    Built from ``configs/data/*.yaml``, which hold every default (the protocol's in
-    ``configs/protocol/detone.yaml``); the arguments are keyword-only.
+    Built from ``hdreg/configs/data/*.yaml``, which hold every default (the protocol's in
+    ``hdreg/configs/protocol/detone.yaml``); the arguments are keyword-only.
 
     Args:
         source: ``"samples"`` (scikit-image's photos), a folder, or a COCO root.

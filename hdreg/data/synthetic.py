@@ -71,7 +71,7 @@ class PhotometricJitter:
     On intensities ``x`` in [0, 1]: ``x ← x^γ``, then ``x ← (x − ½)·c + ½ + b``, clipped, with
     ``γ = exp(U[−gamma, gamma])``, ``c = exp(U[−contrast, contrast])``,
     ``b = U[−brightness, brightness]``. Applied to 8-bit images through a lookup table. The
-    default amplitudes are ``configs/protocol/jitter.yaml`` (:meth:`from_spec`).
+    default amplitudes are ``hdreg/configs/protocol/jitter.yaml`` (:meth:`from_spec`).
     """
 
     brightness: float
@@ -82,7 +82,7 @@ class PhotometricJitter:
     def from_spec(cls, spec: bool | Mapping[str, float] | PhotometricJitter | None):
         """The one way jitter is given everywhere (configs, ``hdreg make-benchmark``): ``None``
         or ``False`` (off, returns None), ``True`` (the amplitudes of
-        ``configs/protocol/jitter.yaml``), or a mapping that changes some of them
+        ``hdreg/configs/protocol/jitter.yaml``), or a mapping that changes some of them
         (``{"brightness": 0.1}``)."""
         if spec is None or spec is False or isinstance(spec, PhotometricJitter):
             return spec or None
@@ -121,7 +121,7 @@ class PhotometricJitter:
 @dataclass(frozen=True)
 class DeToneProtocol:
     """Parameters of the pair generator, validated on construction. :meth:`default` gives
-    DeTone et al.'s values, read from ``configs/protocol/detone.yaml``.
+    DeTone et al.'s values, read from ``hdreg/configs/protocol/detone.yaml``.
 
     Attributes:
         image_size: ``(width, height)`` the source images are resized to (320×240 in the paper).
@@ -137,8 +137,8 @@ class DeToneProtocol:
 
     @classmethod
     def default(cls, **overrides: Any) -> DeToneProtocol:
-        """The protocol of ``configs/protocol/detone.yaml`` with ``overrides`` (e.g. ``rho=45``;
-        ``jitter`` as for :meth:`PhotometricJitter.from_spec`)."""
+        """The protocol of ``hdreg/configs/protocol/detone.yaml`` with ``overrides`` (e.g.
+        ``rho=45``; ``jitter`` as for :meth:`PhotometricJitter.from_spec`)."""
         from hdreg.config import compose_config
 
         cfg = compose_config("protocol/detone")

@@ -136,7 +136,7 @@ def synthetic_pairs(
     """A synthetic evaluation set: read from ``path`` (a ``.npz`` as in docs/conventions.md, whoever
     wrote it), or, when ``path`` is None, ``n`` pairs generated from ``source`` with ``seed`` —
     the same pairs ``hdreg make-benchmark`` writes for those arguments. Built from
-    ``configs/benchmark/synthetic.yaml``, which holds every default; ``jitter`` as for
+    ``hdreg/configs/benchmark/synthetic.yaml``, which holds every default; ``jitter`` as for
     :meth:`~hdreg.data.synthetic.PhotometricJitter.from_spec`."""
     if path:  # one file, or a glob of shards
         return EvalPairs.from_synthetic(read_synthetic_benchmarks(path))

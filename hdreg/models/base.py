@@ -59,7 +59,7 @@ class HomographyModule(pl.LightningModule):
     ``val/mace`` (torchmetrics running mean of the corner error over the fixed validation
     pairs) and ``val/mace_best``. A module built by :func:`build_module` (as ``train.py`` does)
     records its own config, without optimizer and scheduler, as :attr:`hdreg_model`; every
-    checkpoint stores it, and :func:`hdreg.models.estimator.load_module` rebuilds the module
+    checkpoint stores it, and :func:`hdreg.estimators.learned.load_module` rebuilds the module
     from it.
     """
 
@@ -219,7 +219,8 @@ class HomographyModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise RuntimeError(
-                "no optimizer: pass optimizer=<factory> (configs/model/optimizer/*.yaml, _partial_)"
+                "no optimizer: pass optimizer=<factory> "
+                "(hdreg/configs/model/optimizer/*.yaml, _partial_)"
             )
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
@@ -256,9 +257,9 @@ class HomographyModule(pl.LightningModule):
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any
     ) -> HomographyModule:
-        """The same as :func:`hdreg.models.estimator.load_module` (the model is rebuilt from
+        """The same as :func:`hdreg.estimators.learned.load_module` (the model is rebuilt from
         the checkpoint's ``hdreg_model`` config), checked to be a ``cls``."""
-        from hdreg.models.estimator import load_module
+        from hdreg.estimators.learned import load_module
 
         if kwargs:
             raise TypeError(f"unsupported arguments {sorted(kwargs)}: the config is in the file")
@@ -271,7 +272,7 @@ class HomographyModule(pl.LightningModule):
 
 
 def build_module(config: Mapping[str, Any] | DictConfig) -> HomographyModule:
-    """Instantiate a model config (``configs/model/*.yaml``: the module with its ``net`` and
+    """Instantiate a model config (``hdreg/configs/model/*.yaml``: the module with its ``net`` and
     ``loss``, optionally ``optimizer`` and ``scheduler`` factories) and record the config,
     resolved and without optimizer and scheduler, as the module's :attr:`hdreg_model`.
     """
@@ -282,6 +283,10 @@ def build_module(config: Mapping[str, Any] | DictConfig) -> HomographyModule:
     if not isinstance(plain, dict) or "_target_" not in plain:
         raise ValueError(f"a model config is a mapping with a _target_, got {plain!r}")
     model = {k: v for k, v in plain.items() if k not in ("optimizer", "scheduler")}
+    # Train only what a checkpoint can rebuild: the allow-list of hdreg.models.checkpoint.
+    from hdreg.models.checkpoint import check_model_config
+
+    check_model_config(model)
     module = instantiate(plain, _convert_="all")
     if not isinstance(module, HomographyModule):
         raise TypeError(f"{plain['_target_']} is not a HomographyModule")

@@ -2,7 +2,7 @@
 
 Every place that takes a checkpoint path also takes one of these names
 (``evaluate.py 'checkpoints=[iterative]'``, ``hdreg align A B --checkpoint iterative``), through
-:func:`hdreg.models.estimator.resolve_checkpoint`.
+:func:`hdreg.estimators.learned.resolve_checkpoint`.
 A shipped file holds the model's construction config and its weights, no optimizer state
 (see :func:`export_weights`); ``index.json`` beside it records how it was trained and what it
 scored. ``hdreg weights`` lists them; docs/results.md has the commands that made and scored them.
@@ -10,12 +10,13 @@ scored. ``hdreg weights`` lists them; docs/results.md has the commands that made
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Shipped", "export_weights", "shipped", "shipped_weights"]
+__all__ = ["Shipped", "export_weights", "shipped", "shipped_for_path", "shipped_weights"]
 
 _DIR = Path(__file__).resolve().parent
 
@@ -30,6 +31,7 @@ class Shipped:
     command: str
     data: str
     results: dict[str, Any]
+    sha256: str | None = None  # of the file, checked whenever it is loaded
 
 
 def shipped_weights() -> dict[str, Shipped]:
@@ -41,7 +43,7 @@ def shipped_weights() -> dict[str, Shipped]:
         if path.is_file():
             out[name] = Shipped(
                 name, path, entry["description"], entry["command"], entry["data"],
-                entry.get("results", {}),
+                entry.get("results", {}), entry.get("sha256"),
             )  # fmt: skip
     return out
 
@@ -56,15 +58,59 @@ def shipped(name: str) -> Shipped:
     return available[name]
 
 
-def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the weights-only copy of an hdreg checkpoint (its model config, weights and
-    ``val_mace_best``; no optimizer, scheduler or loop state), atomically. Returns ``out``."""
-    from hdreg.models.estimator import load_module, save_weights
+def shipped_for_path(path: str | Path) -> Shipped | None:
+    """The shipped model whose file ``path`` is (``None`` for any other file)."""
+    try:
+        resolved = Path(path).resolve()
+    except OSError:
+        return None
+    if resolved.parent != _DIR:
+        return None
+    return next((w for w in shipped_weights().values() if w.path == resolved), None)
 
-    module = load_module(checkpoint)
+
+def estimator_config(name: str) -> dict[str, Any]:
+    """The whole-image estimator settings ``hdreg/configs/estimator/<name>.yaml`` (plain)."""
+    path = _DIR.parent / "configs" / "estimator" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ValueError(f"unknown estimator {name!r}: choose one of {', '.join(known)}")
+    import yaml
+
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, estimator: str | None = None) -> Path:
+    """Write the weights-only copy of an hdreg checkpoint (its model config, weights and
+    ``val_mace_best``; no optimizer, scheduler or loop state), atomically. Returns ``out``.
+    ``estimator``: also record the whole-image estimator the file stands for
+    (``hdreg/configs/estimator/<estimator>.yaml``, e.g. ``wide``)."""
+    from hdreg.estimators.learned import load_module, save_weights
+
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory: give the weights file to write, e.g. {out}/w.pt")
+    module = load_module(checkpoint)
+    extra = {"hdreg_estimator": estimator_config(estimator)} if estimator else {}
+    if extra:
+        from hdreg.models.checkpoint import check_estimator_config
+
+        check_estimator_config(extra["hdreg_estimator"])
     tmp = out.with_name(f".{out.name}.tmp")
-    save_weights(module, tmp)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(module, tmp, extra)
+        tmp.replace(out)
+    except OSError as exc:
+        _remove(tmp)
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot write {out}: {reason}") from None
+    except BaseException:
+        _remove(tmp)
+        raise
     return out
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

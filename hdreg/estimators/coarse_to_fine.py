@@ -1,0 +1,393 @@
+"""Whole-image, coarse-to-fine estimation with a learned network, at the photos' own resolution.
+
+A network that takes ``P×P`` patches (P = 128) sees a whole photo at a fraction of its pixels,
+and only the motion it was trained on. :class:`CoarseToFineEstimator` makes it an estimator for
+two photos of any size and aspect ratio, and any rotation:
+
+1. **Global stage.** Both photos are resized to ``P×P``. For each hypothesis ``G`` (a rotation by
+   a multiple of 90° and a zoom about the centre), A is resampled as ``A'(p) = A(G p)``, the
+   network estimates ``H_a'_from_b``, and ``H_a_from_b = G · H_a'_from_b``. All hypotheses run
+   as one batch; each is scored by its *confidence* (below) and the best is kept.
+2. **Refinement levels.** At each level (B's longer side 256, 512, 1024, …, up to full
+   resolution or ``max_side``) both photos are resized by the same factor, A is warped into B's
+   frame by the current estimate, and the network estimates the residual on a grid of
+   ``P×P`` windows taken at that level's own pixels (windows without texture are skipped).
+   Each window's four corners give four correspondences; a robust fit of all of them
+   (``cv2.findHomography``, RANSAC) is the residual ``R``, and ``H ← H · R``. The final
+   precision is thus set by the photos' pixels, not by the network's input size.
+3. **Confidence.** The zero-mean normalised cross-correlation between band-passed B and A
+   warped onto B over their overlap, at B's longer side ``score_side`` (invariant to gain and
+   offset of either photo, blind to the smooth shading unrelated photos share), times the
+   square root of the overlap's share of B. A pair whose confidence
+   is under ``min_confidence`` — unrelated photos, a blank or textureless photo, motion beyond
+   reach — is reported as failed with the reason, not as a confident wrong homography.
+
+Nothing here is hand-crafted matching: every correspondence comes from the network.
+All homographies follow docs/conventions.md: ``H_a_from_b`` maps B's pixels into A.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from hdreg.estimators.base import Estimate, Estimator
+from hdreg.geometry_np import check_homography, coverage_mask, normalize_homography
+
+__all__ = ["CoarseToFineEstimator", "alignment_confidence", "scale_matrix", "texture"]
+
+
+def scale_matrix(size_from: tuple[int, int], size_to: tuple[int, int]) -> np.ndarray:
+    """``(3, 3)`` map from pixels of an image of ``size_from = (W, H)`` to those of its copy
+    resized to ``size_to`` (``cv2.resize``'s pixel-centre convention:
+    ``x' = (x + 0.5) · W'/W − 0.5``)."""
+    sx, sy = size_to[0] / size_from[0], size_to[1] / size_from[1]
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+
+
+def _size(image: np.ndarray) -> tuple[int, int]:
+    return image.shape[1], image.shape[0]
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if _size(image) == size:
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _centre_transform(size: int, angle_deg: float, zoom: float) -> np.ndarray:
+    """``G`` (3×3) rotating by ``angle_deg`` and scaling by ``zoom`` about the centre of a
+    ``size×size`` image: ``A'(p) = A(G p)`` shows A rotated by −angle, zoomed out by ``zoom``."""
+    c = (size - 1) / 2.0
+    t = math.radians(angle_deg)
+    rot = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]])
+    scale = np.diag([zoom, zoom, 1.0])
+    shift = np.array([[1, 0, c], [0, 1, c], [0, 0, 1.0]])
+    return shift @ rot @ scale @ np.linalg.inv(shift)
+
+
+def _zncc_masked(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
+    """ZNCC of two images over ``mask`` (0 when it is tiny or flat)."""
+    if mask.sum() < 16:
+        return 0.0
+    u = x[mask].astype(np.float64)
+    v = y[mask].astype(np.float64)
+    u -= u.mean()
+    v -= v.mean()
+    denom = math.sqrt(float(u @ u) * float(v @ v))
+    return float(u @ v / denom) if denom > 1e-9 else 0.0
+
+
+def texture(image: np.ndarray) -> float:
+    """Mean gradient magnitude (gray levels per pixel) of an 8-bit image."""
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    return float(np.mean(np.sqrt(gx * gx + gy * gy)))
+
+
+def _band_pass(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image − Gaussian(image, sigma)`` in float32: the structure, without the smooth shading
+    that unrelated photos can share."""
+    x = image.astype(np.float32)
+    return x - cv2.GaussianBlur(x, (0, 0), sigma)
+
+
+def alignment_confidence(
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    H_a_from_b: np.ndarray,
+    side: int = 256,
+    band_pass: float | None = 4.0,
+) -> tuple[float, float, float]:
+    """``(confidence, correlation, overlap)`` of an estimate between two 8-bit photos.
+
+    Both are resized by the factor that brings B's longer side to ``side``; ``correlation`` is
+    the ZNCC between B and A warped onto B over the pixels of B that map inside A, after a band
+    pass (each image minus its Gaussian blur of ``band_pass`` pixels, so that the smooth shading
+    two unrelated photos may share does not count; ``None``: raw intensities), ``overlap`` their
+    share of B, and ``confidence = correlation · √overlap`` (0 when the overlap is empty or
+    flat).
+    """
+    f = min(1.0, side / max(_size(image_b)))
+    size_a = (max(8, round(image_a.shape[1] * f)), max(8, round(image_a.shape[0] * f)))
+    size_b = (max(8, round(image_b.shape[1] * f)), max(8, round(image_b.shape[0] * f)))
+    a, b = _resize(image_a, size_a), _resize(image_b, size_b)
+    H = scale_matrix(_size(image_a), size_a) @ H_a_from_b @ scale_matrix(size_b, _size(image_b))
+    warped = cv2.warpPerspective(a, H, size_b, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    inside = coverage_mask(H, size_a, size_b)
+    overlap = float(inside.mean())
+    if band_pass:
+        b, warped = _band_pass(b, band_pass), _band_pass(warped, band_pass)
+        inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    corr = _zncc_masked(b, warped, inside)
+    return corr * math.sqrt(overlap), corr, overlap
+
+
+@dataclass
+class _Pair:
+    """Per-pair state: the photos, their sizes, and the running ``H_a_from_b`` (full res)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    H: np.ndarray
+    details: dict[str, Any]
+
+
+class CoarseToFineEstimator(Estimator):
+    """A patch network as a whole-image estimator (see the module docstring).
+
+    Args:
+        global_net: network of the global stage (``forward(patch_a, patch_b)`` → dict with
+            ``offsets (B, 4, 2)``; attribute ``patch_size``), trained on wide motion.
+        refine_net: network of the refinement levels (default: ``global_net``).
+        name: name in evaluation tables.
+        rotations: hypotheses of the global stage, in degrees.
+        zooms: zoom hypotheses of the global stage (``2``: B shows A's centre enlarged 2×).
+        levels: B's longer side at each refinement level, coarse to fine; levels beyond
+            ``max_side`` (or the photo's own size) are replaced by one level at that size.
+        max_side: finest resolution used (B's longer side); ``None``: full resolution.
+        grid: windows per side at each refinement level (``grid²`` windows, overlapping).
+        min_coverage: share of a window that the warped A must cover for it to be used.
+        min_texture: windows (and photos) with a mean gradient under this many gray levels
+            per pixel carry no information and are skipped (a photo: failed).
+        min_confidence: pairs with a confidence under this are reported as failed.
+        ransac_threshold: inlier threshold of the residual fit, in pixels of the level.
+        score_side: resolution of the confidence (B's longer side).
+        device: where the networks run.
+    """
+
+    def __init__(
+        self,
+        global_net: torch.nn.Module,
+        refine_net: torch.nn.Module | None = None,
+        *,
+        name: str = "wide",
+        rotations: Sequence[float] = (0.0, 90.0, 180.0, 270.0),
+        zooms: Sequence[float] = (1.0,),
+        levels: Sequence[int] = (256, 512, 1024),
+        max_side: int | None = None,
+        grid: int = 4,
+        min_coverage: float = 0.8,
+        min_texture: float = 1.0,
+        min_confidence: float = 0.2,
+        ransac_threshold: float = 3.0,
+        score_side: int = 256,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        from hdreg.estimators.learned import resolve_device
+
+        if not rotations or not zooms:
+            raise ValueError("rotations and zooms need at least one hypothesis each")
+        if any(z <= 0 for z in zooms):
+            raise ValueError(f"zooms must be positive, got {list(zooms)}")
+        if grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
+        if max_side is not None and max_side < 32:
+            raise ValueError(f"max_side must be >= 32 pixels (or None), got {max_side}")
+        self.device = resolve_device(device)
+        self.global_net = global_net.to(self.device).eval()
+        self.refine_net = (refine_net or global_net).to(self.device).eval()
+        self.patch = int(self.global_net.patch_size)
+        if int(self.refine_net.patch_size) != self.patch:
+            raise ValueError("the global and refinement networks must take the same patch size")
+        self.name = name
+        self.hypotheses = [(float(r), float(z)) for r in rotations for z in zooms]
+        self.levels = sorted(int(s) for s in levels)
+        self.max_side = max_side
+        self.grid = int(grid)
+        self.min_coverage = float(min_coverage)
+        self.min_texture = float(min_texture)
+        self.min_confidence = float(min_confidence)
+        self.ransac_threshold = float(ransac_threshold)
+        self.score_side = int(score_side)
+
+    def __repr__(self) -> str:
+        return f"CoarseToFineEstimator(name={self.name!r}, levels={self.levels})"
+
+    # -- the network on batches of P×P patches -------------------------------------------------
+    @torch.inference_mode()
+    def _offsets(self, net: torch.nn.Module, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``(N, 4, 2)`` float64 offsets for ``(N, P, P)`` uint8 patch stacks."""
+        ta = torch.from_numpy(a)[:, None].to(self.device).float().div_(255.0)
+        tb = torch.from_numpy(b)[:, None].to(self.device).float().div_(255.0)
+        return net(ta, tb)["offsets"].float().cpu().double().numpy()
+
+    def _corners(self) -> np.ndarray:
+        p = self.patch - 1.0
+        return np.array([[0, 0], [p, 0], [p, p], [0, p]], np.float64)
+
+    def _patch_homography(self, offsets: np.ndarray) -> np.ndarray | None:
+        """``H_a_from_b`` of one patch pair from its offsets (``None`` if degenerate)."""
+        c = self._corners().astype(np.float32)
+        H = cv2.getPerspectiveTransform(c, (c + offsets).astype(np.float32))
+        return None if check_homography(H) else H
+
+    # -- stages ----------------------------------------------------------------------------------
+    def _global(self, pair: _Pair) -> None:
+        p = self.patch
+        a, b = _resize(pair.a, (p, p)), _resize(pair.b, (p, p))
+        Gs = [_centre_transform(p, r, z) for r, z in self.hypotheses]
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        stack_a = np.stack(
+            [cv2.warpPerspective(a, G, (p, p), flags=flags, borderMode=cv2.BORDER_REFLECT)
+             for G in Gs]
+        )  # fmt: skip
+        offsets = self._offsets(self.global_net, stack_a, np.repeat(b[None], len(Gs), 0))
+        to_full = scale_matrix((p, p), _size(pair.a))
+        from_full = scale_matrix(_size(pair.b), (p, p))
+        best, scores = None, []
+        for (r, z), G, off in zip(self.hypotheses, Gs, offsets, strict=True):
+            H_patch = self._patch_homography(off)
+            if H_patch is None:
+                scores.append(-1.0)
+                continue
+            H = normalize_homography(to_full @ G @ H_patch @ from_full)
+            # raw intensities: forgiving of the few pixels a global estimate is off by
+            conf = alignment_confidence(pair.a, pair.b, H, self.score_side, band_pass=None)[0]
+            scores.append(conf)
+            if best is None or conf > best[0]:
+                best = (conf, H, r, z)
+        if best is not None:
+            pair.H = best[1]
+            pair.details.update(hypothesis_rotation=best[2], hypothesis_zoom=best[3])
+        pair.details["hypothesis_scores"] = np.array(scores)
+
+    def _level_sides(self, size_b: tuple[int, int]) -> list[int]:
+        full = max(size_b)
+        top = min(full, self.max_side) if self.max_side else full
+        sides = [s for s in self.levels if s < top]
+        return [*sides, top]
+
+    def _windows(
+        self, warped: np.ndarray, b: np.ndarray, inside: np.ndarray
+    ) -> list[tuple[int, int]]:
+        """Top-left corners of the ``P×P`` windows of B worth asking the network about: on a
+        ``grid×grid`` lattice, mostly covered by the warped A, textured in both."""
+        p = self.patch
+        h, w = b.shape
+        xs = np.linspace(0, w - p, self.grid).round().astype(int)
+        ys = np.linspace(0, h - p, self.grid).round().astype(int)
+        out = []
+        for y0 in ys:
+            for x0 in xs:
+                if inside[y0 : y0 + p, x0 : x0 + p].mean() < self.min_coverage:
+                    continue
+                win_a, win_b = warped[y0 : y0 + p, x0 : x0 + p], b[y0 : y0 + p, x0 : x0 + p]
+                if min(texture(win_a), texture(win_b)) >= self.min_texture:
+                    out.append((int(x0), int(y0)))
+        return out
+
+    def _refine_level(self, pair: _Pair, side: int) -> None:
+        """One refinement level at B's longer side ``side`` (see the module docstring); the
+        residual is kept only if it does not lower the correlation at this level."""
+        f = side / max(_size(pair.b))
+        size_a = (max(1, round(pair.a.shape[1] * f)), max(1, round(pair.a.shape[0] * f)))
+        size_b = (max(1, round(pair.b.shape[1] * f)), max(1, round(pair.b.shape[0] * f)))
+        p = self.patch
+        used = pair.details.setdefault("level_windows", [])
+        if min(size_b) < p:
+            used.append(0)
+            return
+        a, b = _resize(pair.a, size_a), _resize(pair.b, size_b)
+        S_a, S_b = scale_matrix(_size(pair.a), size_a), scale_matrix(_size(pair.b), size_b)
+        H_level = S_a @ pair.H @ np.linalg.inv(S_b)  # a_level_from_b_level
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        warped = cv2.warpPerspective(a, H_level, size_b, flags=flags)
+        inside = coverage_mask(H_level, size_a, size_b)
+        origins = self._windows(warped, b, inside)
+        if len(origins) < 2:
+            used.append(0)
+            return
+        wins_a = np.stack([warped[y : y + p, x : x + p] for x, y in origins])
+        wins_b = np.stack([b[y : y + p, x : x + p] for x, y in origins])
+        offsets = self._offsets(self.refine_net, wins_a, wins_b)
+        # Each window's estimate, sampled at four interior points (less extrapolation than at
+        # its corners): correspondences between B and the warped A at this level.
+        c = self._corners()
+        inner = np.array([[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]) * (p - 1)
+        pts_b, pts_w = [], []
+        for (x0, y0), off in zip(origins, offsets, strict=True):
+            H_win = cv2.getPerspectiveTransform(c.astype(np.float32), (c + off).astype(np.float32))
+            if check_homography(H_win):
+                continue
+            origin = np.array([x0, y0], np.float64)
+            q = np.c_[inner, np.ones(4)] @ H_win.T
+            pts_b.append(inner + origin)
+            pts_w.append(q[:, :2] / q[:, 2:] + origin)
+        if len(pts_b) < 2:
+            used.append(0)
+            return
+        R, mask = cv2.findHomography(
+            np.concatenate(pts_b), np.concatenate(pts_w), cv2.RANSAC, self.ransac_threshold,
+            maxIters=2000, confidence=0.999,
+        )  # fmt: skip
+        if R is None or check_homography(R) or int(mask.sum()) < 6:
+            used.append(0)
+            return
+        b_band = _band_pass(b, 2.0)
+        before = _zncc_masked(b_band, _band_pass(warped, 2.0), inside)
+        H_new = H_level @ R
+        warped_new = cv2.warpPerspective(a, H_new, size_b, flags=flags)
+        inside_new = coverage_mask(H_new, size_a, size_b)
+        after = _zncc_masked(b_band, _band_pass(warped_new, 2.0), inside_new)
+        if not after >= before - 1e-3:
+            used.append(-len(origins))  # estimated, not kept
+            return
+        used.append(len(origins))
+        pair.H = normalize_homography(np.linalg.inv(S_a) @ H_new @ S_b)
+
+    # -- the estimator ---------------------------------------------------------------------------
+    def estimate_pair(self, image_a: np.ndarray, image_b: np.ndarray) -> tuple[Any, str, dict]:
+        pair = _Pair(image_a, image_b, np.eye(3), {})
+        for name, image in (("A", image_a), ("B", image_b)):
+            grad = texture(_resize(image, (self.patch, self.patch)))
+            if grad < self.min_texture:
+                reason = (
+                    f"image {name} is blank or has no texture (mean gradient {grad:.2f} "
+                    f"< {self.min_texture})"
+                )
+                return None, reason, pair.details
+        self._global(pair)
+        pair.details["confidence_global"] = alignment_confidence(
+            image_a, image_b, pair.H, self.score_side
+        )[0]
+        for side in self._level_sides(_size(image_b)):
+            self._refine_level(pair, side)
+        conf, corr, overlap = alignment_confidence(image_a, image_b, pair.H, self.score_side)
+        pair.details.update(confidence=conf, correlation=corr, overlap=overlap)
+        if not conf >= self.min_confidence:
+            return (
+                None,
+                (
+                    f"confidence {conf:.2f} < {self.min_confidence} (correlation {corr:.2f} over "
+                    f"{overlap:.0%} of B): the photos do not match, or the motion is beyond reach"
+                ),
+                pair.details,
+            )
+        return pair.H, "", pair.details
+
+    def estimate(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]) -> Estimate:
+        if len(images_a) != len(images_b):
+            raise ValueError(f"got {len(images_a)} A images but {len(images_b)} B images")
+        n = len(images_a)
+        H = np.tile(np.eye(3), (n, 1, 1))
+        failed = np.zeros(n, bool)
+        seconds = np.zeros(n)
+        reasons = [""] * n
+        details: list[dict[str, Any]] = [{} for _ in range(n)]
+        for i, (a, b) in enumerate(zip(images_a, images_b, strict=True)):
+            t0 = time.perf_counter()
+            H_i, reason, details[i] = self.estimate_pair(a, b)
+            seconds[i] = time.perf_counter() - t0
+            if H_i is None:
+                failed[i], reasons[i] = True, reason
+            else:
+                H[i] = H_i
+        return Estimate(H, failed, seconds, reasons, details)

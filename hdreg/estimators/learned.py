@@ -1,0 +1,224 @@
+"""Learned models behind the estimator interface: a checkpoint becomes an :class:`Estimator`.
+
+A pair of any sizes is resized (``cv2.resize``, area) to the model's ``patch_size``², the network
+predicts the four-point offsets there, the Tensor DLT turns them into ``H_a_from_b`` in that
+frame, and :func:`~hdreg.geometry.rescale_homography` takes it back to the pair's full
+resolution (exactly, with the pixel-centre convention of ``cv2.resize``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from hdreg.errors import check_device
+from hdreg.estimators.base import Estimate, Estimator
+from hdreg.geometry import (
+    four_point_to_homography_ex,
+    patch_corners,
+    rescale_homography,
+)
+from hdreg.models.checkpoint import (
+    ESTIMATORS,
+    load_module_checked,
+    load_net,
+    net_from_checkpoint,
+    read_checkpoint,
+    resolve_checkpoint,
+    tensors_sha256,
+)
+
+__all__ = [
+    "HomographyNetEstimator",
+    "load_checkpoint_estimator",
+    "load_module",
+    "resolve_checkpoint",
+    "resolve_device",
+    "save_weights",
+]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    check_device(device)
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
+    return device
+
+
+class HomographyNetEstimator(Estimator):
+    """Runs a trained network on batches of image pairs.
+
+    Args:
+        model: the network (``forward(patch_a, patch_b)`` → dict with ``offsets``; attribute
+            ``patch_size``), or a LightningModule holding it as ``net``; used in eval mode.
+        name: name in evaluation tables (default: the model's own name).
+        device: where the network runs.
+        min_texture: a photo whose mean gradient at the network's input size is under this
+            many gray levels per pixel (blank, flat) fails the pair with that reason.
+        min_confidence: when set, a pair whose alignment confidence (ZNCC of B and the warped A
+            times √overlap, :func:`~hdreg.estimators.coarse_to_fine.alignment_confidence`) is
+            under it is reported as failed: unrelated photos, motion beyond reach. ``None``
+            (the evaluation default): the confidence is only reported in the details.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        name: str | None = None,
+        device: str | torch.device = "auto",
+        *,
+        min_texture: float = 0.25,
+        min_confidence: float | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        net = getattr(model, "net", model)
+        self.net = net.to(self.device).eval()
+        self.patch_size = int(self.net.patch_size)
+        own = getattr(model, "name", None) or getattr(net, "hdreg_name", None)
+        self.name = name or (str(own) if isinstance(own, str) else "model")
+        self.min_texture = float(min_texture)
+        self.min_confidence = min_confidence
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        p = self.patch_size
+        if image.shape == (p, p):
+            return image
+        return cv2.resize(image, (p, p), interpolation=cv2.INTER_AREA)
+
+    @torch.inference_mode()
+    def predict_offsets(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]):
+        """Offsets ``(N, 4, 2)`` float32 (tensor on the device) in the ``patch_size`` frame."""
+        a = torch.from_numpy(np.stack([self._resize(x) for x in images_a]))[:, None]
+        b = torch.from_numpy(np.stack([self._resize(x) for x in images_b]))[:, None]
+        a = a.to(self.device, non_blocking=True).float().div_(255.0)
+        b = b.to(self.device, non_blocking=True).float().div_(255.0)
+        return self.net(a, b)["offsets"].float()
+
+    def _check_pair(
+        self, a: np.ndarray, b: np.ndarray, H_a_from_b: np.ndarray, details: dict[str, Any]
+    ) -> str | None:
+        """Why this pair's estimate must not be trusted (``None``: it may)."""
+        from hdreg.estimators.coarse_to_fine import alignment_confidence, texture
+
+        for label, image in (("A", a), ("B", b)):
+            t = texture(self._resize(image))
+            if t < self.min_texture:
+                return f"image {label} is blank or has no texture (mean gradient {t:.2f})"
+        if self.min_confidence is None:
+            return None
+        conf, corr, overlap = alignment_confidence(a, b, H_a_from_b)
+        details.update(confidence=conf, correlation=corr, overlap=overlap)
+        if not conf >= self.min_confidence:
+            return (
+                f"confidence {conf:.2f} < {self.min_confidence} (correlation {corr:.2f} over "
+                f"{overlap:.0%} of B): the photos do not match, or the motion is beyond reach"
+            )
+        return None
+
+    def estimate(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]) -> Estimate:
+        if len(images_a) != len(images_b):
+            raise ValueError(f"got {len(images_a)} A images but {len(images_b)} B images")
+        n = len(images_a)
+        if n == 0:
+            return Estimate(np.zeros((0, 3, 3)), np.zeros(0, bool), np.zeros(0), [])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        offsets = self.predict_offsets(images_a, images_b).double()
+        p = self.patch_size
+        corners = patch_corners(offsets.new_zeros(n, 2), p)
+        H_patch, valid = four_point_to_homography_ex(corners, corners + offsets)
+        H_patch = H_patch.cpu()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        H = np.empty((n, 3, 3))
+        for i, (a, b) in enumerate(zip(images_a, images_b, strict=True)):
+            size_a, size_b = (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0])
+            H[i] = rescale_homography(H_patch[i : i + 1], (p, p), size_a, (p, p), size_b)[0].numpy()
+        failed = ~valid.cpu().numpy()
+        reasons = ["degenerate four-point prediction" if f else "" for f in failed]
+        details: list[dict[str, Any]] = [{} for _ in range(n)]
+        for i, (a, b) in enumerate(zip(images_a, images_b, strict=True)):
+            reason = self._check_pair(a, b, H[i], details[i]) if not failed[i] else None
+            if reason:
+                failed[i], reasons[i] = True, reason
+        H[failed] = np.eye(3)
+        seconds = np.full(n, (time.perf_counter() - t0) / n)
+        return Estimate(H, failed, seconds, reasons, details)
+
+
+def load_module(path: str | Path, device: str | torch.device = "cpu") -> Any:
+    """Rebuild the LightningModule saved in an hdreg checkpoint, in eval mode.
+
+    Any file with the model's config under ``"hdreg_model"`` and its weights under
+    ``"state_dict"`` is read: a checkpoint written by ``train.py``, or a weights-only file (as
+    :func:`save_weights` writes). The config is checked against hdreg's allow-list of classes
+    and plain arguments before anything is built (:mod:`hdreg.models.checkpoint`: reading a
+    file never runs code). Raises ``FileNotFoundError`` for a missing file and ``ValueError``
+    naming the file for one that is not such a checkpoint. ``path`` may also name weights
+    shipped with hdreg (``hdreg weights``).
+    """
+    return load_module_checked(path, device=resolve_device(device))
+
+
+def save_weights(module: Any, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the weights-only file :func:`load_module` reads: ``hdreg_model``, ``state_dict``
+    and ``val_mace_best`` (no optimizer state; a fraction of a training checkpoint's size)."""
+    if module.hdreg_model is None:
+        raise ValueError("the module has no hdreg_model config: build it with build_module")
+    path = Path(path).expanduser()
+    state = module.state_dict()
+    checkpoint: dict[str, Any] = {"state_dict": state, "tensors_sha256": tensors_sha256(state)}
+    module.on_save_checkpoint(checkpoint)  # adds hdreg_model and val_mace_best
+    checkpoint.update(extra or {})
+    torch.save(checkpoint, path)
+    return path
+
+
+#: the confidence under which ``hdreg align`` and :func:`hdreg.estimate` report a learned
+#: estimate as failed (the evaluation reports every estimate, and the confidence beside it)
+ALIGN_MIN_CONFIDENCE = 0.2
+
+
+def load_checkpoint_estimator(
+    path: str | Path,
+    device: str | torch.device = "auto",
+    name: str | None = None,
+    min_confidence: float | None = None,
+) -> Estimator:
+    """The estimator a checkpoint (a path or a shipped name) stands for: its network on
+    whole photos resized to its input (:class:`HomographyNetEstimator`), or, when the file
+    carries an ``hdreg_estimator`` (shipped ``wide``), the whole-image estimator it names
+    (:class:`~hdreg.estimators.coarse_to_fine.CoarseToFineEstimator`) with its settings.
+    Builds plain networks (no PyTorch Lightning). ``min_confidence`` applies to a plain
+    network (:class:`HomographyNetEstimator`); a whole-image estimator has its own."""
+    import importlib
+
+    ckpt = read_checkpoint(path)
+    net = net_from_checkpoint(ckpt)
+    spec = ckpt.meta.get("hdreg_estimator")
+    if spec is None:
+        return HomographyNetEstimator(net, name=name, device=device, min_confidence=min_confidence)
+    params = {k: v for k, v in spec.items() if k not in ("kind", "refine", "name")}
+    module, cls_name = ESTIMATORS[spec["kind"]]
+    cls = getattr(importlib.import_module(module), cls_name)
+    refine = load_net(spec["refine"]) if spec.get("refine") else None
+    for key in ("rotations", "zooms", "levels"):
+        if key in params:
+            params[key] = tuple(params[key])
+    try:
+        label = name or spec.get("name") or ckpt.name
+        return cls(net, refine, name=label, device=device, **params)
+    except TypeError as exc:
+        raise ValueError(
+            f"{ckpt.path}: its hdreg_estimator does not fit {cls_name}: {exc}"
+        ) from None

@@ -1,0 +1,160 @@
+"""Method and checkpoint specs: the one parser of ``sift``, ``sift+ecc``, ``model.ckpt+ecc``.
+
+Users name what to run with short strings — in ``evaluate.py``'s ``methods=[...]`` and
+``checkpoints=[...]`` and in ``hdreg align`` — and may end them in ``+<refinement>`` (``+ecc``):
+the estimates are then refined (:class:`hdreg.estimators.refinement.RefinedEstimator`) by the
+refiner configured in ``hdreg/configs/method/<refinement>.yaml`` (in ``evaluate.py``:
+``method_params.ecc``, overridable from the command line). This module turns such strings into
+estimators:
+
+* a *method* spec is ``<name>`` or ``<name>+<refinement>``, ``<name>`` a config of
+  ``hdreg/configs/method/``;
+* a *checkpoint* spec is a checkpoint (a path, or a name that
+  :func:`hdreg.estimators.learned.resolve_checkpoint` resolves), optionally followed by
+  ``+<refinement>``. No guessing: when the whole spec is an existing file it is the checkpoint,
+  whatever '+' its name holds; otherwise a final ``+<known refinement>`` is the refinement.
+
+Example:
+    >>> parse_method_spec("sift+ecc", ["sift", "ecc"])
+    MethodSpec(text='sift+ecc', method='sift', checkpoint=None, refine='ecc')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hdreg.estimators.base import Estimator
+
+__all__ = [
+    "REFINEMENTS",
+    "MethodSpec",
+    "build_estimator",
+    "parse_checkpoint_spec",
+    "parse_method_spec",
+]
+
+# Refinements a spec may end in ('+ecc'): each is a method config that builds a refiner.
+REFINEMENTS = ("ecc",)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A parsed spec: ``method`` (a ``hdreg/configs/method`` name) or ``checkpoint`` (a file), and
+    the ``refine`` ment to apply (``None``: none). ``text`` is the spec as written."""
+
+    text: str
+    method: str | None
+    checkpoint: Path | None
+    refine: str | None
+
+
+def _check_refine(refine: str, text: str) -> None:
+    if refine not in REFINEMENTS:
+        raise ValueError(
+            f"unknown refinement {refine!r} in {text!r}: valid refinements are "
+            f"{', '.join(REFINEMENTS)} (as in sift+ecc or model.ckpt+ecc)"
+        )
+
+
+def parse_method_spec(text: str, known: Iterable[str]) -> MethodSpec:
+    """``"sift"`` / ``"sift+ecc"`` → :class:`MethodSpec`; ``known``: the valid method names.
+
+    Raises ``ValueError`` naming the valid methods or refinements.
+    """
+    text = str(text)
+    base, plus, refine = text.partition("+")
+    known = sorted(known)
+    if base not in known:
+        raise ValueError(
+            f"unknown method {text!r}: valid methods are {', '.join(known)} (each a config in "
+            f"hdreg/configs/method/), optionally followed by +{'/+'.join(REFINEMENTS)}"
+        )
+    if plus:
+        _check_refine(refine, text)
+    return MethodSpec(text, base, None, refine or None)
+
+
+def parse_checkpoint_spec(text: str) -> MethodSpec:
+    """``"dir/m.ckpt"`` / ``"dir/m.ckpt+ecc"`` / a checkpoint name → :class:`MethodSpec`.
+
+    The whole ``text`` is the checkpoint when it is an existing file; else, when it ends in
+    ``+<refinement>``, the part before is the checkpoint. A ``+<suffix>`` that is not a known
+    refinement after an existing file is an error; otherwise the checkpoint is resolved by
+    :func:`~hdreg.estimators.learned.resolve_checkpoint` (whose loader reports a missing file).
+    """
+    from hdreg.estimators.learned import resolve_checkpoint
+
+    text = str(text)
+    if Path(text).expanduser().is_file():
+        return MethodSpec(text, None, resolve_checkpoint(text), None)
+    base, plus, suffix = text.rpartition("+")
+    if plus and suffix in REFINEMENTS:
+        return MethodSpec(text, None, resolve_checkpoint(base), suffix)
+    if plus and Path(base).expanduser().is_file():
+        _check_refine(suffix, text)
+    return MethodSpec(text, None, resolve_checkpoint(text), None)
+
+
+def _instantiate(params: Any, **overrides: Any) -> Any:
+    from hydra.utils import instantiate
+
+    return instantiate(params, **overrides)
+
+
+def build_estimator(
+    spec: MethodSpec,
+    method_params: Mapping[str, Any] | None = None,
+    *,
+    device: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+    refiners: dict[str, Any] | None = None,
+    min_confidence: float | None = None,
+) -> Estimator:
+    """The estimator of a parsed spec.
+
+    Args:
+        spec: from :func:`parse_method_spec` or :func:`parse_checkpoint_spec`.
+        method_params: method configs by name (``evaluate.py``'s ``method_params``); a name
+            missing here is read from ``hdreg/configs/method/<name>.yaml``.
+        device: for checkpoints.
+        overrides: constructor arguments that replace the method config's (``hdreg align``'s
+            ``--ratio``…).
+        refiners: a cache of built refiners by name, shared between calls.
+        min_confidence: for a checkpoint of a plain network, report estimates under this
+            confidence as failed (``hdreg align`` and the Python API do; see
+            :class:`~hdreg.estimators.learned.HomographyNetEstimator`).
+    """
+    from hdreg.config import method_estimator
+    from hdreg.estimators.refinement import RefinedEstimator
+
+    params = method_params if method_params is not None else {}
+
+    def make(name: str, **kw: Any) -> Any:
+        # evaluate.py's method_params (overridable), else hdreg/configs/method/<name>.yaml
+        return _instantiate(params[name], **kw) if name in params else method_estimator(name, **kw)
+
+    if spec.checkpoint is not None:
+        from hdreg.estimators.learned import load_checkpoint_estimator
+
+        estimator = load_checkpoint_estimator(
+            spec.checkpoint, device=device, min_confidence=min_confidence
+        )
+    elif spec.method is not None:
+        estimator = make(spec.method, **dict(overrides or {}))
+    else:
+        raise ValueError(f"spec {spec.text!r} names neither a method nor a checkpoint")
+    if spec.refine is None:
+        return estimator
+    cache = refiners if refiners is not None else {}
+    if spec.refine not in cache:
+        refiner = make(spec.refine)
+        if not callable(getattr(refiner, "refine", None)):
+            raise ValueError(
+                f"the {spec.refine} config must build a refiner (an estimator with a refine "
+                f"method), got {type(refiner).__name__}"
+            )
+        cache[spec.refine] = refiner
+    return RefinedEstimator(estimator, cache[spec.refine])

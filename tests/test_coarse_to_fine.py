@@ -1,0 +1,135 @@
+"""The whole-image, coarse-to-fine estimator (hdreg.estimators.coarse_to_fine) and the shipped
+`wide` estimator: large motion recovered at full resolution, a confidence that separates
+matched from unrelated photos, failures with reasons on blank input."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hdreg.estimators.coarse_to_fine import (
+    CoarseToFineEstimator,
+    _centre_transform,
+    alignment_confidence,
+    scale_matrix,
+)
+from hdreg.estimators.learned import load_checkpoint_estimator
+from hdreg.geometry import resize_matrix
+from hdreg.geometry_np import project, rect_corners
+
+W, H = 640, 480
+
+
+def _source(name: str = "astronaut") -> np.ndarray:
+    from skimage import data
+
+    image = getattr(data, name)()
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    return cv2.resize(gray, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+
+
+def _motion(angle: float, zoom: float) -> np.ndarray:
+    """``H_b_from_a``: rotation by ``angle`` degrees and zoom about the view's centre."""
+    cx, cy, t = (W - 1) / 2, (H - 1) / 2, math.radians(angle)
+    T = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1.0]])
+    R = np.array([[math.cos(t), -math.sin(t), 0], [math.sin(t), math.cos(t), 0], [0, 0, 1]])
+    return T @ R @ np.diag([zoom, zoom, 1.0]) @ np.linalg.inv(T)
+
+
+def _render(angle: float, zoom: float, name: str = "astronaut"):
+    """Two full-size 640×480 renderings of a bundled photo, both warped from it, and the true
+    ``H_b_from_a``."""
+    src = _source(name)
+    src_from_a = np.array([[1.0, 0.03, 190], [0.01, 1.0, 270], [2e-5, 1e-5, 1]])
+    b_from_a = _motion(angle, zoom)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    a = cv2.warpPerspective(src, src_from_a, (W, H), flags=flags)
+    b = cv2.warpPerspective(src, src_from_a @ np.linalg.inv(b_from_a), (W, H), flags=flags)
+    return a, b, b_from_a
+
+
+def _corner_error(H_a_from_b: np.ndarray, b_from_a: np.ndarray) -> float:
+    c = rect_corners((W, H))
+    est = project(np.linalg.inv(H_a_from_b), c)
+    return float(np.linalg.norm(est - project(b_from_a, c), axis=1).mean())
+
+
+@pytest.fixture(scope="module")
+def wide():
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return load_checkpoint_estimator("wide", device="cpu")
+
+
+class TestHelpers:
+    def test_scale_matrix_is_resize_matrix(self):
+        ref = resize_matrix((800, 640), (256, 205)).numpy()
+        np.testing.assert_allclose(scale_matrix((800, 640), (256, 205)), ref, atol=1e-12)
+
+    def test_hypothesis_rotates_about_the_centre(self):
+        G = _centre_transform(128, 90.0, 1.0)
+        # the centre is fixed; a quarter turn of a corner about it (y down, so +90° is clockwise)
+        np.testing.assert_allclose(project(G, np.array([[63.5, 63.5]])), [[63.5, 63.5]])
+        np.testing.assert_allclose(project(G, np.array([[0.0, 0.0]])), [[127.0, 0.0]], atol=1e-9)
+
+    def test_confidence_of_the_truth_and_of_a_wrong_answer(self):
+        a, b, b_from_a = _render(30.0, 1.0)
+        good = alignment_confidence(a, b, np.linalg.inv(b_from_a))
+        bad = alignment_confidence(a, b, np.eye(3))
+        assert good[0] > 0.8 and good[2] > 0.6
+        assert bad[0] < 0.5 * good[0]
+
+
+class TestShippedWide:
+    def test_loads_by_name_as_the_whole_estimator(self, wide):
+        assert isinstance(wide, CoarseToFineEstimator) and wide.name == "wide"
+
+    @pytest.mark.slow
+    def test_recovers_a_large_rotation_and_zoom_to_under_a_pixel(self, wide):
+        a, b, b_from_a = _render(40.0, 1.8)
+        est = wide.estimate([a], [b])
+        assert not est.failed[0], est.reasons[0]
+        assert _corner_error(est.H_a_from_b[0], b_from_a) < 1.0
+
+    def test_beats_the_identity_and_reports_its_confidence(self, wide):
+        a, b, b_from_a = _render(-15.0, 1.2)
+        est = wide.estimate([a], [b])
+        assert not est.failed[0], est.reasons[0]
+        assert _corner_error(est.H_a_from_b[0], b_from_a) < 0.1 * _corner_error(np.eye(3), b_from_a)
+        assert est.details[0]["confidence"] > 0.6
+
+    def test_unrelated_photos_fail_with_a_reason(self, wide):
+        a = _render(0.0, 1.0, "astronaut")[0]
+        b = _render(0.0, 1.0, "coffee")[1]
+        est = wide.estimate([a], [b])
+        assert est.failed[0] and "confidence" in est.reasons[0]
+        np.testing.assert_array_equal(est.H_a_from_b[0], np.eye(3))
+
+    @pytest.mark.parametrize("spec", ["wide", "iterative"])
+    def test_blank_photos_fail_with_a_reason(self, spec):
+        estimator = load_checkpoint_estimator(spec, device="cpu")
+        black = np.zeros((480, 640), np.uint8)
+        est = estimator.estimate([black], [black.copy()])
+        assert est.failed[0] and "blank" in est.reasons[0]
+
+
+def test_a_plain_network_with_a_confidence_threshold_fails_unrelated_photos():
+    estimator = load_checkpoint_estimator("iterative", device="cpu", min_confidence=0.2)
+    a = _render(0.0, 1.0, "astronaut")[0]
+    b = _render(0.0, 1.0, "coffee")[1]
+    est = estimator.estimate([a], [b])
+    assert est.failed[0] and "confidence" in est.reasons[0]
+    a, b, _ = _render(3.0, 1.0)
+    assert not estimator.estimate([a], [b]).failed[0]
+
+
+def test_argument_checks():
+    net = torch.nn.Linear(1, 1)
+    net.patch_size = 128
+    with pytest.raises(ValueError, match="zooms must be positive"):
+        CoarseToFineEstimator(net, zooms=(0.0,))
+    with pytest.raises(ValueError, match="grid must be"):
+        CoarseToFineEstimator(net, grid=0)
