@@ -3,12 +3,18 @@
     python bench/bench_models.py          # CPU: HomographyNet (full, CPU-quick), iterative_cpu
     python bench/bench_models.py --device cuda --precision bf16-mixed --channels-last \\
         --batch-sizes 1 64 1024 --train-batch 64
+    python bench/bench_models.py --models --onnx homographynet iterative  # PyTorch vs onnxruntime
 
 Prints one JSON object: per model, training samples/s (forward + backward + optimizer step on
 batches of ``--train-batch`` pairs) and inference pairs/s per batch size (patches already in
 memory, as uint8 → float on the device, offsets → DLT homographies included); and SIFT + RANSAC
 pairs/s on the first pairs of the same set (one process, as ``evaluate.py`` runs it). GPU timings
 are synchronized.
+
+With ``--onnx NAME ...`` (CPU), each shipped network is also exported (``hdreg export onnx``) and
+timed in PyTorch and in onnxruntime on the same batches, network only (uint8 → float conversion,
+offsets out; no DLT), with onnxruntime given as many threads as torch; the largest corner
+difference between the two is reported beside the figures.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -131,6 +139,51 @@ def bench_model(name, spec, patches_a, patches_b, offsets, args, device) -> dict
     return out
 
 
+def bench_onnx(name: str, patches_a, patches_b, args) -> dict:
+    """PyTorch and onnxruntime pairs/s of shipped network ``name`` on the CPU, per batch size."""
+    import onnxruntime as ort
+
+    from hdreg.export import export_onnx, load_net
+
+    net = load_net(name)
+    out: dict = {"params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3)}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        path = export_onnx(net, Path(tmp) / f"{name}.onnx")
+        out["export_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        out["session_s"] = round(time.perf_counter() - t0, 1)
+    out["onnxruntime"] = ort.__version__
+    worst = 0.0
+    cpu = torch.device("cpu")
+    for bs in args.batch_sizes:
+        if bs > len(patches_a):
+            continue
+        a_u8, b_u8 = patches_a[:bs, None], patches_b[:bs, None]
+        ta, tb = torch.from_numpy(a_u8), torch.from_numpy(b_u8)
+
+        @torch.inference_mode()
+        def run_torch(ta=ta, tb=tb):
+            return net(ta.float().div_(255), tb.float().div_(255))["offsets"]
+
+        def run_ort(a_u8=a_u8, b_u8=b_u8):
+            a = a_u8.astype(np.float32) / 255
+            b = b_u8.astype(np.float32) / 255
+            return session.run(["offsets"], {"patch_a": a, "patch_b": b})[0]
+
+        diff = np.linalg.norm(run_ort() - run_torch().numpy(), axis=-1).max()
+        worst = max(worst, float(diff))
+        for backend, fn in (("torch", run_torch), ("onnxruntime", run_ort)):
+            seconds = timed(fn, cpu, min_seconds=args.seconds)
+            out[f"{backend}_pairs_per_s_batch{bs}"] = round(bs / seconds, 1)
+    out["max_corner_diff_px"] = float(f"{worst:.2g}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -146,8 +199,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum timing per figure")
     parser.add_argument("--sift-pairs", type=int, default=200)
     parser.add_argument(
-        "--models", nargs="+", choices=list(MODELS),
+        "--models", nargs="*", choices=list(MODELS),
         default=["homographynet_full", "homographynet_cpu_quick", "iterative_cpu"],
+        help="architectures to train and run (random weights); none with a bare --models",
+    )  # fmt: skip
+    parser.add_argument(
+        "--onnx", nargs="*", default=[], metavar="NAME",
+        help="shipped networks to time in PyTorch and onnxruntime (CPU; needs hdreg[onnx])",
     )  # fmt: skip
     args = parser.parse_args()
 
@@ -175,6 +233,15 @@ def main() -> None:
         result[name] = bench_model(
             name, MODELS[name], bench.patch_a, bench.patch_b, bench.offsets, args, device
         )
+
+    if args.onnx and device.type != "cpu":
+        parser.error("--onnx times onnxruntime's CPU provider: use it with --device cpu")
+    if args.onnx:
+        from hdreg.export import require_onnx
+
+        require_onnx()
+    for name in args.onnx:
+        result[f"{name}_onnx"] = bench_onnx(name, bench.patch_a, bench.patch_b, args)
 
     sift = method_estimator("sift")
     n = min(args.sift_pairs, len(bench))

@@ -24,6 +24,7 @@ from torch import Tensor
 __all__ = [
     "corner_distance",
     "four_point_to_homography",
+    "four_point_to_homography_closed",
     "four_point_to_homography_ex",
     "homography_to_four_point",
     "inside_mask",
@@ -214,6 +215,115 @@ def four_point_to_homography(points_src: Tensor, points_dst: Tensor) -> Tensor:
             "equal, or a coordinate is not finite, so no unique homography exists"
         )
     return H
+
+
+def _cross(u: Tensor, v: Tensor) -> Tensor:
+    """Cross product of ``(..., 3)`` vectors, element by element (exports to any ONNX opset)."""
+    u0, u1, u2 = u.unbind(-1)
+    v0, v1, v2 = v.unbind(-1)
+    return torch.stack([u1 * v2 - u2 * v1, u2 * v0 - u0 * v2, u0 * v1 - u1 * v0], dim=-1)
+
+
+def _adjugate(M: Tensor) -> Tensor:
+    """Adjugate of ``(B, 3, 3)`` matrices: ``adj(M) · M = det(M) · I``, with no division."""
+    r0, r1, r2 = M.unbind(1)
+    return torch.stack([_cross(r1, r2), _cross(r2, r0), _cross(r0, r1)], dim=-1)
+
+
+def _quad_from_square(q: Tensor) -> Tensor:
+    """``H_quad_from_square (B, 3, 3)``, up to scale: the homography taking the unit square's
+    corners (0, 0), (1, 0), (1, 1), (0, 1) onto ``q (B, 4, 2)`` (in that order).
+
+    Heckbert's closed form (1989, "Fundamentals of Texture Mapping") multiplied through by its
+    denominator, so it has no division: a degenerate quad gives a singular matrix, not NaN.
+    """
+    x0, x1, x2, x3 = q[..., 0].unbind(1)
+    y0, y1, y2, y3 = q[..., 1].unbind(1)
+    sx, sy = x0 - x1 + x2 - x3, y0 - y1 + y2 - y3
+    dx1, dx2, dy1, dy2 = x1 - x2, x3 - x2, y1 - y2, y3 - y2
+    den = dx1 * dy2 - dx2 * dy1
+    g = sx * dy2 - dx2 * sy
+    h = dx1 * sy - sx * dy1
+    rows = [
+        [(x1 - x0) * den + g * x1, (x3 - x0) * den + h * x3, x0 * den],
+        [(y1 - y0) * den + g * y1, (y3 - y0) * den + h * y3, y0 * den],
+        [g, h, den],
+    ]
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=1)
+
+
+def _hartley(points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Hartley normalization of ``points (B, N, 2)`` without in-place writes: the normalized
+    points, the scale ``(B,)`` and the centroid ``(B, 2)`` (``p' = scale · (p − centroid)``)."""
+    centroid = points.mean(dim=1)
+    dist = (points - centroid[:, None]).norm(dim=-1).mean(dim=1)
+    dist = torch.where(dist > torch.finfo(points.dtype).eps, dist, torch.ones_like(dist))
+    scale = (2.0**0.5) / dist
+    return (points - centroid[:, None]) * scale[:, None, None], scale, centroid
+
+
+def _similarity(scale: Tensor, shift: Tensor) -> Tensor:
+    """``(B, 3, 3)`` matrices ``[[s, 0, tx], [0, s, ty], [0, 0, 1]]`` from ``scale (B,)`` and
+    ``shift (B, 2)``."""
+    zero, one = torch.zeros_like(scale), torch.ones_like(scale)
+    rows = [[scale, zero, shift[:, 0]], [zero, scale, shift[:, 1]], [zero, zero, one]]
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=1)
+
+
+def four_point_to_homography_closed(
+    points_src: Tensor, points_dst: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Four-point homography in closed form, with no matrix solve: exportable to ONNX.
+
+    ``H_dst_from_src = H_dst_from_square · adj(H_src_from_square)`` (Heckbert's square-to-quad
+    homographies; the adjugate stands in for the inverse, which is equal up to scale), computed
+    on Hartley-normalized points and de-normalized, so float32 keeps the accuracy of
+    :func:`four_point_to_homography_ex`. Only elementwise arithmetic, ``stack`` and ``matmul``:
+    no data-dependent control flow.
+
+    Args:
+        points_src: ``(B, 4, 2)`` source points.
+        points_dst: ``(B, 4, 2)`` corresponding destination points.
+
+    Returns:
+        ``H_dst_from_src (B, 3, 3)`` and ``valid (B,)``, with the same scaling, degeneracy test
+        and identity for invalid elements as :func:`four_point_to_homography_ex`.
+
+    Example:
+        >>> src = patch_corners(torch.zeros(1, 2, dtype=torch.float64), 128)
+        >>> H, valid = four_point_to_homography_closed(src, src + 5.0)
+        >>> [round(t, 9) for t in H[0, :2, 2].tolist()], bool(valid[0])
+        ([5.0, 5.0], True)
+    """
+    _check_shape("points_src", points_src, None, 4, 2)
+    _check_shape("points_dst", points_dst, points_src.shape[0], 4, 2)
+    if not points_src.is_floating_point() or points_src.dtype != points_dst.dtype:
+        raise TypeError(
+            "points_src and points_dst must share one floating dtype, got "
+            f"{points_src.dtype} and {points_dst.dtype}"
+        )
+    finite = torch.isfinite(points_src).all(dim=2).all(dim=1)
+    finite = finite & torch.isfinite(points_dst).all(dim=2).all(dim=1)
+    square = patch_corners(torch.zeros_like(points_src[:, 0]), 2)
+    src = torch.where(finite[:, None, None], points_src, square)
+    dst = torch.where(finite[:, None, None], points_dst, square)
+    s, scale_src, centroid_src = _hartley(src)
+    d, scale_dst, centroid_dst = _hartley(dst)
+    area_eps = torch.finfo(src.dtype).eps ** 0.5  # as four_point_to_homography_ex
+    valid = finite & (_min_triangle_area(s) > area_eps) & (_min_triangle_area(d) > area_eps)
+
+    H_norm = _quad_from_square(d) @ _adjugate(_quad_from_square(s))
+    T_src = _similarity(scale_src, -scale_src[:, None] * centroid_src)
+    T_dst_inv = _similarity(1.0 / scale_dst, centroid_dst)
+    H = T_dst_inv @ H_norm @ T_src
+    # Scale to H[2, 2] = 1 (as normalize_homography), the largest entry first so that the
+    # unnormalized product cannot overflow float32 on the way.
+    biggest = H.abs().amax(dim=2, keepdim=True).amax(dim=1, keepdim=True)
+    H = H / torch.where(biggest > 0, biggest, torch.ones_like(biggest))
+    H = normalize_homography(H)
+    valid = valid & torch.isfinite(H).all(dim=2).all(dim=1)
+    eye = torch.eye(3, dtype=H.dtype, device=H.device).expand_as(H)
+    return torch.where(valid[:, None, None], H, eye), valid
 
 
 def transform_points(H_dst_from_src: Tensor, points_src: Tensor) -> Tensor:

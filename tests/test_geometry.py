@@ -9,6 +9,7 @@ import torch
 
 from hdreg.geometry import (
     four_point_to_homography,
+    four_point_to_homography_closed,
     four_point_to_homography_ex,
     homography_to_four_point,
     inside_mask,
@@ -148,6 +149,103 @@ class TestFourPointToHomography:
             four_point_to_homography(
                 torch.zeros(1, 4, 2), torch.zeros(1, 4, 2, dtype=torch.float64)
             )
+
+
+def random_quads(batch: int, seed: int, spread: float = 40.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Well-conditioned general quads (float64): both sets are squares of side 100..300 at
+    random places with every corner moved by up to ``spread`` px (still convex), on a 1/8 px
+    grid so that OpenCV's float32 points are the same."""
+    g = torch.Generator().manual_seed(seed)
+
+    def one() -> torch.Tensor:
+        side = 100 + 200 * torch.rand(batch, 1, 1, generator=g, dtype=torch.float64)
+        unit = torch.tensor([[0.0, 0], [1, 0], [1, 1], [0, 1]], dtype=torch.float64)
+        where = torch.rand(batch, 1, 2, generator=g, dtype=torch.float64) * 1000 - 500
+        jitter = (torch.rand(batch, 4, 2, generator=g, dtype=torch.float64) * 2 - 1) * spread
+        return torch.round((where + side * unit + jitter) * 8) / 8
+
+    return one(), one()
+
+
+class TestFourPointClosedForm:
+    """The solve-free DLT against OpenCV and against the LU solve of the ``_ex`` variant."""
+
+    @pytest.mark.parametrize("batch", [1, 256])
+    def test_matches_opencv_float64(self, batch):
+        corners, offsets = random_four_point(batch, torch.float64, seed=10)
+        H, valid = four_point_to_homography_closed(corners, corners + offsets)
+        assert H.shape == (batch, 3, 3) and H.dtype == torch.float64 and valid.all()
+        for i in range(batch):
+            ref = cv2.getPerspectiveTransform(
+                corners[i].float().numpy(), (corners + offsets)[i].float().numpy()
+            )
+            np.testing.assert_allclose(H[i].numpy(), ref, rtol=1e-6, atol=1e-12 * np.abs(ref).max())
+
+    def test_general_quads_exact_float64(self):
+        src, dst = random_quads(256, seed=14)  # strong perspective: far apart, any orientation
+        H, valid = four_point_to_homography_closed(src, dst)
+        assert valid.all()
+        assert (transform_points(H, src) - dst).norm(dim=-1).max() < 1e-8
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_agrees_with_solve(self, dtype):
+        src, dst = random_quads(512, seed=11)
+        H64, _ = four_point_to_homography_ex(src, dst)
+        H, valid = four_point_to_homography_closed(src.to(dtype), dst.to(dtype))
+        H_ex, valid_ex = four_point_to_homography_ex(src.to(dtype), dst.to(dtype))
+        assert valid.all() and valid_ex.all() and H.dtype == dtype
+        truth = transform_points(H64, src)
+        err = (transform_points(H.double(), src) - truth).norm(dim=-1).max()
+        err_ex = (transform_points(H_ex.double(), src) - truth).norm(dim=-1).max()
+        # as accurate as the solve: float64 to 1e-9 px, float32 to the solve's own error
+        assert err < (1e-9 if dtype == torch.float64 else max(2 * err_ex, 1e-3))
+        assert torch.allclose(H[:, 2, 2], torch.ones(512, dtype=dtype))
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_four_point_round_trip(self, dtype):
+        corners, offsets = random_four_point(64, dtype, seed=12)
+        H, valid = four_point_to_homography_closed(corners, corners + offsets)
+        assert valid.all()
+        assert (homography_to_four_point(H, corners) - offsets).abs().max() < TOL[dtype]
+
+    def test_large_pixel_coordinates_float32(self):
+        corners = patch_corners(torch.tensor([[3500.0, 2800.0]]), 400)
+        offsets = torch.tensor([[[20.0, -13.0], [-31.0, 7.0], [11.0, 29.0], [-5.0, -17.0]]])
+        H, valid = four_point_to_homography_closed(corners, corners + offsets)
+        assert bool(valid[0])
+        assert (homography_to_four_point(H, corners) - offsets).abs().max() < 5e-3
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    def test_degenerate_flagged_like_ex(self, dtype):
+        corners = patch_corners(torch.zeros(5, 2, dtype=dtype), 128)
+        dst = corners.clone()
+        dst[0, 1] = dst[0, 0]  # two equal corners
+        dst[1, 2] = (dst[1, 0] + dst[1, 1]) / 2  # three collinear corners (0, 1, 2)
+        dst[2] = 5.0  # all four equal
+        dst[3, 0, 0] = float("nan")  # not finite
+        dst[4] += 3.0  # fine
+        src = corners.clone()
+        src[4, 3, 1] = float("inf")  # ... but its source is not finite
+        good = patch_corners(torch.zeros(1, 2, dtype=dtype), 128)
+        src, dst = torch.cat([src, good]), torch.cat([dst, good + 2.0])
+        H, valid = four_point_to_homography_closed(src, dst)
+        _, valid_ex = four_point_to_homography_ex(src, dst)
+        assert valid.tolist() == valid_ex.tolist() == [False] * 5 + [True]
+        assert torch.isfinite(H).all()
+        assert torch.equal(H[:5], torch.eye(3, dtype=dtype).expand(5, 3, 3))
+
+    def test_batch_shapes_and_errors(self):
+        src, dst = random_quads(7, seed=13)
+        H, valid = four_point_to_homography_closed(src, dst)
+        assert H.shape == (7, 3, 3) and valid.shape == (7,)
+        # each element on its own gives the same matrix: no mixing across the batch
+        for i in (0, 6):
+            H_i, _ = four_point_to_homography_closed(src[i : i + 1], dst[i : i + 1])
+            assert torch.allclose(H_i[0], H[i], rtol=1e-12)
+        with pytest.raises(ValueError, match=r"points_src must have shape \(\*, 4, 2\)"):
+            four_point_to_homography_closed(torch.zeros(2, 3, 2), torch.zeros(2, 3, 2))
+        with pytest.raises(TypeError, match="share one floating dtype"):
+            four_point_to_homography_closed(torch.zeros(1, 4, 2), torch.zeros(1, 4, 2).double())
 
 
 class TestTransformPoints:

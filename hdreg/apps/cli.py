@@ -250,6 +250,64 @@ def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
     we.set_defaults(func=_cmd_weights)
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from hdreg.export import check_onnx, export_onnx, load_net, require_onnx
+
+    try:
+        require_onnx()
+    except ModuleNotFoundError as exc:
+        print(f"hdreg export: error: {exc}", file=sys.stderr)
+        return 2
+    net = load_net(args.checkpoint)
+    t0 = time.perf_counter()
+    path = export_onnx(net, args.out, opset=args.opset)
+    p = int(net.patch_size)
+    print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {args.opset}) in "
+        f"{time.perf_counter() - t0:.1f} s: inputs patch_a, patch_b (B, 1, {p}, {p}) float32 in "
+        "[0, 1], output offsets (B, 4, 2)"
+    )
+    if args.check:
+        check = check_onnx(net, path)
+        print(
+            f"onnxruntime vs PyTorch on {check.pairs} pairs: corner difference max "
+            f"{check.max_px:.2g} px, mean {check.mean_px:.2g} px"
+        )
+    return 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction, full: bool = True) -> None:
+    ex = sub.add_parser(
+        "export",
+        help="export a trained network to ONNX",
+        description="Export a learned network (shipped name or train.py checkpoint) to ONNX: "
+        "inputs patch_a, patch_b (B, 1, P, P) float32 in [0, 1] with a dynamic batch B, output "
+        "offsets (B, 4, 2), where patch B's corners lie in patch A minus the corners, in "
+        "pixels. Needs pip install 'hdreg[onnx]'.",
+    )
+    if not full:
+        return
+    from hdreg.export import DEFAULT_OPSET, MIN_OPSET
+
+    esub = ex.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+    onnx = esub.add_parser(
+        "onnx",
+        help="write an .onnx file",
+        description="Write NAME_OR_PATH's network as an ONNX graph to OUT.",
+    )
+    onnx.add_argument("checkpoint", metavar="NAME_OR_PATH", help="shipped name or .ckpt file")
+    onnx.add_argument("out", metavar="OUT.onnx", help="the .onnx file to write")
+    onnx.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET,
+        help=f"ONNX opset (>= {MIN_OPSET} for GridSample; default {DEFAULT_OPSET})",
+    )  # fmt: skip
+    onnx.add_argument(
+        "--check", action="store_true",
+        help="run the file once with onnxruntime and print its difference from PyTorch",
+    )  # fmt: skip
+    onnx.set_defaults(func=_cmd_export_onnx)
+
+
 def _cmd_data_list(args: argparse.Namespace) -> int:
     from hdreg.data.download import format_dataset_list
 
@@ -337,6 +395,7 @@ def build_parser(command: str | None = "make-benchmark") -> argparse.ArgumentPar
         _add_make_benchmark_args(mb)
     _add_align_parser(sub, full=command == "align")
     _add_weights_parser(sub)
+    _add_export_parser(sub, full=command == "export")
     _add_data_parser(sub)
     return parser
 

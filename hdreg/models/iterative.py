@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hdreg.geometry import (
+    four_point_to_homography_closed,
     four_point_to_homography_ex,
     patch_corners,
     resize_matrix,
@@ -38,6 +39,29 @@ from hdreg.geometry import (
 )
 
 __all__ = ["CorrelationPyramid", "Encoder", "IterativeHomographyNet", "Updater"]
+
+
+def _dlt(points_src: Tensor, points_dst: Tensor) -> tuple[Tensor, Tensor]:
+    """The four-point DLT of the iterations: the LU solve of
+    :func:`~hdreg.geometry.four_point_to_homography_ex`, or while exporting to ONNX (which has
+    no solve) its closed form :func:`~hdreg.geometry.four_point_to_homography_closed`."""
+    if torch.onnx.is_in_onnx_export():
+        return four_point_to_homography_closed(points_src, points_dst)
+    return four_point_to_homography_ex(points_src, points_dst)
+
+
+def _cells_from_patch(p: int, s: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``cells_from_patch`` (3×3: ``p``×``p`` patch pixels to the ``n``×``n`` cells of an
+    ``s``×``s`` input) and its inverse ``patch_from_cells``. While exporting to ONNX (which has no
+    matrix inverse) the inverse is the product of the two inverse resizes, equal up to rounding.
+    """
+    cells_from_patch = resize_matrix((s, s), (n, n), like=like) @ resize_matrix(
+        (p, p), (s, s), like=like
+    )
+    if torch.onnx.is_in_onnx_export():
+        patch_from_input = resize_matrix((s, s), (p, p), like=like)
+        return cells_from_patch, patch_from_input @ resize_matrix((n, n), (s, s), like=like)
+    return cells_from_patch, torch.linalg.inv(cells_from_patch)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -113,12 +137,29 @@ class CorrelationPyramid:
         in A's cell coordinates (cell ``i`` centred at ``i``). Returns ``(B, channels, h, w)``."""
         b, h, w = self.shape
         centre = cells_a.reshape(b * h * w, 1, 1, 2)
+        lookup = self._sample_exported if torch.onnx.is_in_onnx_export() else self._sample
         out = []
         for k, level in enumerate(self.pyramid):
             # cell u of level 0 lies at (u - (2^k - 1) / 2) / 2^k in level k's cells
-            at = (centre - (2**k - 1) / 2) / 2**k + self.window  # (B·h·w, (2r+1)², 1, 2)
-            out.append(sample_at(level, at.to(level.dtype)).reshape(b, h, w, -1))
+            at = (centre - (2**k - 1) / 2) / 2**k  # (B·h·w, 1, 1, 2): the window's centres
+            out.append(lookup(level, at.to(level.dtype)).reshape(b, h, w, -1))
         return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()
+
+    def _sample(self, level: Tensor, at: Tensor) -> Tensor:
+        """``level (N, 1, h, w)`` sampled in the window around ``at (N, 1, 1, 2)``."""
+        return sample_at(level, at + self.window)
+
+    def _sample_exported(self, level: Tensor, at: Tensor) -> Tensor:
+        """:meth:`_sample` for ONNX: the normalized grid is built per axis from ``(N, 1, 1, 1)``
+        centres and ``(1, K, 1, 1)`` offsets, then stacked, so that no large tensor is broadcast
+        over a last axis of 2 (onnxruntime's slow path). Equal up to rounding."""
+        h, w = level.shape[-2:]
+        # pixel -> normalized coordinates of grid_sample(align_corners=True), as in sample_at
+        sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
+        gx = (at[..., :1] * sx - 1.0) + self.window[..., :1] * sx  # (N, K, 1, 1)
+        gy = (at[..., 1:] * sy - 1.0) + self.window[..., 1:] * sy
+        grid = torch.cat([gx, gy], dim=-1)
+        return F.grid_sample(level, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
 class Updater(nn.Module):
@@ -188,10 +229,7 @@ class _Scale(nn.Module):
             # Frames: patch (P×P pixels), input (S×S), cells (n×n, cell j centred at j).
             offsets = offsets.float()
             corners = patch_corners(offsets.new_zeros(offsets.shape[0], 2), p)
-            cells_from_patch = resize_matrix((s, s), (n, n), like=offsets) @ resize_matrix(
-                (p, p), (s, s), like=offsets
-            )
-            patch_from_cells = torch.linalg.inv(cells_from_patch)
+            cells_from_patch, patch_from_cells = _cells_from_patch(p, s, n, offsets)
             r = torch.arange(n, device=offsets.device, dtype=offsets.dtype)
             ys, xs = torch.meshgrid(r, r, indexing="ij")
             cells_b = torch.stack([xs, ys], dim=-1).reshape(1, n * n, 2)
@@ -201,9 +239,9 @@ class _Scale(nn.Module):
         for _ in range(iterations):
             with _float32(feats):
                 offsets = offsets.detach()  # each iteration learns a step from where it stands
-                H_a_from_b, _ = four_point_to_homography_ex(corners, corners + offsets)
+                H_a_from_b, _ = _dlt(corners, corners + offsets)
                 H_cells = cells_from_patch @ H_a_from_b @ patch_from_cells
-                cells_a = transform_points(H_cells, cells_b.expand(len(H_cells), -1, -1))
+                cells_a = transform_points(H_cells, cells_b.expand(H_cells.shape[0], -1, -1))
                 cells_a = cells_a.clamp(-4.0 * n, 5.0 * n)  # far outside A: nothing to look up
                 look = corr.lookup(cells_a.reshape(-1, n, n, 2))
                 flow = (cells_a - cells_b).reshape(-1, n, n, 2).permute(0, 3, 1, 2) / n
@@ -350,7 +388,7 @@ class IterativeHomographyNet(nn.Module):
         p = self.patch_size
         with _float32(offsets):
             corners = patch_corners(offsets.new_zeros(offsets.shape[0], 2), p)
-            H1, _ = four_point_to_homography_ex(corners, corners + offsets)
+            H1, _ = _dlt(corners, corners + offsets)
             warped_a = sample_at(patch_a, warp_grid(H1, (p, p)))
         size = self.fine.input_size
         residuals = self.fine.estimate(
@@ -360,6 +398,6 @@ class IterativeHomographyNet(nn.Module):
         out = []
         with _float32(offsets):
             for r in residuals:
-                H_res, _ = four_point_to_homography_ex(corners, corners + r)
+                H_res, _ = _dlt(corners, corners + r)
                 out.append(transform_points(H1 @ H_res, corners) - corners)
         return out
