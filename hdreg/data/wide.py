@@ -1,0 +1,586 @@
+"""Wide-motion pairs: two views of one source photo related by real camera motion.
+
+For one pair (numpy, float64 geometry):
+
+1. draw the relative motion ``M`` of view B with respect to view A in the *footprint frame*
+   (isotropic units, the footprint rectangle ``[-a/2, a/2] × [-1/2, 1/2]`` of aspect ``a``):
+   ``M = T(t) · R(θ) · Z(z) · P``: a perspective ``P`` that moves each corner of the rectangle by
+   at most ``perspective`` of the side, a zoom ``z`` (log-uniform; ``z > 1``: B is zoomed in), a
+   rotation ``θ`` and a translation ``t``;
+2. give each view its own mild homography (``J_a``, ``J_b``: corners moved by at most
+   ``footprint_jitter`` of the side), so that *both* views are warped from the photo and neither
+   is an axis-aligned crop: footprint A is ``J_a(rect)``, footprint B is ``J_a M⁻¹ J_b(rect)``;
+3. scale and place both footprints inside the photo (the largest scale that fits them together,
+   times ``U[fill]``, at a uniform position where they fit): no rejection loop, so every photo of
+   at least ``min_source_side`` pixels gives a pair;
+4. render each view with ``cv2.warpPerspective`` from the photo, from a pyramid level and at
+   twice the resolution then area-averaged when the footprint is minified (no aliasing);
+5. degrade each view with its own photometric augmentation (:class:`WidePhotometric`).
+
+``H_b_from_a`` maps view-A pixels to view-B pixels (``S J_b⁻¹ M S⁻¹``, ``S`` the footprint frame
+to view pixels). Square training views of ``P×P`` squash a footprint of random aspect in
+``aspect`` to the square, as a whole-image estimator squashes photos; benchmark views keep the
+aspect of the view size. Pair ``i`` under seed ``s`` depends only on ``(s, stream, i)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hdreg.data.synthetic import STREAMS, pair_rng
+from hdreg.geometry_np import folds, project, rect_corners
+
+__all__ = [
+    "WideMotion",
+    "WidePair",
+    "WidePairs",
+    "WidePhotometric",
+    "WideProtocol",
+    "augment_view",
+    "draw_motion",
+    "four_point_homography",
+    "motion_matrices",
+    "render_view",
+    "sample_wide_pair",
+    "wide_training_pair",
+]
+
+# Resampling attempts of a motion that folds a footprint before falling back to a similarity.
+MAX_DRAWS = 20
+_UNIT_CORNERS = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
+
+
+def _check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not (math.isfinite(lo) and math.isfinite(hi) and low <= lo <= hi <= high):
+        raise ValueError(
+            f"{name} must be [min, max] with {low} <= min <= max <= {high}, got {value}"
+        )
+    return lo, hi
+
+
+def _check_amount(name: str, value: float, high: float) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and 0 <= value <= high):
+        raise ValueError(f"{name} must be in [0, {high}], got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class WidePhotometric:
+    """Photometric augmentation of one view; every step has its probability ``p_*``.
+
+    On intensities ``x`` in [0, 1], in this order: ``x ← x^γ``, ``x ← (x − ½)·c + ½ + b``
+    (``γ = exp(U[−gamma, gamma])``, ``c = exp(U[−contrast, contrast])``,
+    ``b = U[−brightness, brightness]``), a Gaussian blur of σ ``U[0.5, blur]`` px, a linear
+    motion blur of length ``U[3, motion_blur]`` px in a uniform direction, Gaussian noise of σ
+    ``U[0, noise]``, JPEG re-encoding at a quality in ``jpeg_quality``.
+    """
+
+    p_tone: float
+    brightness: float
+    contrast: float
+    gamma: float
+    p_blur: float
+    blur: float
+    p_motion_blur: float
+    motion_blur: float
+    p_noise: float
+    noise: float
+    p_jpeg: float
+    jpeg_quality: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for name in ("p_tone", "p_blur", "p_motion_blur", "p_noise", "p_jpeg"):
+            _check_amount(name, getattr(self, name), 1.0)
+        for name in ("brightness", "contrast", "gamma"):
+            _check_amount(name, getattr(self, name), 2.0)
+        _check_amount("blur", self.blur, 10.0)
+        _check_amount("noise", self.noise, 1.0)
+        if not (3 <= float(self.motion_blur) <= 64):
+            raise ValueError(f"motion_blur must be in [3, 64] pixels, got {self.motion_blur}")
+        lo, hi = _check_range("jpeg_quality", self.jpeg_quality, 1, 100)
+        object.__setattr__(self, "jpeg_quality", (int(lo), int(hi)))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> WidePhotometric:
+        """From a config mapping; unknown keys are an error naming them."""
+        names = list(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(
+                f"unknown photometric parameter(s) {', '.join(unknown)}: valid are "
+                f"{', '.join(names)}"
+            )
+        missing = sorted(set(names) - set(values))
+        if missing:
+            raise ValueError(f"missing photometric parameter(s) {', '.join(missing)}")
+        return cls(
+            **{k: (tuple(v) if k == "jpeg_quality" else float(v)) for k, v in values.items()}
+        )
+
+
+def augment_view(view: np.ndarray, aug: WidePhotometric, rng: np.random.Generator) -> np.ndarray:
+    """``view (H, W) uint8`` degraded by one random draw of ``aug`` (a new array)."""
+    out = view
+    if rng.random() < aug.p_tone:
+        g = math.exp(rng.uniform(-aug.gamma, aug.gamma))
+        c = math.exp(rng.uniform(-aug.contrast, aug.contrast))
+        b = rng.uniform(-aug.brightness, aug.brightness)
+        x = np.arange(256, dtype=np.float64) / 255.0
+        lut = np.clip(np.rint(((x**g - 0.5) * c + 0.5 + b) * 255.0), 0, 255).astype(np.uint8)
+        out = cv2.LUT(out, lut)
+    if rng.random() < aug.p_blur and aug.blur >= 0.5:
+        sigma = rng.uniform(0.5, aug.blur)
+        out = cv2.GaussianBlur(out, (0, 0), sigma, borderType=cv2.BORDER_REFLECT101)
+    if rng.random() < aug.p_motion_blur:
+        length = rng.uniform(3.0, aug.motion_blur)
+        angle = rng.uniform(0.0, math.pi)
+        out = cv2.filter2D(out, -1, _motion_kernel(length, angle), borderType=cv2.BORDER_REFLECT101)
+    if rng.random() < aug.p_noise:
+        sigma = rng.uniform(0.0, aug.noise) * 255.0
+        noisy = out.astype(np.float32) + rng.standard_normal(out.shape, np.float32) * sigma
+        out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if rng.random() < aug.p_jpeg:
+        quality = int(rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1], endpoint=True))
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError(f"OpenCV could not JPEG-encode a {out.shape} view")
+        out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return out if out is not view else view.copy()
+
+
+def _motion_kernel(length: float, angle: float) -> np.ndarray:
+    """A normalised line kernel of ``length`` pixels at ``angle`` (radians)."""
+    size = math.ceil(length) | 1
+    kernel = np.zeros((size, size), np.float32)
+    c = (size - 1) / 2
+    half = (length - 1) / 2
+    dx, dy = math.cos(angle) * half, math.sin(angle) * half
+    cv2.line(
+        kernel,
+        (round((c - dx) * 16), round((c - dy) * 16)),
+        (round((c + dx) * 16), round((c + dy) * 16)),
+        1.0,
+        1,
+        cv2.LINE_AA,
+        shift=4,
+    )
+    total = kernel.sum()
+    if total <= 0:  # cannot happen for length >= 3, but never divide by zero
+        kernel[int(c), int(c)] = 1.0
+        total = 1.0
+    return kernel / total
+
+
+@dataclass(frozen=True)
+class WideProtocol:
+    """Parameters of the wide-motion sampler, validated on construction. :meth:`default` reads
+    them from ``configs/protocol/wide.yaml`` (the meaning of each is written there).
+
+    Attributes:
+        rotation: maximum relative rotation, degrees.
+        zoom: ``(min, max)`` relative zoom, drawn log-uniformly.
+        perspective: maximum corner displacement of the relative motion, share of the side.
+        translation: maximum relative shift per axis, share of the side.
+        footprint_jitter: maximum corner displacement of each view's own mild homography.
+        fill: ``(min, max)`` share of the largest scale at which both footprints fit.
+        aspect: ``(min, max)`` footprint aspect (width / height) of square training views.
+        min_source_side: photos with a shorter side under this are refused.
+        photometric: per-view augmentation, or None (off).
+    """
+
+    rotation: float
+    zoom: tuple[float, float]
+    perspective: float
+    translation: float
+    footprint_jitter: float
+    fill: tuple[float, float]
+    aspect: tuple[float, float]
+    min_source_side: int
+    photometric: WidePhotometric | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        _check_amount("rotation", self.rotation, 180.0)
+        object.__setattr__(self, "zoom", _check_range("zoom", self.zoom, 0.05, 20.0))
+        _check_amount("perspective", self.perspective, 0.45)
+        _check_amount("translation", self.translation, 1.0)
+        _check_amount("footprint_jitter", self.footprint_jitter, 0.2)
+        if self.perspective + self.footprint_jitter > 0.45:
+            raise ValueError(
+                f"perspective + footprint_jitter = {self.perspective + self.footprint_jitter} "
+                "must be at most 0.45: larger corner displacements fold the view"
+            )
+        object.__setattr__(self, "fill", _check_range("fill", self.fill, 1e-3, 1.0))
+        object.__setattr__(self, "aspect", _check_range("aspect", self.aspect, 0.1, 10.0))
+        if not (int(self.min_source_side) == self.min_source_side and self.min_source_side >= 8):
+            raise ValueError(f"min_source_side must be an integer >= 8, got {self.min_source_side}")
+
+    @classmethod
+    def default(cls, **overrides: Any) -> WideProtocol:
+        """``configs/protocol/wide.yaml`` with ``overrides`` (``photometric=None`` turns the
+        augmentation off; a mapping changes some of its parameters)."""
+        from omegaconf import OmegaConf
+
+        from hdreg.config import compose_config
+
+        values = OmegaConf.to_container(compose_config("protocol/wide"), resolve=True)
+        return cls.from_mapping({**values, **overrides})
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> WideProtocol:
+        """From a config mapping (``photometric`` a mapping, None or a :class:`WidePhotometric`;
+        a partial mapping changes the defaults of ``configs/protocol/wide.yaml``)."""
+        names = list(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(
+                f"unknown wide-pair parameter(s) {', '.join(unknown)}: valid are {', '.join(names)}"
+            )
+        missing = sorted(set(names) - set(values) - {"photometric"})
+        if missing:
+            raise ValueError(f"missing wide-pair parameter(s) {', '.join(missing)}")
+        photometric = values.get("photometric")
+        if isinstance(photometric, Mapping):
+            base = cls._default_photometric()
+            photometric = WidePhotometric.from_mapping({**base, **photometric})
+        elif photometric is not None and not isinstance(photometric, WidePhotometric):
+            raise ValueError(f"photometric must be a mapping or null, got {photometric!r}")
+        return cls(
+            rotation=float(values["rotation"]),
+            zoom=tuple(values["zoom"]),  # type: ignore[arg-type]
+            perspective=float(values["perspective"]),
+            translation=float(values["translation"]),
+            footprint_jitter=float(values["footprint_jitter"]),
+            fill=tuple(values["fill"]),  # type: ignore[arg-type]
+            aspect=tuple(values["aspect"]),  # type: ignore[arg-type]
+            min_source_side=int(values["min_source_side"]),
+            photometric=photometric,
+        )
+
+    @staticmethod
+    def _default_photometric() -> dict[str, Any]:
+        from omegaconf import OmegaConf
+
+        from hdreg.config import compose_config
+
+        return dict(OmegaConf.to_container(compose_config("protocol/wide").photometric))
+
+    def without_photometric(self) -> WideProtocol:
+        return replace(self, photometric=None)
+
+
+@dataclass(frozen=True)
+class WideMotion:
+    """One draw of the relative motion (footprint frame, see the module docstring).
+
+    ``rotation`` degrees, ``zoom``, ``translation (2,)`` share of the side, ``perspective (4, 2)``
+    and ``jitter_a``, ``jitter_b (4, 2)``: corner displacements of ``P``, ``J_a``, ``J_b`` as
+    shares of the side; ``aspect`` the footprint's width / height; ``fallback``: every draw folded
+    and the motion was reduced to a similarity (perspective and jitters zero).
+    """
+
+    rotation: float
+    zoom: float
+    translation: np.ndarray
+    perspective: np.ndarray
+    jitter_a: np.ndarray
+    jitter_b: np.ndarray
+    aspect: float
+    fallback: bool = False
+
+
+@dataclass
+class WidePair:
+    """A rendered pair: ``view_a``, ``view_b`` ``(H, W) uint8``; ``H_b_from_a`` (view-A pixels to
+    view-B pixels), ``H_source_from_a``, ``H_source_from_b`` ``(3, 3) float64`` (view pixels to
+    photo pixels); the drawn ``motion``."""
+
+    view_a: np.ndarray
+    view_b: np.ndarray
+    H_b_from_a: np.ndarray
+    H_source_from_a: np.ndarray
+    H_source_from_b: np.ndarray
+    motion: WideMotion
+
+
+def _disk(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``(n, 2)`` points uniform in the unit disk."""
+    r = np.sqrt(rng.random(n))
+    phi = rng.uniform(0.0, 2.0 * math.pi, n)
+    return np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
+
+
+def _corner_warp(displacement: np.ndarray, aspect: float) -> np.ndarray:
+    """The homography of the footprint frame that moves the rectangle's corners by
+    ``displacement (4, 2)`` (shares of width and height)."""
+    size = np.array([aspect, 1.0])
+    src = _UNIT_CORNERS * size
+    return four_point_homography(src, src + displacement * size)
+
+
+def four_point_homography(points_src: np.ndarray, points_dst: np.ndarray) -> np.ndarray:
+    """The ``(3, 3)`` float64 homography (bottom-right entry 1) taking four points ``(4, 2)`` to
+    four others: the 8×8 linear system of ``cv2.getPerspectiveTransform``, solved in float64."""
+    a = np.zeros((8, 8))
+    b = np.zeros(8)
+    for i, ((x, y), (u, v)) in enumerate(zip(points_src, points_dst, strict=True)):
+        a[2 * i] = [x, y, 1, 0, 0, 0, -u * x, -u * y]
+        a[2 * i + 1] = [0, 0, 0, x, y, 1, -v * x, -v * y]
+        b[2 * i], b[2 * i + 1] = u, v
+    return np.append(np.linalg.solve(a, b), 1.0).reshape(3, 3)
+
+
+def motion_matrices(motion: WideMotion) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(M, J_a, J_b)`` in the footprint frame: ``M = T(t) R(θ) Z(z) P`` (B from A)."""
+    a = motion.aspect
+    th = math.radians(motion.rotation)
+    z = motion.zoom
+    rz = np.array(
+        [[z * math.cos(th), -z * math.sin(th), 0.0], [z * math.sin(th), z * math.cos(th), 0.0],
+         [0.0, 0.0, 1.0]]
+    )  # fmt: skip
+    t = np.eye(3)
+    t[:2, 2] = motion.translation * np.array([a, 1.0])
+    M = t @ rz @ _corner_warp(motion.perspective, a)
+    return M, _corner_warp(motion.jitter_a, a), _corner_warp(motion.jitter_b, a)
+
+
+def _footprints(motion: WideMotion) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(H_r_from_fa, H_r_from_fb, H_fb_from_fa)``: footprint frames of A and B into the shared
+    reference frame, and B from A."""
+    M, J_a, J_b = motion_matrices(motion)
+    H_r_from_fb = J_a @ np.linalg.inv(M) @ J_b
+    return J_a, H_r_from_fb, np.linalg.inv(J_b) @ M
+
+
+def _valid(motion: WideMotion) -> bool:
+    rect = _UNIT_CORNERS * np.array([motion.aspect, 1.0])
+    H_r_from_fa, H_r_from_fb, H_fb_from_fa = _footprints(motion)
+    return not any(folds(H, rect) for H in (H_r_from_fa, H_r_from_fb, H_fb_from_fa))
+
+
+def draw_motion(protocol: WideProtocol, rng: np.random.Generator, aspect: float) -> WideMotion:
+    """A relative motion whose footprints and ``H_b_from_a`` do not fold; after ``MAX_DRAWS``
+    folding draws, the last draw without perspective and jitters (a similarity never folds)."""
+    lo, hi = protocol.zoom
+    for _ in range(MAX_DRAWS):
+        motion = WideMotion(
+            rotation=float(rng.uniform(-protocol.rotation, protocol.rotation)),
+            zoom=float(math.exp(rng.uniform(math.log(lo), math.log(hi)))),
+            translation=rng.uniform(-protocol.translation, protocol.translation, 2),
+            perspective=_disk(rng, 4) * protocol.perspective,
+            jitter_a=_disk(rng, 4) * protocol.footprint_jitter,
+            jitter_b=_disk(rng, 4) * protocol.footprint_jitter,
+            aspect=float(aspect),
+        )
+        if _valid(motion):
+            return motion
+    zero = np.zeros((4, 2))
+    return replace(motion, perspective=zero, jitter_a=zero, jitter_b=zero, fallback=True)
+
+
+def _view_from_footprint(view_size: tuple[int, int], aspect: float) -> np.ndarray:
+    """``S``: footprint frame (``[-a/2, a/2] × [-1/2, 1/2]``) to view pixels (pixel-edge
+    rectangle ``[-0.5, W - 0.5] × [-0.5, H - 0.5]``)."""
+    w, h = view_size
+    return np.array([[w / aspect, 0.0, w / 2 - 0.5], [0.0, h, h / 2 - 0.5], [0.0, 0.0, 1.0]])
+
+
+def _minification(H_source_from_view: np.ndarray, view_size: tuple[int, int]) -> float:
+    """Largest number of source pixels per view pixel over the view (at its corners and centre,
+    the larger singular value of the local Jacobian)."""
+    w, h = view_size
+    pts = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1], [(w - 1) / 2, (h - 1) / 2]])
+    base = project(H_source_from_view, pts)
+    jx = project(H_source_from_view, pts + np.array([1.0, 0.0])) - base
+    jy = project(H_source_from_view, pts + np.array([0.0, 1.0])) - base
+    jac = np.stack([jx, jy], axis=2)  # (5, 2, 2)
+    return float(np.linalg.svd(jac, compute_uv=False)[:, 0].max())
+
+
+def render_view(
+    photo: np.ndarray, H_source_from_view: np.ndarray, view_size: tuple[int, int]
+) -> np.ndarray:
+    """Render ``view_size = (W, H)`` pixels of ``photo`` (``view(p) = photo(H · p)``) with
+    ``cv2.warpPerspective`` (bilinear), without aliasing when minified: from the pyramid level
+    (``cv2.pyrDown``) of at most 2 source pixels per view pixel, at twice the resolution and then
+    area-averaged when above 1."""
+    w, h = view_size
+    scale = _minification(H_source_from_view, view_size)
+    H = np.asarray(H_source_from_view, np.float64)
+    src = photo
+    while scale > 2.0 and min(src.shape) >= 16:
+        src = cv2.pyrDown(src)  # output pixel i sits on input pixel 2i
+        H = np.diag([0.5, 0.5, 1.0]) @ H
+        scale /= 2.0
+    k = 2 if scale > 1.0 else 1
+    # big pixel x' = (x + 0.5) k - 0.5; the k×k area average of big pixels lands on x
+    view_from_big = np.array(
+        [[1 / k, 0, (1 - k) / (2 * k)], [0, 1 / k, (1 - k) / (2 * k)], [0, 0, 1]]
+    )
+    out = cv2.warpPerspective(
+        src, H @ view_from_big, (w * k, h * k),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101,
+    )  # fmt: skip
+    if k > 1:
+        out = cv2.resize(out, (w, h), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def check_photo(photo: np.ndarray, protocol: WideProtocol, name: str = "photo") -> None:
+    """``ValueError`` naming ``name`` unless ``photo`` is ``(H, W) uint8`` with a shorter side of
+    at least ``protocol.min_source_side``."""
+    if not (isinstance(photo, np.ndarray) and photo.ndim == 2 and photo.dtype == np.uint8):
+        raise ValueError(
+            f"{name} must be a grayscale (H, W) uint8 array, got "
+            f"{getattr(photo, 'dtype', type(photo).__name__)} {np.shape(photo)}"
+        )
+    if min(photo.shape) < protocol.min_source_side:
+        raise ValueError(
+            f"{name} is {photo.shape[1]}x{photo.shape[0]}: too small for wide pairs, which need "
+            f"a shorter side of at least {protocol.min_source_side} px (min_source_side)"
+        )
+
+
+def sample_wide_pair(
+    photo: np.ndarray,
+    view_size: tuple[int, int],
+    protocol: WideProtocol,
+    rng: np.random.Generator,
+    *,
+    aspect: float | None = None,
+    name: str = "photo",
+) -> WidePair:
+    """One wide-motion pair from ``photo (H, W) uint8``, both views of ``view_size = (W, H)``.
+
+    ``aspect`` is the footprint's width / height in the photo (default: the view's, so nothing is
+    squashed); ``name`` names the photo in errors. See the module docstring for the steps.
+    """
+    check_photo(photo, protocol, name)
+    vw, vh = (int(v) for v in view_size)
+    if vw < 2 or vh < 2:
+        raise ValueError(f"view_size must be (width, height) of at least 2 pixels, got {view_size}")
+    a = float(aspect) if aspect is not None else vw / vh
+    motion = draw_motion(protocol, rng, a)
+    H_r_from_fa, H_r_from_fb, H_fb_from_fa = _footprints(motion)
+
+    # Both footprints into the photo: the largest scale that fits their union, times U[fill].
+    rect = _UNIT_CORNERS * np.array([a, 1.0])
+    quads = np.concatenate([project(H_r_from_fa, rect), project(H_r_from_fb, rect)])
+    lo, hi = quads.min(axis=0), quads.max(axis=0)
+    ph, pw = photo.shape
+    room = np.array([pw - 1.0, ph - 1.0])  # corners stay on or inside the outer pixel centres
+    k = float(np.min(room / np.maximum(hi - lo, 1e-12))) * rng.uniform(*protocol.fill)
+    offset = np.array([rng.uniform(-k * lo[i], room[i] - k * hi[i]) for i in range(2)])
+    H_s_from_r = np.array([[k, 0.0, offset[0]], [0.0, k, offset[1]], [0.0, 0.0, 1.0]])
+
+    S = _view_from_footprint((vw, vh), a)
+    S_inv = np.linalg.inv(S)
+    H_s_from_a = H_s_from_r @ H_r_from_fa @ S_inv
+    H_s_from_b = H_s_from_r @ H_r_from_fb @ S_inv
+    H_b_from_a = S @ H_fb_from_fa @ S_inv
+    view_a = render_view(photo, H_s_from_a, (vw, vh))
+    view_b = render_view(photo, H_s_from_b, (vw, vh))
+    if protocol.photometric is not None:
+        view_a = augment_view(view_a, protocol.photometric, rng)
+        view_b = augment_view(view_b, protocol.photometric, rng)
+    return WidePair(
+        view_a, view_b, H_b_from_a / H_b_from_a[2, 2],
+        H_s_from_a / H_s_from_a[2, 2], H_s_from_b / H_s_from_b[2, 2], motion,
+    )  # fmt: skip
+
+
+def wide_training_pair(
+    photo: np.ndarray, patch_size: int, protocol: WideProtocol, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """A square training pair: both views rendered into ``P×P`` from footprints of random aspect
+    in ``protocol.aspect`` (log-uniform), labelled like a DeTone pair.
+
+    Returns ``patch_a``, ``patch_b`` ``(P, P) uint8``; ``offsets (4, 2) float32`` (patch B's
+    corners in patch A's frame minus the corners); ``corners (4, 2) float32`` (the patch corners).
+    """
+    lo, hi = protocol.aspect
+    aspect = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    pair = sample_wide_pair(photo, (patch_size, patch_size), protocol, rng, aspect=aspect)
+    corners = rect_corners((patch_size, patch_size))
+    H_a_from_b = np.linalg.inv(pair.H_b_from_a)
+    offsets = project(H_a_from_b, corners) - corners
+    return {
+        "patch_a": pair.view_a,
+        "patch_b": pair.view_b,
+        "offsets": offsets.astype(np.float32),
+        "corners": corners.astype(np.float32),
+    }
+
+
+class WidePairs(Dataset):
+    """Map-style dataset of square wide-motion pairs: item ``i`` is pair ``start + i`` of a seeded
+    stream, with the keys and types of :class:`hdreg.data.synthetic.SyntheticPairs`
+    (``patch_a``, ``patch_b`` ``(1, P, P) uint8``; ``offsets``, ``corners`` ``(4, 2) float32``).
+
+    Args:
+        images: ``(N, H, W) uint8`` source photos.
+        patch_size: side ``P`` of the views.
+        protocol: the wide-pair parameters.
+        seed, length, stream, start: as for ``SyntheticPairs``.
+        flips: flip each source photo horizontally, vertically or both (probability 1/4 each).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        patch_size: int,
+        protocol: WideProtocol,
+        *,
+        seed: int,
+        length: int,
+        stream: str = "train",
+        start: int = 0,
+        flips: bool = False,
+    ) -> None:
+        if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
+            raise ValueError(
+                f"images must be a non-empty (N, H, W) uint8 array, got {images.dtype} "
+                f"{images.shape}"
+            )
+        if stream not in STREAMS:
+            raise ValueError(f"stream must be one of {sorted(STREAMS)}, got {stream!r}")
+        if length < 0 or start < 0:
+            raise ValueError(f"length and start must be >= 0, got {length} and {start}")
+        check_photo(images[0], protocol, "source images")
+        self.images, self.patch_size, self.protocol = images, int(patch_size), protocol
+        self.seed, self.stream = int(seed), stream
+        self.length, self.start, self.flips = int(length), int(start), flips
+
+    def __len__(self) -> int:
+        return self.length
+
+    def pair(self, index: int) -> tuple[int, dict[str, np.ndarray]]:
+        """``(image index, arrays)`` of pair ``start + index``."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"pair index {index} out of range for {self.length} pairs")
+        rng = pair_rng(self.seed, STREAMS[self.stream], self.start + index)
+        k = int(rng.integers(len(self.images)))
+        image = self.images[k]
+        if self.flips:
+            flip = int(rng.integers(4))
+            if flip:
+                image = np.ascontiguousarray(
+                    image[:: -1 if flip & 2 else 1, :: -1 if flip & 1 else 1]
+                )
+        return k, wide_training_pair(image, self.patch_size, self.protocol, rng)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        _, arrays = self.pair(index)
+        item = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        item["patch_a"], item["patch_b"] = item["patch_a"][None], item["patch_b"][None]
+        return item
