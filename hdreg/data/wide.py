@@ -47,6 +47,7 @@ __all__ = [
     "augment_view",
     "draw_motion",
     "four_point_homography",
+    "minification_map",
     "motion_matrices",
     "render_view",
     "sample_wide_pair",
@@ -395,42 +396,66 @@ def _view_from_footprint(view_size: tuple[int, int], aspect: float) -> np.ndarra
     return np.array([[w / aspect, 0.0, w / 2 - 0.5], [0.0, h, h / 2 - 0.5], [0.0, 0.0, 1.0]])
 
 
-def _minification(H_source_from_view: np.ndarray, view_size: tuple[int, int]) -> float:
-    """Largest number of source pixels per view pixel over the view (at its corners and centre,
-    the larger singular value of the local Jacobian)."""
+def minification_map(
+    H_source_from_view: np.ndarray, view_size: tuple[int, int], grid: int = 9
+) -> np.ndarray:
+    """``(H, W) float32``: source pixels per view pixel at each view pixel (the larger singular
+    value of the warp's Jacobian), computed on a ``grid × grid`` lattice and interpolated."""
     w, h = view_size
-    pts = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1], [(w - 1) / 2, (h - 1) / 2]])
-    base = project(H_source_from_view, pts)
-    jx = project(H_source_from_view, pts + np.array([1.0, 0.0])) - base
-    jy = project(H_source_from_view, pts + np.array([0.0, 1.0])) - base
-    jac = np.stack([jx, jy], axis=2)  # (5, 2, 2)
-    return float(np.linalg.svd(jac, compute_uv=False)[:, 0].max())
+    xs, ys = np.meshgrid(np.linspace(0, w - 1, grid), np.linspace(0, h - 1, grid))
+    H = np.asarray(H_source_from_view, np.float64)
+    u = H[0, 0] * xs + H[0, 1] * ys + H[0, 2]
+    v = H[1, 0] * xs + H[1, 1] * ys + H[1, 2]
+    q = H[2, 0] * xs + H[2, 1] * ys + H[2, 2]
+    q2 = q * q
+    a = (H[0, 0] * q - u * H[2, 0]) / q2
+    b = (H[0, 1] * q - u * H[2, 1]) / q2
+    c = (H[1, 0] * q - v * H[2, 0]) / q2
+    d = (H[1, 1] * q - v * H[2, 1]) / q2
+    half = (a * a + b * b + c * c + d * d) / 2
+    sigma = np.sqrt(half + np.sqrt(np.maximum(half * half - (a * d - b * c) ** 2, 0.0)))
+    return cv2.resize(sigma.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def render_view(
     photo: np.ndarray, H_source_from_view: np.ndarray, view_size: tuple[int, int]
 ) -> np.ndarray:
     """Render ``view_size = (W, H)`` pixels of ``photo`` (``view(p) = photo(H · p)``) with
-    ``cv2.warpPerspective`` (bilinear), without aliasing when minified: from the pyramid level
-    (``cv2.pyrDown``) of at most 2 source pixels per view pixel, at twice the resolution and then
-    area-averaged when above 1."""
+    ``cv2.warpPerspective`` (bilinear) without aliasing where the view is minified: a view with
+    more than one photo pixel per view pixel anywhere is rendered at twice the resolution and
+    area-averaged, each of its pixels blended from the two pyramid levels (``cv2.pyrDown``) that
+    bracket its own minification (trilinear mipmapping), so that magnified parts of a slanted
+    view stay sharp."""
     w, h = view_size
-    scale = _minification(H_source_from_view, view_size)
     H = np.asarray(H_source_from_view, np.float64)
-    src = photo
-    while scale > 2.0 and min(src.shape) >= 16:
-        src = cv2.pyrDown(src)  # output pixel i sits on input pixel 2i
-        H = np.diag([0.5, 0.5, 1.0]) @ H
-        scale /= 2.0
-    k = 2 if scale > 1.0 else 1
+    k = 2 if float(minification_map(H, view_size, grid=5).max()) > 1.0 else 1
     # big pixel x' = (x + 0.5) k - 0.5; the k×k area average of big pixels lands on x
     view_from_big = np.array(
         [[1 / k, 0, (1 - k) / (2 * k)], [0, 1 / k, (1 - k) / (2 * k)], [0, 0, 1]]
     )
-    out = cv2.warpPerspective(
-        src, H @ view_from_big, (w * k, h * k),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101,
-    )  # fmt: skip
+    H_big = H @ view_from_big
+    size_big = (w * k, h * k)
+    # as many levels as the photo has down to 16 px, built only as far as this view needs them
+    top = max(0, math.floor(math.log2(min(photo.shape) / 16)))
+    level = np.minimum(np.log2(np.maximum(minification_map(H_big, size_big), 1.0)), top)
+    lo, hi = int(np.floor(level.min())), int(np.ceil(level.max()))
+    levels = [photo]
+    for _ in range(hi):
+        levels.append(cv2.pyrDown(levels[-1]))  # output pixel i sits on input pixel 2i
+
+    def warp(lv: int) -> np.ndarray:
+        return cv2.warpPerspective(
+            levels[lv], np.diag([0.5**lv, 0.5**lv, 1.0]) @ H_big, size_big,
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101,
+        )  # fmt: skip
+
+    if lo == hi:
+        out = warp(lo)
+    else:
+        acc = np.zeros(level.shape, np.float32)
+        for lv in range(lo, hi + 1):
+            acc += np.maximum(1.0 - np.abs(level - lv), 0.0) * warp(lv)
+        out = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
     if k > 1:
         out = cv2.resize(out, (w, h), interpolation=cv2.INTER_AREA)
     return out
@@ -500,13 +525,19 @@ def sample_wide_pair(
 
 
 def wide_training_pair(
-    photo: np.ndarray, patch_size: int, protocol: WideProtocol, rng: np.random.Generator
+    photo: np.ndarray,
+    patch_size: int,
+    protocol: WideProtocol,
+    rng: np.random.Generator,
+    *,
+    with_homography: bool = False,
 ) -> dict[str, np.ndarray]:
     """A square training pair: both views rendered into ``P×P`` from footprints of random aspect
     in ``protocol.aspect`` (log-uniform), labelled like a DeTone pair.
 
     Returns ``patch_a``, ``patch_b`` ``(P, P) uint8``; ``offsets (4, 2) float32`` (patch B's
-    corners in patch A's frame minus the corners); ``corners (4, 2) float32`` (the patch corners).
+    corners in patch A's frame minus the corners); ``corners (4, 2) float32`` (the patch corners);
+    with ``with_homography`` also ``H_b_from_a (3, 3) float64``.
     """
     lo, hi = protocol.aspect
     aspect = math.exp(rng.uniform(math.log(lo), math.log(hi)))
@@ -514,12 +545,15 @@ def wide_training_pair(
     corners = rect_corners((patch_size, patch_size))
     H_a_from_b = np.linalg.inv(pair.H_b_from_a)
     offsets = project(H_a_from_b, corners) - corners
-    return {
+    out = {
         "patch_a": pair.view_a,
         "patch_b": pair.view_b,
         "offsets": offsets.astype(np.float32),
         "corners": corners.astype(np.float32),
     }
+    if with_homography:
+        out["H_b_from_a"] = pair.H_b_from_a
+    return out
 
 
 class WidePairs(Dataset):
