@@ -261,3 +261,85 @@ class TestTrainingPairs:
         assert np.array_equal(again[3]["patch_b"].numpy(), item["patch_b"].numpy())
         with pytest.raises(IndexError):
             ds[4]
+
+
+def _photo_folder(root):
+    """Three photos (one too small, one not an image) under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(root / "b_astronaut.png"), sample_photo("astronaut.png", (200, 150)))
+    cv2.imwrite(str(root / "a_coffee.png"), sample_photo("coffee.png", (160, 120)))
+    cv2.imwrite(str(root / "c_tiny.png"), np.zeros((20, 30), np.uint8))
+    (root / "d_broken.jpg").write_bytes(b"not an image")
+    return root
+
+
+class TestWideBenchmark:
+    def _write(self, tmp_path, out, n=5, **kw):
+        from hdreg.data.sources import folder_source
+        from hdreg.data.wide_benchmark import write_wide_benchmark
+
+        source = folder_source(_photo_folder(tmp_path / "photos"))
+        with pytest.warns(UserWarning, match=r"skipped 2 of 4 files.*c_tiny.png.*too small"):
+            return write_wide_benchmark(source, out, n=n, seed=3, view_size=(96, 72), **kw)
+
+    def _refused(self, tmp_path, out, **kw):
+        from hdreg.data.sources import folder_source
+        from hdreg.data.wide_benchmark import write_wide_benchmark
+
+        source = folder_source(_photo_folder(tmp_path / "photos"))
+        write_wide_benchmark(source, out, n=2, seed=3, view_size=(96, 72), **kw)
+
+    def test_identical_files_readable_as_real_pairs(self, tmp_path):
+        from hdreg.data.pairs import find_real_pairs, load_pair_images
+
+        first = self._write(tmp_path, tmp_path / "one")
+        second = self._write(tmp_path, tmp_path / "two")
+        names = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+        assert len(names) == 5 * 3 + 1 and "manifest.json" in names
+        for name in names:
+            assert (first / name).read_bytes() == (second / name).read_bytes(), name
+        pairs = find_real_pairs(first)
+        assert [p.pair_id for p in pairs] == [f"{i:05d}/1-2" for i in range(5)]
+        # pair i is pair i of the benchmark stream, from usable photo i mod 2 (sorted)
+        photos = [sample_photo("coffee.png", (160, 120)), sample_photo("astronaut.png", (200, 150))]
+        for i, pair in enumerate(pairs):
+            expected = sample_wide_pair(photos[i % 2], (96, 72), WideProtocol.default(),
+                                        pair_rng(3, 0, i))  # fmt: skip
+            assert np.allclose(pair.H_b_from_a, expected.H_b_from_a, rtol=1e-12, atol=1e-12)
+            view_a, view_b = load_pair_images(pair)
+            assert np.array_equal(view_a, expected.view_a)
+            assert np.array_equal(view_b, expected.view_b)
+        import json
+
+        manifest = json.loads((first / "manifest.json").read_text())
+        assert manifest["pairs"][1]["source"] == "b_astronaut.png" and manifest["photos"] == 2
+
+    def test_never_mixes_with_earlier_files(self, tmp_path):
+        out = self._write(tmp_path, tmp_path / "bench", n=4)
+        with pytest.raises(FileExistsError, match="--overwrite"):
+            self._refused(tmp_path, out)
+        self._write(tmp_path, out, n=2, overwrite=True)
+        assert sorted(p.name for p in out.iterdir()) == ["00000", "00001", "manifest.json"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "photos"]  # no leftovers
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / "notes.txt").write_text("mine")
+        with pytest.raises(FileExistsError, match="not empty"):
+            self._refused(tmp_path, other, overwrite=True)
+        assert (other / "notes.txt").read_text() == "mine"
+
+    def test_cli_writes_and_refuses_detone_options(self, tmp_path, capsys):
+        from hdreg.cli import main
+
+        photos = _photo_folder(tmp_path / "photos")
+        args = ["make-benchmark", "--protocol", "wide", "--source", str(photos), "--seed", "1"]
+        out = tmp_path / "bench"
+        with pytest.warns(UserWarning):
+            assert main([*args, "--n", "2", "--view-size", "64", "48", "--out", str(out)]) == 0
+        assert cv2.imread(str(out / "00001" / "2.png"), cv2.IMREAD_UNCHANGED).shape == (48, 64)
+        assert main([*args, "--n", "2", "--rho", "10", "--out", str(tmp_path / "x")]) != 0
+        assert "drop --rho" in capsys.readouterr().err
+        assert main([*args, "--out", str(tmp_path / "y")]) != 0
+        assert "needs --n" in capsys.readouterr().err
+        assert main(["make-benchmark", "--view-size", "64", "48", "--out", "z.npz"]) != 0
+        assert "--protocol wide" in capsys.readouterr().err

@@ -25,6 +25,8 @@ aspect of the view size. Pair ``i`` under seed ``s`` depends only on ``(s, strea
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -182,6 +184,20 @@ def _motion_kernel(length: float, angle: float) -> np.ndarray:
     return kernel / total
 
 
+@functools.cache
+def _wide_defaults_cached() -> str:
+    from omegaconf import OmegaConf
+
+    from hdreg.config import compose_config
+
+    return json.dumps(OmegaConf.to_container(compose_config("protocol/wide"), resolve=True))
+
+
+def _wide_defaults() -> dict[str, Any]:
+    """A fresh copy of ``configs/protocol/wide.yaml`` (composed once per process)."""
+    return json.loads(_wide_defaults_cached())
+
+
 @dataclass(frozen=True)
 class WideProtocol:
     """Parameters of the wide-motion sampler, validated on construction. :meth:`default` reads
@@ -229,17 +245,13 @@ class WideProtocol:
     def default(cls, **overrides: Any) -> WideProtocol:
         """``configs/protocol/wide.yaml`` with ``overrides`` (``photometric=None`` turns the
         augmentation off; a mapping changes some of its parameters)."""
-        from omegaconf import OmegaConf
-
-        from hdreg.config import compose_config
-
-        values = OmegaConf.to_container(compose_config("protocol/wide"), resolve=True)
-        return cls.from_mapping({**values, **overrides})
+        return cls.from_mapping({**_wide_defaults(), **overrides})
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> WideProtocol:
-        """From a config mapping (``photometric`` a mapping, None or a :class:`WidePhotometric`;
-        a partial mapping changes the defaults of ``configs/protocol/wide.yaml``)."""
+        """From a config mapping (``photometric`` a mapping, None (off) or a
+        :class:`WidePhotometric`; a partial mapping, or none, takes the rest from
+        ``configs/protocol/wide.yaml``)."""
         names = list(cls.__dataclass_fields__)
         unknown = sorted(set(values) - set(names))
         if unknown:
@@ -249,9 +261,9 @@ class WideProtocol:
         missing = sorted(set(names) - set(values) - {"photometric"})
         if missing:
             raise ValueError(f"missing wide-pair parameter(s) {', '.join(missing)}")
-        photometric = values.get("photometric")
+        photometric = values.get("photometric", {})
         if isinstance(photometric, Mapping):
-            base = cls._default_photometric()
+            base = _wide_defaults()["photometric"]
             photometric = WidePhotometric.from_mapping({**base, **photometric})
         elif photometric is not None and not isinstance(photometric, WidePhotometric):
             raise ValueError(f"photometric must be a mapping or null, got {photometric!r}")
@@ -266,14 +278,6 @@ class WideProtocol:
             min_source_side=int(values["min_source_side"]),
             photometric=photometric,
         )
-
-    @staticmethod
-    def _default_photometric() -> dict[str, Any]:
-        from omegaconf import OmegaConf
-
-        from hdreg.config import compose_config
-
-        return dict(OmegaConf.to_container(compose_config("protocol/wide").photometric))
 
     def without_photometric(self) -> WideProtocol:
         return replace(self, photometric=None)
