@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
+from hdreg.cli import main
+from hdreg.data.datamodule import SyntheticDataModule
+from hdreg.data.pairs import find_real_pairs, load_pair_images
+from hdreg.data.sources import folder_source
 from hdreg.data.synthetic import pair_rng
+from hdreg.data.torch_wide import TorchWideGenerator, pyramid, render_views
 from hdreg.data.wide import (
     WidePairs,
     WideProtocol,
     augment_view,
     draw_motion,
     motion_matrices,
+    render_view,
+    sample_wide_geometry,
     sample_wide_pair,
     wide_training_pair,
 )
+from hdreg.data.wide_benchmark import write_wide_benchmark
 from hdreg.geometry_np import project, rect_corners
 
 from .fixtures import sample_photo
@@ -63,7 +76,7 @@ def _consistency_error(view_a, view_b, H_b_from_a, view_size) -> float:
 
 class TestMotion:
     def test_ranges_and_extremes(self, protocol):
-        draws = [draw_motion(protocol, pair_rng(0, 0, i), 4 / 3) for i in range(1500)]
+        draws = [draw_motion(protocol, pair_rng(0, 0, i), 4 / 3) for i in range(400)]
         rot = np.array([m.rotation for m in draws])
         zoom = np.array([m.zoom for m in draws])
         persp = np.array([np.linalg.norm(m.perspective, axis=1).max() for m in draws])
@@ -275,22 +288,17 @@ def _photo_folder(root):
 
 class TestWideBenchmark:
     def _write(self, tmp_path, out, n=5, **kw):
-        from hdreg.data.sources import folder_source
-        from hdreg.data.wide_benchmark import write_wide_benchmark
 
         source = folder_source(_photo_folder(tmp_path / "photos"))
         with pytest.warns(UserWarning, match=r"skipped 2 of 4 files.*c_tiny.png.*too small"):
             return write_wide_benchmark(source, out, n=n, seed=3, view_size=(96, 72), **kw)
 
     def _refused(self, tmp_path, out, **kw):
-        from hdreg.data.sources import folder_source
-        from hdreg.data.wide_benchmark import write_wide_benchmark
 
         source = folder_source(_photo_folder(tmp_path / "photos"))
         write_wide_benchmark(source, out, n=2, seed=3, view_size=(96, 72), **kw)
 
     def test_identical_files_readable_as_real_pairs(self, tmp_path):
-        from hdreg.data.pairs import find_real_pairs, load_pair_images
 
         first = self._write(tmp_path, tmp_path / "one")
         second = self._write(tmp_path, tmp_path / "two")
@@ -309,8 +317,6 @@ class TestWideBenchmark:
             view_a, view_b = load_pair_images(pair)
             assert np.array_equal(view_a, expected.view_a)
             assert np.array_equal(view_b, expected.view_b)
-        import json
-
         manifest = json.loads((first / "manifest.json").read_text())
         assert manifest["pairs"][1]["source"] == "b_astronaut.png" and manifest["photos"] == 2
 
@@ -329,8 +335,6 @@ class TestWideBenchmark:
         assert (other / "notes.txt").read_text() == "mine"
 
     def test_cli_writes_and_refuses_detone_options(self, tmp_path, capsys):
-        from hdreg.cli import main
-
         photos = _photo_folder(tmp_path / "photos")
         args = ["make-benchmark", "--protocol", "wide", "--source", str(photos), "--seed", "1"]
         out = tmp_path / "bench"
@@ -343,3 +347,93 @@ class TestWideBenchmark:
         assert "needs --n" in capsys.readouterr().err
         assert main(["make-benchmark", "--view-size", "64", "48", "--out", "z.npz"]) != 0
         assert "--protocol wide" in capsys.readouterr().err
+
+
+class TestTorchGenerator:
+    """The batched generator (data.generator=torch) against the CPU one and OpenCV."""
+
+    def test_pyramid_is_opencv_pyrdown(self, photo):
+
+        levels = pyramid(torch.from_numpy(photo[:121, :161].copy())[None], 2)
+        ref = photo[:121, :161].astype(np.float32)
+        for level in levels[1:]:
+            ref = cv2.pyrDown(ref)
+            assert level.shape[2:] == ref.shape
+            assert np.allclose(level[0, 0].numpy(), ref, atol=1e-3)
+
+    @pytest.mark.parametrize("i", range(4))
+    def test_rendering_matches_the_cpu_renderer(self, photo, protocol, i):
+        g = sample_wide_geometry((480, 360), (64, 64), protocol, pair_rng(0, 1, i), aspect=1.4)
+        levels = pyramid(torch.from_numpy(photo)[None], 4)
+        H = torch.from_numpy(np.stack([g.H_source_from_a, g.H_source_from_b]))
+        views = render_views(levels, torch.tensor([0, 0]), H, (64, 64)).round().clamp(0, 255)
+        for view, H_np in zip(
+            views[:, 0].numpy(), (g.H_source_from_a, g.H_source_from_b), strict=True
+        ):
+            assert np.abs(view - render_view(photo, H_np, (64, 64))).mean() < 0.5
+
+    def test_batches_seeded_and_labelled(self, smooth_photo):
+
+        photos = np.stack([cv2.resize(smooth_photo, (160, 120), interpolation=cv2.INTER_AREA)])
+        geometry = WideProtocol.default(**GEOMETRY_ONLY)
+        gen = TorchWideGenerator(torch.from_numpy(photos), 32, geometry, seed=0, flips=True)
+        batch = gen.generate(8, 0)
+        assert batch["patch_a"].shape == (8, 1, 32, 32) and batch["patch_a"].dtype == torch.uint8
+        assert batch["offsets"].shape == (8, 4, 2) and batch["offsets"].dtype == torch.float32
+        assert torch.equal(gen.generate(8, 0)["patch_b"], batch["patch_b"])
+        assert not torch.equal(gen.generate(8, 1)["patch_b"], batch["patch_b"])
+        # labels: patch B is patch A seen through the label's homography
+        corners = rect_corners((32, 32), dtype=np.float32)
+        for j in range(4):
+            off = batch["offsets"][j].numpy()
+            H_b_from_a = np.linalg.inv(cv2.getPerspectiveTransform(corners, corners + off))
+            views = batch["patch_a"][j, 0].numpy(), batch["patch_b"][j, 0].numpy()
+            error = _consistency_error(*views, H_b_from_a, (32, 32))
+            assert error < 2 * _consistency_error(*views, _shifted(H_b_from_a, 2.0), (32, 32))
+
+    @pytest.mark.slow
+    def test_distributed_like_cpu_pairs(self, smooth_photo):
+        """Corner offsets and photometric change of 96 pairs each (about 15 s on one core)."""
+
+        photos = np.stack([cv2.resize(smooth_photo, (160, 120), interpolation=cv2.INTER_AREA)])
+        geometry = WideProtocol.default(**GEOMETRY_ONLY)
+        gen = TorchWideGenerator(torch.from_numpy(photos), 32, geometry, seed=0, flips=True)
+        batch = gen.generate(96, 0)
+        cpu = WidePairs(photos, 32, geometry, seed=0, length=96, flips=True)
+        cpu_offsets = np.stack([cpu.pair(i)[1]["offsets"] for i in range(96)])
+        ratio = np.median(np.abs(batch["offsets"].numpy())) / np.median(np.abs(cpu_offsets))
+        assert 0.75 < ratio < 1.33  # heavy-tailed (zoom x0.5): the medians of 96 pairs
+        full = WideProtocol.default()
+        gen = TorchWideGenerator(torch.from_numpy(photos), 32, full, seed=0)
+        b = gen.generate(96, 0)
+        cpu = WidePairs(photos, 32, full, seed=0, length=96)
+        gap_torch = b["patch_a"].float().mean((1, 2, 3)) - b["patch_b"].float().mean((1, 2, 3))
+        gap_cpu = [float(x["patch_a"].mean()) - float(x["patch_b"].mean()) for x in
+                   (cpu.pair(i)[1] for i in range(96))]  # fmt: skip
+        assert 0.7 < float(gap_torch.abs().mean()) / np.abs(gap_cpu).mean() < 1.4
+
+
+class TestDataModule:
+    def test_wide_pairs_in_the_datamodule_and_recipe(self, tmp_path):
+
+        for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"):
+            cv2.imwrite(str(tmp_path / (name[:-4] + ".png")), sample_photo(name, (200, 150)))
+        configs = str(Path(__file__).resolve().parents[1] / "configs")
+        with initialize_config_dir(version_base="1.3", config_dir=configs):
+            cfg = compose("train", overrides=["experiment=wide_cpu", "init=iterative"])
+        assert cfg.data.pairs == "wide" and cfg.data.source == "samples-all"
+        assert cfg.model.net._target_.endswith("IterativeHomographyNet") and cfg.init == "iterative"
+        overrides = {
+            "source": str(tmp_path), "image_size": [160, 120], "patch_size": 32, "rho": 8,
+            "val_pairs": 3, "test_pairs": 2, "batch_size": 2, "num_workers": 0,
+        }  # fmt: skip
+        dm: SyntheticDataModule = instantiate({**cfg.data, **overrides})
+        dm.setup()
+        assert dm.val_benchmark.patch_a.shape == (3, 32, 32) and len(dm.test_benchmark) == 2
+        item = dm.train_dataset()[0]
+        assert set(item) == {"patch_a", "patch_b", "offsets", "corners"}
+        dm.generator = "torch"
+        batch = dm.on_after_batch_transfer(torch.tensor(0), 0)
+        assert batch["patch_a"].shape == (2, 1, 32, 32) and batch["offsets"].shape == (2, 4, 2)
+        with pytest.raises(Exception, match=r"data\.pairs must be one of detone, wide"):
+            instantiate({**cfg.data, **overrides, "pairs": "far"})

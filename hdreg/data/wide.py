@@ -41,17 +41,21 @@ from hdreg.data.synthetic import STREAMS, pair_rng
 from hdreg.geometry_np import folds, project, rect_corners
 
 __all__ = [
+    "ViewAugmentation",
     "WideMotion",
     "WidePair",
     "WidePairs",
     "WidePhotometric",
     "WideProtocol",
     "augment_view",
+    "draw_augmentation",
     "draw_motion",
     "four_point_homography",
+    "jpeg_roundtrip",
     "minification_map",
     "motion_matrices",
     "render_view",
+    "sample_wide_geometry",
     "sample_wide_pair",
     "wide_training_pair",
 ]
@@ -131,33 +135,76 @@ class WidePhotometric:
         )
 
 
-def augment_view(view: np.ndarray, aug: WidePhotometric, rng: np.random.Generator) -> np.ndarray:
-    """``view (H, W) uint8`` degraded by one random draw of ``aug`` (a new array)."""
-    out = view
+@dataclass
+class ViewAugmentation:
+    """One draw of :class:`WidePhotometric` for one view; None: the step is skipped.
+
+    ``lut (256,) uint8``; ``blur_sigma`` px; ``motion_kernel`` a normalised ``(k, k) float32``
+    line; ``noise_sigma`` in grey levels, with ``noise`` its ``(H, W) float32`` standard-normal
+    field when drawn on the host; ``jpeg_quality``.
+    """
+
+    lut: np.ndarray | None = None
+    blur_sigma: float | None = None
+    motion_kernel: np.ndarray | None = None
+    noise_sigma: float | None = None
+    noise: np.ndarray | None = None
+    jpeg_quality: int | None = None
+
+
+def draw_augmentation(
+    aug: WidePhotometric, rng: np.random.Generator, noise_shape: tuple[int, int] | None = None
+) -> ViewAugmentation:
+    """Draw every step of ``aug`` for one view; with ``noise_shape`` also the noise field (the
+    batched generator draws it on its device instead)."""
+    out = ViewAugmentation()
     if rng.random() < aug.p_tone:
         g = math.exp(rng.uniform(-aug.gamma, aug.gamma))
         c = math.exp(rng.uniform(-aug.contrast, aug.contrast))
         b = rng.uniform(-aug.brightness, aug.brightness)
         x = np.arange(256, dtype=np.float64) / 255.0
-        lut = np.clip(np.rint(((x**g - 0.5) * c + 0.5 + b) * 255.0), 0, 255).astype(np.uint8)
-        out = cv2.LUT(out, lut)
+        y = np.rint(((x**g - 0.5) * c + 0.5 + b) * 255.0)
+        out.lut = np.clip(y, 0, 255).astype(np.uint8)
     if rng.random() < aug.p_blur and aug.blur >= 0.5:
-        sigma = rng.uniform(0.5, aug.blur)
-        out = cv2.GaussianBlur(out, (0, 0), sigma, borderType=cv2.BORDER_REFLECT101)
+        out.blur_sigma = float(rng.uniform(0.5, aug.blur))
     if rng.random() < aug.p_motion_blur:
         length = rng.uniform(3.0, aug.motion_blur)
         angle = rng.uniform(0.0, math.pi)
-        out = cv2.filter2D(out, -1, _motion_kernel(length, angle), borderType=cv2.BORDER_REFLECT101)
+        out.motion_kernel = _motion_kernel(length, angle)
     if rng.random() < aug.p_noise:
-        sigma = rng.uniform(0.0, aug.noise) * 255.0
-        noisy = out.astype(np.float32) + rng.standard_normal(out.shape, np.float32) * sigma
-        out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+        out.noise_sigma = float(rng.uniform(0.0, aug.noise) * 255.0)
+        if noise_shape is not None:
+            out.noise = rng.standard_normal(noise_shape, np.float32)
     if rng.random() < aug.p_jpeg:
-        quality = int(rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1], endpoint=True))
-        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise RuntimeError(f"OpenCV could not JPEG-encode a {out.shape} view")
-        out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        out.jpeg_quality = int(
+            rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1], endpoint=True)
+        )
+    return out
+
+
+def jpeg_roundtrip(view: np.ndarray, quality: int) -> np.ndarray:
+    """``view (H, W) uint8`` encoded as JPEG at ``quality`` and decoded (``cv2.imencode``)."""
+    ok, buf = cv2.imencode(".jpg", view, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not JPEG-encode a {view.shape} view")
+    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+
+
+def augment_view(view: np.ndarray, aug: WidePhotometric, rng: np.random.Generator) -> np.ndarray:
+    """``view (H, W) uint8`` degraded by one random draw of ``aug`` (a new array)."""
+    d = draw_augmentation(aug, rng, view.shape)
+    out = view
+    if d.lut is not None:
+        out = cv2.LUT(out, d.lut)
+    if d.blur_sigma is not None:
+        out = cv2.GaussianBlur(out, (0, 0), d.blur_sigma, borderType=cv2.BORDER_REFLECT101)
+    if d.motion_kernel is not None:
+        out = cv2.filter2D(out, -1, d.motion_kernel, borderType=cv2.BORDER_REFLECT101)
+    if d.noise_sigma is not None:
+        noisy = out.astype(np.float32) + d.noise * d.noise_sigma
+        out = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if d.jpeg_quality is not None:
+        out = jpeg_roundtrip(out, d.jpeg_quality)
     return out if out is not view else view.copy()
 
 
@@ -307,10 +354,11 @@ class WideMotion:
 class WidePair:
     """A rendered pair: ``view_a``, ``view_b`` ``(H, W) uint8``; ``H_b_from_a`` (view-A pixels to
     view-B pixels), ``H_source_from_a``, ``H_source_from_b`` ``(3, 3) float64`` (view pixels to
-    photo pixels); the drawn ``motion``."""
+    photo pixels); the drawn ``motion``. The views are None in :func:`sample_wide_geometry`'s
+    result."""
 
-    view_a: np.ndarray
-    view_b: np.ndarray
+    view_a: np.ndarray | None
+    view_b: np.ndarray | None
     H_b_from_a: np.ndarray
     H_source_from_a: np.ndarray
     H_source_from_b: np.ndarray
@@ -495,6 +543,27 @@ def sample_wide_pair(
     squashed); ``name`` names the photo in errors. See the module docstring for the steps.
     """
     check_photo(photo, protocol, name)
+    geometry = sample_wide_geometry(photo.shape[::-1], view_size, protocol, rng, aspect=aspect)
+    vw, vh = (int(v) for v in view_size)
+    view_a = render_view(photo, geometry.H_source_from_a, (vw, vh))
+    view_b = render_view(photo, geometry.H_source_from_b, (vw, vh))
+    if protocol.photometric is not None:
+        view_a = augment_view(view_a, protocol.photometric, rng)
+        view_b = augment_view(view_b, protocol.photometric, rng)
+    return WidePair(view_a, view_b, geometry.H_b_from_a, geometry.H_source_from_a,
+                    geometry.H_source_from_b, geometry.motion)  # fmt: skip
+
+
+def sample_wide_geometry(
+    photo_size: tuple[int, int],
+    view_size: tuple[int, int],
+    protocol: WideProtocol,
+    rng: np.random.Generator,
+    *,
+    aspect: float | None = None,
+) -> WidePair:
+    """The geometry of one pair on a photo of ``photo_size = (W, H)``: a :class:`WidePair`
+    without views (``view_a``, ``view_b`` None). Steps 1 to 3 of the module docstring."""
     vw, vh = (int(v) for v in view_size)
     if vw < 2 or vh < 2:
         raise ValueError(f"view_size must be (width, height) of at least 2 pixels, got {view_size}")
@@ -506,7 +575,7 @@ def sample_wide_pair(
     rect = _UNIT_CORNERS * np.array([a, 1.0])
     quads = np.concatenate([project(H_r_from_fa, rect), project(H_r_from_fb, rect)])
     lo, hi = quads.min(axis=0), quads.max(axis=0)
-    ph, pw = photo.shape
+    pw, ph = photo_size
     room = np.array([pw - 1.0, ph - 1.0])  # corners stay on or inside the outer pixel centres
     k = float(np.min(room / np.maximum(hi - lo, 1e-12))) * rng.uniform(*protocol.fill)
     offset = np.array([rng.uniform(-k * lo[i], room[i] - k * hi[i]) for i in range(2)])
@@ -517,13 +586,8 @@ def sample_wide_pair(
     H_s_from_a = H_s_from_r @ H_r_from_fa @ S_inv
     H_s_from_b = H_s_from_r @ H_r_from_fb @ S_inv
     H_b_from_a = S @ H_fb_from_fa @ S_inv
-    view_a = render_view(photo, H_s_from_a, (vw, vh))
-    view_b = render_view(photo, H_s_from_b, (vw, vh))
-    if protocol.photometric is not None:
-        view_a = augment_view(view_a, protocol.photometric, rng)
-        view_b = augment_view(view_b, protocol.photometric, rng)
     return WidePair(
-        view_a, view_b, H_b_from_a / H_b_from_a[2, 2],
+        None, None, H_b_from_a / H_b_from_a[2, 2],
         H_s_from_a / H_s_from_a[2, 2], H_s_from_b / H_s_from_b[2, 2], motion,
     )  # fmt: skip
 
