@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from hdreg.cli import main
+from hdreg.config import config_dir
 from hdreg.data.datamodule import SyntheticDataModule
 from hdreg.data.pairs import find_real_pairs, load_pair_images
 from hdreg.data.sources import folder_source
@@ -418,8 +418,7 @@ class TestDataModule:
 
         for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg"):
             cv2.imwrite(str(tmp_path / (name[:-4] + ".png")), sample_photo(name, (200, 150)))
-        configs = str(Path(__file__).resolve().parents[1] / "configs")
-        with initialize_config_dir(version_base="1.3", config_dir=configs):
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
             cfg = compose("train", overrides=["experiment=wide_cpu", "init=iterative"])
         assert cfg.data.pairs == "wide" and cfg.data.source == "samples-all"
         assert cfg.model.net._target_.endswith("IterativeHomographyNet") and cfg.init == "iterative"
