@@ -155,7 +155,8 @@ class SyntheticDataModule(pl.LightningDataModule):
     ``configs/protocol/detone.yaml``); the arguments are keyword-only.
 
     Args:
-        source: ``"samples"`` (scikit-image's photos), a folder, or a COCO root.
+        source: ``"samples"`` (scikit-image's photos), ``"samples-all"`` (those and the
+            public-domain photos of other required packages), a folder, or a COCO root.
         coco_split: for a COCO root, the folder the train/val/test images come from (``train``
             uses the COCO train images; the split below still holds out val and test images).
         image_size, patch_size, rho: the pair protocol (``DeToneProtocol``).
