@@ -57,8 +57,50 @@ def _add_protocol_args(p: argparse.ArgumentParser, defaults) -> None:
     )  # fmt: skip
 
 
+def _cmd_make_wide_benchmark(args: argparse.Namespace) -> int:
+    from hdreg.data.sources import resolve_source
+    from hdreg.data.wide import WideProtocol
+    from hdreg.data.wide_benchmark import write_wide_benchmark
+
+    fixed = {
+        "--rho": args.rho != 32.0,
+        "--patch-size": args.patch_size != 128,
+        "--image-size": tuple(args.image_size) != (320, 240),
+        "--jitter": args.jitter,
+        "--split": args.split != "all",
+        "--full-images": args.full_images,
+        "--limit": args.limit is not None,
+        "--shard-size": args.shard_size is not None,
+    }
+    clash = [name for name, given in fixed.items() if given]
+    if clash:
+        raise ValueError(
+            "--protocol wide writes whole-image pairs of --view-size with the parameters of "
+            f"hdreg/configs/protocol/wide.yaml: drop {', '.join(clash)}"
+        )
+    if args.n is None:
+        raise ValueError("--protocol wide needs --n, the number of pairs to write")
+    protocol = WideProtocol.default(**({"photometric": None} if args.no_photometric else {}))
+    source = resolve_source(args.source, coco_split=args.coco_split)
+    t0 = time.perf_counter()
+    out = write_wide_benchmark(
+        source, args.out, n=args.n, seed=args.seed, view_size=tuple(args.view_size),
+        protocol=protocol, overwrite=args.overwrite, source_label=str(args.source),
+    )  # fmt: skip
+    w, h = args.view_size
+    print(
+        f"wrote {args.n} wide pairs of {w}x{h} views into {out} (seed={args.seed}, "
+        f"{'no photometric augmentation' if args.no_photometric else 'photometric augmentation'}"
+        f") from {source.kind}: {source.root} in {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
 def _cmd_make_protocol_benchmark(args: argparse.Namespace) -> int:
     from hdreg.data.coco_protocol import write_coco_test2017
+
+    if args.protocol == "wide":
+        return _cmd_make_wide_benchmark(args)
 
     fixed = {
         "--n": args.n is not None,
@@ -88,6 +130,16 @@ def _cmd_make_protocol_benchmark(args: argparse.Namespace) -> int:
 def _cmd_make_benchmark(args: argparse.Namespace) -> int:
     from hdreg.data.benchmark import make_synthetic_benchmark, write_synthetic_benchmark
 
+    wide_only = {
+        "--view-size": args.view_size is not None,
+        "--overwrite": args.overwrite,
+        "--no-photometric": args.no_photometric,
+    }
+    if args.protocol != "wide" and any(wide_only.values()):
+        given = ", ".join(name for name, on in wide_only.items() if on)
+        raise ValueError(f"{given} go(es) with --protocol wide")
+    if args.protocol == "wide" and args.view_size is None:
+        args.view_size = (640, 480)
     if args.protocol:
         return _cmd_make_protocol_benchmark(args)
     for name, value in (("--limit", args.limit), ("--shard-size", args.shard_size)):
@@ -410,10 +462,25 @@ def _add_make_benchmark_args(mb: argparse.ArgumentParser) -> None:
         f"COCO root (with train2014/val2014 or train2017/val2017); default {defaults.source}",
     )  # fmt: skip
     mb.add_argument(
-        "--protocol", choices=["coco-test2017"],
+        "--protocol", choices=["coco-test2017", "wide"],
         help="a published test protocol instead of --n random pairs: coco-test2017 = one pair "
         "per image of --source (sorted; a folder, or a COCO root with test2017/), 320x240, "
-        "128x128 patch, integer offsets in [-32, 32] (IHN, RHWF, MCNet)",
+        "128x128 patch, integer offsets in [-32, 32] (IHN, RHWF, MCNet); wide = --n "
+        "whole-image pairs of wide camera motion (hdreg/configs/protocol/wide.yaml) written as a "
+        "real-pair folder OUT/<pair>/1.png, 2.png, H_1_2 with OUT/manifest.json, from every "
+        "readable photo of --source in turn (sorted)",
+    )  # fmt: skip
+    mb.add_argument(
+        "--view-size", type=int, nargs=2, metavar=("W", "H"),
+        help="with --protocol wide: size of both views (default 640 480)",
+    )  # fmt: skip
+    mb.add_argument(
+        "--overwrite", action="store_true",
+        help="with --protocol wide: replace the earlier benchmark in --out (never mixed)",
+    )  # fmt: skip
+    mb.add_argument(
+        "--no-photometric", action="store_true",
+        help="with --protocol wide: no photometric augmentation (geometry only)",
     )  # fmt: skip
     mb.add_argument("--limit", type=int, help="with --protocol: only the first N images")
     mb.add_argument(
@@ -428,7 +495,7 @@ def _add_make_benchmark_args(mb: argparse.ArgumentParser) -> None:
         default=defaults.seed,
         help=f"seed of the pairs (default {defaults.seed})",
     )
-    mb.add_argument("--out", required=True, help="output .npz path")
+    mb.add_argument("--out", required=True, help="output .npz path (a folder with --protocol wide)")
     mb.add_argument(
         "--coco-split", default=defaults.coco_split, choices=["train", "val"],
         help=f"COCO folder (default {defaults.coco_split})",

@@ -40,8 +40,44 @@ from hdreg.data.synthetic import (
     worker_init_fn,
 )
 from hdreg.data.torch_generator import TorchPairGenerator
+from hdreg.data.torch_wide import TorchWideGenerator
+from hdreg.data.wide import WidePairs, WideProtocol
 
-__all__ = ["FixedPairs", "StreamSampler", "SyntheticDataModule"]
+__all__ = ["FixedPairs", "StreamSampler", "SyntheticDataModule", "make_wide_benchmark"]
+
+PAIR_KINDS = ("detone", "wide")
+
+
+def make_wide_benchmark(
+    images: ImageSet,
+    n: int,
+    seed: int,
+    patch_size: int,
+    protocol: WideProtocol,
+    *,
+    stream: str = "benchmark",
+) -> SyntheticBenchmark:
+    """``n`` fixed square wide-motion pairs (:class:`hdreg.data.wide.WidePairs`) in the synthetic
+    benchmark format; ``rho`` holds the largest corner offset (the format's range field)."""
+    if n < 1:
+        raise ValueError(f"the number of pairs must be >= 1, got {n}")
+    ds = WidePairs(images.images, patch_size, protocol, seed=seed, length=n, stream=stream)
+    p = int(patch_size)
+    patch_a = np.empty((n, p, p), np.uint8)
+    patch_b = np.empty((n, p, p), np.uint8)
+    offsets = np.empty((n, 4, 2), np.float32)
+    corners = np.empty((n, 4, 2), np.float32)
+    sources = []
+    for i in range(n):
+        k, pair = ds.pair(i)
+        patch_a[i], patch_b[i] = pair["patch_a"], pair["patch_b"]
+        offsets[i], corners[i] = pair["offsets"], pair["corners"]
+        sources.append(images.names[k])
+    return SyntheticBenchmark(
+        patch_a, patch_b, offsets, corners, np.array(sources, dtype=str),
+        rho=float(np.abs(offsets).max()), patch_size=p, seed=int(seed),
+        image_size=images.image_size, extra={"protocol": np.array("wide")},
+    )  # fmt: skip
 
 
 class _BatchIndices(Dataset):
@@ -119,7 +155,8 @@ class SyntheticDataModule(pl.LightningDataModule):
     ``hdreg/configs/protocol/detone.yaml``); the arguments are keyword-only.
 
     Args:
-        source: ``"samples"`` (scikit-image's photos), a folder, or a COCO root.
+        source: ``"samples"`` (scikit-image's photos), ``"samples-all"`` (those and the
+            public-domain photos of other required packages), a folder, or a COCO root.
         coco_split: for a COCO root, the folder the train/val/test images come from (``train``
             uses the COCO train images; the split below still holds out val and test images).
         image_size, patch_size, rho: the pair protocol (``DeToneProtocol``).
@@ -135,6 +172,12 @@ class SyntheticDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes for training pairs.
         with_full_image: also deliver each pair's full image A (the unsupervised model warps it).
         flips: flip training source images at random (see :class:`SyntheticPairs`).
+        pairs: ``"detone"`` (DeTone pairs, the protocol above) or ``"wide"`` (wide-motion pairs
+            of :mod:`hdreg.data.wide`: both views rendered into ``patch_size`` squares from the
+            images of ``image_size``; validation and test pairs are wide pairs too, with the
+            same photometric augmentation).
+        wide: the wide-pair parameters (``hdreg/configs/protocol/wide.yaml``), used with
+            ``pairs="wide"``.
         generator: ``"cpu"`` (DataLoader workers) or ``"torch"`` (batches made on the training
             device; the training images are copied there once).
         cache_dir: decode and resize the source once into a memory-mapped file in this folder
@@ -163,12 +206,22 @@ class SyntheticDataModule(pl.LightningDataModule):
         flips: bool = False,
         generator: str = "cpu",
         cache_dir: str | None = None,
+        pairs: str = "detone",
+        wide: dict | None = None,
     ) -> None:
         super().__init__()
         if generator not in ("cpu", "torch"):
             raise ValueError(f"generator must be 'cpu' or 'torch', got {generator!r}")
+        if pairs not in PAIR_KINDS:
+            raise ValueError(f"data.pairs must be one of {', '.join(PAIR_KINDS)}, got {pairs!r}")
+        if pairs == "wide" and wide is None:
+            raise ValueError("data.pairs=wide needs data.wide (hdreg/configs/protocol/wide.yaml)")
+        if pairs == "wide" and with_full_image:
+            raise ValueError("data.pairs=wide has no full image A: set data.with_full_image=false")
+        self.pairs = pairs
+        self.wide = WideProtocol.from_mapping(dict(wide)) if pairs == "wide" else None
         self.generator, self.cache_dir = generator, cache_dir
-        self._torch_generators: dict[torch.device, TorchPairGenerator] = {}
+        self._torch_generators: dict[torch.device, TorchPairGenerator | TorchWideGenerator] = {}
         self.source, self.coco_split = source, coco_split
         self.protocol = DeToneProtocol(
             tuple(image_size),
@@ -221,6 +274,15 @@ class SyntheticDataModule(pl.LightningDataModule):
             "val": images.subset(val),
             "test": images.subset(test),
         }
+        if self.wide is not None:
+            p = self.protocol.patch_size
+            self._val = make_wide_benchmark(
+                self.splits["val"], self.val_pairs, self.seed, p, self.wide, stream="val"
+            )
+            self._test = make_wide_benchmark(
+                self.splits["test"], self.test_pairs, self.seed, p, self.wide, stream="test"
+            )
+            return
         self._val = make_synthetic_benchmark(
             self.splits["val"], self.val_pairs, self.seed, eval_protocol,
             stream="val", full_images=self.with_full_image,
@@ -244,7 +306,13 @@ class SyntheticDataModule(pl.LightningDataModule):
         assert self._test is not None
         return self._test
 
-    def train_dataset(self) -> SyntheticPairs:
+    def train_dataset(self) -> SyntheticPairs | WidePairs:
+        if self.wide is not None:
+            return WidePairs(
+                self.splits["train"].images, self.protocol.patch_size, self.wide,
+                seed=self.seed, length=np.iinfo(np.int64).max // 2, stream="train",
+                flips=self.flips,
+            )  # fmt: skip
         return SyntheticPairs(
             self.splits["train"].images, self.protocol, seed=self.seed,
             length=np.iinfo(np.int64).max // 2, stream="train",
@@ -292,9 +360,16 @@ class SyntheticDataModule(pl.LightningDataModule):
         device = batch.device
         if device not in self._torch_generators:
             images = torch.from_numpy(np.ascontiguousarray(self.splits["train"].images))
-            self._torch_generators[device] = TorchPairGenerator(
-                images.to(device), self.protocol, self.seed,
-                flips=self.flips, with_full_image=self.with_full_image,
+            self._torch_generators[device] = (
+                TorchWideGenerator(
+                    images.to(device), self.protocol.patch_size, self.wide, self.seed,
+                    flips=self.flips,
+                )
+                if self.wide is not None
+                else TorchPairGenerator(
+                    images.to(device), self.protocol, self.seed,
+                    flips=self.flips, with_full_image=self.with_full_image,
+                )
             )  # fmt: skip
         rank = self.trainer.global_rank if self.trainer else 0
         return self._torch_generators[device].generate(self.batch_size, int(batch), rank=rank)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import warnings
 from collections import Counter
@@ -23,10 +24,12 @@ import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
+    "EXTRA_SAMPLE_IMAGES",
     "IMAGE_EXTENSIONS",
     "SAMPLE_IMAGES",
     "ImageSet",
     "ImageSource",
+    "all_sample_source",
     "check_image_size",
     "coco_source",
     "decode_resized",
@@ -66,6 +69,13 @@ SAMPLE_IMAGES: dict[str, str] = {
     "retina.jpg": "retina",
     "rocket.jpg": "rocket",
     "text.png": "text",
+}
+
+# Public-domain photos shipped in other required packages, by package and path inside it, with
+# their split group: ``"samples-all"`` adds them to scikit-image's photos (``"samples"`` stays
+# as it is). Grace Hopper's portrait is a U.S. Navy photograph (public domain).
+EXTRA_SAMPLE_IMAGES: dict[str, dict[str, str]] = {
+    "matplotlib": {"mpl-data/sample_data/grace_hopper.jpg": "grace_hopper"},
 }
 
 COCO_SPLITS = {"train": ("train2017", "train2014"), "val": ("val2017", "val2014")}
@@ -132,6 +142,23 @@ def sample_source() -> ImageSource:
     return ImageSource(root, tuple(present), "samples", tuple(SAMPLE_IMAGES[n] for n in present))
 
 
+def all_sample_source() -> ImageSource:
+    """scikit-image's photos and the public-domain photos of ``EXTRA_SAMPLE_IMAGES``, under the
+    folder that holds both packages (names like ``skimage/data/astronaut.png``)."""
+    import importlib
+
+    base = sample_source()
+    entries: list[tuple[Path, str]] = [
+        (base.root / f, g) for f, g in zip(base.files, base.groups or (), strict=True)
+    ]
+    for package, images in EXTRA_SAMPLE_IMAGES.items():
+        root = Path(importlib.import_module(package).__file__).parent
+        entries += [(root / f, g) for f, g in images.items() if (root / f).is_file()]
+    common = Path(os.path.commonpath([str(p.parent) for p, _ in entries]))
+    files = tuple(p.relative_to(common).as_posix() for p, _ in entries)
+    return ImageSource(common, files, "samples", tuple(g for _, g in entries))
+
+
 def folder_source(root: str | Path) -> ImageSource:
     """Every image file found under ``root`` at any depth (extensions in ``IMAGE_EXTENSIONS``,
     any case). Hidden files and folders are ignored."""
@@ -171,9 +198,13 @@ def is_coco_root(root: str | Path) -> bool:
 
 
 def resolve_source(spec: str | Path, *, coco_split: str = "train") -> ImageSource:
-    """``"samples"`` → the embedded photos; a COCO root → :func:`coco_source`; else a folder."""
+    """``"samples"`` → the embedded photos; ``"samples-all"`` → those and the public-domain photos
+    of other required packages (:func:`all_sample_source`); a COCO root → :func:`coco_source`;
+    else a folder."""
     if str(spec) == "samples":
         return sample_source()
+    if str(spec) == "samples-all":
+        return all_sample_source()
     if is_coco_root(spec):
         return coco_source(spec, coco_split)
     return folder_source(spec)
