@@ -31,6 +31,7 @@ __all__ = [
     "invert_homography",
     "is_convex",
     "normalize_homography",
+    "offsets_to_homography",
     "patch_corners",
     "rescale_homography",
     "resize_matrix",
@@ -184,6 +185,22 @@ def _identity_rhs(batch: int, like: Tensor) -> Tensor:
     """Right-hand side ``(B, 8, 1)`` that makes the identity 8×8 system return the identity H."""
     h = torch.tensor([1, 0, 0, 0, 1, 0, 0, 0], device=like.device, dtype=like.dtype)
     return h.expand(batch, 8)[..., None]
+
+
+def offsets_to_homography(offsets: Tensor, patch_size: int) -> tuple[Tensor, Tensor]:
+    """``H_a_from_b (B, 3, 3)`` and ``valid (B,)`` of four-point offsets on ``P×P`` patches.
+
+    The one conversion of the four-point label (docs/conventions.md): patch B's corners lie at
+    ``corners + offsets`` in patch A, so ``H_a_from_b = DLT(corners, corners + offsets)``
+    (:func:`four_point_to_homography_ex`: the identity and ``valid = False`` where degenerate).
+
+    >>> H, valid = offsets_to_homography(torch.full((1, 4, 2), 2.0), 128)
+    >>> H[0, :2, 2].tolist(), bool(valid[0])
+    ([2.0, 2.0], True)
+    """
+    _check_shape("offsets", offsets, None, 4, 2)
+    corners = patch_corners(offsets.new_zeros(offsets.shape[0], 2), patch_size)
+    return four_point_to_homography_ex(corners, corners + offsets)
 
 
 def four_point_to_homography(points_src: Tensor, points_dst: Tensor) -> Tensor:
@@ -486,7 +503,7 @@ def warp_grid(
 
     Args:
         H_a_from_b: ``(B, 3, 3)``.
-        size_b: ``(height, width)`` of the output (B's pixel grid).
+        size_b: ``(width, height)`` of the output (B's pixel grid).
         top_left_b: optional ``(B, 2)`` ``(x0, y0)``: the grid covers a window of B starting
             there (e.g. patch B inside its full image), instead of starting at ``(0, 0)``.
 
@@ -494,7 +511,7 @@ def warp_grid(
         ``grid_a (B, H_b, W_b, 2)``: ``(x, y)`` in A's pixel frame.
     """
     _check_shape("H_a_from_b", H_a_from_b, None, 3, 3)
-    h, w = size_b
+    w, h = size_b
     ys, xs = torch.meshgrid(
         torch.arange(h, device=H_a_from_b.device, dtype=H_a_from_b.dtype),
         torch.arange(w, device=H_a_from_b.device, dtype=H_a_from_b.dtype),
@@ -525,7 +542,7 @@ def warp_perspective(
     Args:
         image_a: ``(B, C, H_a, W_a)`` floating image.
         H_a_from_b: ``(B, 3, 3)`` in pixel coordinates.
-        size_b: ``(height, width)`` of the output.
+        size_b: ``(width, height)`` of the output.
         fill: value of samples outside A (a constant, blended bilinearly at the border like
             OpenCV's ``BORDER_CONSTANT``), or ``"border"`` / ``"reflection"`` padding.
         top_left_b: optional ``(B, 2)`` offset of the output window in B's frame (see
@@ -578,8 +595,8 @@ def sample_at(image_a: Tensor, grid_a: Tensor, *, fill: float | str = 0.0) -> Te
 
 def inside_mask(grid_a: Tensor, size_a: tuple[int, int]) -> Tensor:
     """``(B, 1, h, w)`` float mask: 1 where the sample point ``grid_a (B, h, w, 2)`` lies inside
-    an image of ``size_a = (height, width)`` (within the outermost pixel centres), else 0."""
-    h_a, w_a = size_a
+    an image of ``size_a = (width, height)`` (within the outermost pixel centres), else 0."""
+    w_a, h_a = size_a
     x, y = grid_a[..., 0], grid_a[..., 1]
     inside = (x >= 0) & (x <= w_a - 1) & (y >= 0) & (y <= h_a - 1)
     return inside[:, None].to(grid_a.dtype)

@@ -338,8 +338,8 @@ class TestWarpPerspective:
         corners, offsets = random_four_point(4, torch.float64, seed=6)
         H = four_point_to_homography(corners, corners + offsets)
         image_a = torch.from_numpy(img).to(dtype)[None, None].expand(4, 1, 240, 320)
-        out = warp_perspective(image_a, H.to(dtype), (240, 320))
-        grid = warp_grid(H, (240, 320))
+        out = warp_perspective(image_a, H.to(dtype), (320, 240))
+        grid = warp_grid(H, (320, 240))
         for i in range(4):
             ref = cv2.warpPerspective(
                 img, H[i].numpy(), (320, 240), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
@@ -357,9 +357,9 @@ class TestWarpPerspective:
     def test_identity_and_window(self):
         img = torch.rand(2, 3, 60, 80, dtype=torch.float64)
         eye = torch.eye(3, dtype=torch.float64).expand(2, 3, 3)
-        assert torch.allclose(warp_perspective(img, eye, (60, 80)), img)
+        assert torch.allclose(warp_perspective(img, eye, (80, 60)), img)
         tl = torch.tensor([[5, 7], [10, 3]])
-        out = warp_perspective(img, eye, (20, 30), top_left_b=tl)
+        out = warp_perspective(img, eye, (30, 20), top_left_b=tl)
         assert torch.allclose(out[0], img[0, :, 7:27, 5:35]) and torch.allclose(
             out[1], img[1, :, 3:23, 10:40]
         )

@@ -126,7 +126,8 @@ class TestEstimatorAdapter:
     def test_patch_sized_pairs(self):
         off = torch.tensor([[3.0, -2.0], [1.0, 4.0], [-2.5, 0.5], [0.0, -1.0]])
         est = HomographyNetEstimator(self._constant_model(off), device="cpu")
-        a = [np.zeros((128, 128), np.uint8)] * 2
+        textured = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
+        a = [textured] * 2  # (a blank photo is a failure of its own)
         out = est.estimate(a, a)
         corners = patch_corners(torch.zeros(2, 2, dtype=torch.float64), 128)
         mapped = transform_points(torch.from_numpy(out.H_a_from_b), corners)
@@ -138,7 +139,9 @@ class TestEstimatorAdapter:
         full-size images that the 128x128 resizes are related by."""
         off = torch.tensor([[6.0, -4.0], [-3.0, 5.0], [2.0, 3.0], [-5.0, -2.0]])
         est = HomographyNetEstimator(self._constant_model(off), device="cpu")
-        a, b = np.zeros((480, 640), np.uint8), np.zeros((300, 500), np.uint8)
+        rng = np.random.default_rng(0)
+        a = rng.integers(0, 256, (480, 640), dtype=np.uint8)
+        b = rng.integers(0, 256, (300, 500), dtype=np.uint8)
         H_full = est.estimate([a], [b]).H_a_from_b[0]
         # the 128-frame homography
         c = patch_corners(torch.zeros(1, 2, dtype=torch.float64), 128)

@@ -144,7 +144,7 @@ class TestLabels:
         corners, top_left = batch["corners"], batch["top_left"]
         H_a_from_b = four_point_to_homography(corners, corners + batch["offsets"])
         grid_a = warp_grid(H_a_from_b, (128, 128), top_left_b=top_left)
-        assert bool((inside_mask(grid_a, (240, 320)) > 0).all())  # B lies inside A
+        assert bool((inside_mask(grid_a, (320, 240)) > 0).all())  # B lies inside A
         image_a = batch["image_a"].float()
         pred_b = warp_perspective(image_a, H_a_from_b, (128, 128), top_left_b=top_left)
         diff = (pred_b - batch["patch_b"].float()).abs()

@@ -107,7 +107,7 @@ def render_views(
             continue
         scale = torch.tensor([0.5**lv, 0.5**lv, 1.0], dtype=torch.float64, device=H_big.device)
         H_lv = (torch.diag(scale) @ H_big).to(torch.float32)
-        warped = warp_perspective(levels[lv][index], H_lv, (h * k, w * k), fill="reflection")
+        warped = warp_perspective(levels[lv][index], H_lv, (w * k, h * k), fill="reflection")
         acc = acc + weight * warped
     return F.avg_pool2d(acc, k)
 

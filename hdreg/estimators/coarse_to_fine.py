@@ -154,6 +154,9 @@ class CoarseToFineEstimator(Estimator):
             ``max_side`` (or the photo's own size) are replaced by one level at that size.
         max_side: finest resolution used (B's longer side); ``None``: full resolution.
         grid: windows per side at each refinement level (``grid²`` windows, overlapping).
+        final_passes: refinement passes at the finest level (each starts from the last).
+        refine_iterations: ``(coarse, fine)`` iterations of an iterative refinement network
+            (default: as trained).
         min_coverage: share of a window that the warped A must cover for it to be used.
         min_texture: windows (and photos) with a mean gradient under this many gray levels
             per pixel carry no information and are skipped (a photo: failed).
@@ -174,6 +177,8 @@ class CoarseToFineEstimator(Estimator):
         levels: Sequence[int] = (256, 512, 1024),
         max_side: int | None = None,
         grid: int = 4,
+        final_passes: int = 1,
+        refine_iterations: Sequence[int] | None = None,
         min_coverage: float = 0.8,
         min_texture: float = 1.0,
         min_confidence: float = 0.2,
@@ -202,6 +207,13 @@ class CoarseToFineEstimator(Estimator):
         self.levels = sorted(int(s) for s in levels)
         self.max_side = max_side
         self.grid = int(grid)
+        if final_passes < 1:
+            raise ValueError(f"final_passes must be >= 1, got {final_passes}")
+        self.final_passes = int(final_passes)
+        self.refine_iterations: dict[str, int] = {}
+        if refine_iterations is not None:  # (coarse, fine) iterations of an iterative network
+            coarse, fine = (int(v) for v in refine_iterations)
+            self.refine_iterations = {"iterations": coarse, "fine_iterations": fine}
         self.min_coverage = float(min_coverage)
         self.min_texture = float(min_texture)
         self.min_confidence = float(min_confidence)
@@ -213,11 +225,13 @@ class CoarseToFineEstimator(Estimator):
 
     # -- the network on batches of P×P patches -------------------------------------------------
     @torch.inference_mode()
-    def _offsets(self, net: torch.nn.Module, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def _offsets(
+        self, net: torch.nn.Module, a: np.ndarray, b: np.ndarray, **kwargs: Any
+    ) -> np.ndarray:
         """``(N, 4, 2)`` float64 offsets for ``(N, P, P)`` uint8 patch stacks."""
         ta = torch.from_numpy(a)[:, None].to(self.device).float().div_(255.0)
         tb = torch.from_numpy(b)[:, None].to(self.device).float().div_(255.0)
-        return net(ta, tb)["offsets"].float().cpu().double().numpy()
+        return net(ta, tb, **kwargs)["offsets"].float().cpu().double().numpy()
 
     def _corners(self) -> np.ndarray:
         p = self.patch - 1.0
@@ -263,7 +277,7 @@ class CoarseToFineEstimator(Estimator):
         full = max(size_b)
         top = min(full, self.max_side) if self.max_side else full
         sides = [s for s in self.levels if s < top]
-        return [*sides, top]
+        return [*sides, *[top] * self.final_passes]
 
     def _windows(
         self, warped: np.ndarray, b: np.ndarray, inside: np.ndarray
@@ -307,7 +321,7 @@ class CoarseToFineEstimator(Estimator):
             return
         wins_a = np.stack([warped[y : y + p, x : x + p] for x, y in origins])
         wins_b = np.stack([b[y : y + p, x : x + p] for x, y in origins])
-        offsets = self._offsets(self.refine_net, wins_a, wins_b)
+        offsets = self._offsets(self.refine_net, wins_a, wins_b, **self.refine_iterations)
         # Each window's estimate, sampled at four interior points (less extrapolation than at
         # its corners): correspondences between B and the warped A at this level.
         c = self._corners()

@@ -19,11 +19,7 @@ import torch
 
 from hdreg.errors import check_device
 from hdreg.estimators.base import Estimate, Estimator
-from hdreg.geometry import (
-    four_point_to_homography_ex,
-    patch_corners,
-    rescale_homography,
-)
+from hdreg.geometry import offsets_to_homography, rescale_homography
 from hdreg.models.checkpoint import (
     ESTIMATORS,
     load_module_checked,
@@ -135,8 +131,7 @@ class HomographyNetEstimator(Estimator):
         t0 = time.perf_counter()
         offsets = self.predict_offsets(images_a, images_b).double()
         p = self.patch_size
-        corners = patch_corners(offsets.new_zeros(n, 2), p)
-        H_patch, valid = four_point_to_homography_ex(corners, corners + offsets)
+        H_patch, valid = offsets_to_homography(offsets, p)
         H_patch = H_patch.cpu()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

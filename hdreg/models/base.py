@@ -21,8 +21,8 @@ from torchmetrics import MeanMetric, MinMetric
 
 from hdreg.geometry import (
     corner_distance,  # the one corner error (MACE), re-exported for the models
-    four_point_to_homography_ex,
     inside_mask,
+    offsets_to_homography,
     patch_corners,
     sample_at,
     warp_grid,
@@ -131,8 +131,7 @@ class HomographyModule(pl.LightningModule):
     def predict_homography(self, patch_a: Tensor, patch_b: Tensor) -> tuple[Tensor, Tensor]:
         """``H_a_from_b (B, 3, 3)`` float32 in the patch frame, and ``valid (B,)``."""
         offsets = self(patch_a, patch_b)["offsets"].float()
-        corners = patch_corners(offsets.new_zeros(offsets.shape[0], 2), patch_a.shape[-1])
-        return four_point_to_homography_ex(corners, corners + offsets)
+        return offsets_to_homography(offsets, patch_a.shape[-1])
 
     # -- training ------------------------------------------------------------------------------
     def loss_inputs(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -198,7 +197,7 @@ class HomographyModule(pl.LightningModule):
         pa, pb = batch["patch_a"][:k].float(), batch["patch_b"][:k].float()
         p = pa.shape[-1]
         corners = patch_corners(pa.new_zeros(k, 2), p)
-        H, _ = four_point_to_homography_ex(corners, corners + offsets_pred[:k])
+        H, _ = offsets_to_homography(offsets_pred[:k], p)
         grid = warp_grid(H, (p, p))
         warped = sample_at(pa, grid)
         inside = inside_mask(grid, (p, p))[:, 0].bool().cpu().numpy()

@@ -97,7 +97,7 @@ def photometric_loss(
     b_from_q[:, 2, 2] = 1.0
     grid = warp_grid(H_a_from_b @ b_from_q, (p, p))
     warped = sample_at(image_a.to(dtype), grid)
-    mask = inside_mask(grid, tuple(image_a.shape[-2:]))
+    mask = inside_mask(grid, (image_a.shape[-1], image_a.shape[-2]))
     inside = mask.sum(dim=(1, 2, 3))
     err = ((warped - target).abs() * mask).sum(dim=(1, 2, 3))
     loss = err / inside.clamp_min(1.0)
