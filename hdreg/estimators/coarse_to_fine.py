@@ -44,6 +44,10 @@ from hdreg.geometry_np import check_homography, coverage_mask, normalize_homogra
 __all__ = ["CoarseToFineEstimator", "alignment_confidence", "scale_matrix", "texture"]
 
 
+#: robust fits of the residual: OpenCV's RANSAC, or MAGSAC++ (USAC)
+_ROBUST = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}
+
+
 def scale_matrix(size_from: tuple[int, int], size_to: tuple[int, int]) -> np.ndarray:
     """``(3, 3)`` map from pixels of an image of ``size_from = (W, H)`` to those of its copy
     resized to ``size_to`` (``cv2.resize``'s pixel-centre convention:
@@ -162,6 +166,9 @@ class CoarseToFineEstimator(Estimator):
             per pixel carry no information and are skipped (a photo: failed).
         min_confidence: pairs with a confidence under this are reported as failed.
         ransac_threshold: inlier threshold of the residual fit, in pixels of the level.
+        robust: the residual fit, ``"ransac"`` or ``"magsac"`` (MAGSAC++).
+        window_points: where each window's estimate is sampled, as fractions of its side on
+            both axes (a grid of ``len²`` points; interior points extrapolate less).
         score_side: resolution of the confidence (B's longer side).
         device: where the networks run.
     """
@@ -183,6 +190,8 @@ class CoarseToFineEstimator(Estimator):
         min_texture: float = 1.0,
         min_confidence: float = 0.2,
         ransac_threshold: float = 3.0,
+        robust: str = "ransac",
+        window_points: Sequence[float] = (0.2, 0.5, 0.8),
         score_side: int = 256,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -218,6 +227,10 @@ class CoarseToFineEstimator(Estimator):
         self.min_texture = float(min_texture)
         self.min_confidence = float(min_confidence)
         self.ransac_threshold = float(ransac_threshold)
+        if robust not in _ROBUST:
+            raise ValueError(f"robust must be one of {', '.join(_ROBUST)}, got {robust!r}")
+        self.robust = robust
+        self.window_points = tuple(float(v) for v in window_points)
         self.score_side = int(score_side)
 
     def __repr__(self) -> str:
@@ -286,8 +299,8 @@ class CoarseToFineEstimator(Estimator):
         ``grid×grid`` lattice, mostly covered by the warped A, textured in both."""
         p = self.patch
         h, w = b.shape
-        xs = np.linspace(0, w - p, self.grid).round().astype(int)
-        ys = np.linspace(0, h - p, self.grid).round().astype(int)
+        xs = np.unique(np.linspace(0, w - p, self.grid).round().astype(int))
+        ys = np.unique(np.linspace(0, h - p, self.grid).round().astype(int))
         out = []
         for y0 in ys:
             for x0 in xs:
@@ -325,22 +338,23 @@ class CoarseToFineEstimator(Estimator):
         # Each window's estimate, sampled at four interior points (less extrapolation than at
         # its corners): correspondences between B and the warped A at this level.
         c = self._corners()
-        inner = np.array([[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]) * (p - 1)
+        t = np.array(self.window_points)
+        inner = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2) * (p - 1)
         pts_b, pts_w = [], []
         for (x0, y0), off in zip(origins, offsets, strict=True):
             H_win = cv2.getPerspectiveTransform(c.astype(np.float32), (c + off).astype(np.float32))
             if check_homography(H_win):
                 continue
             origin = np.array([x0, y0], np.float64)
-            q = np.c_[inner, np.ones(4)] @ H_win.T
+            q = np.c_[inner, np.ones(len(inner))] @ H_win.T
             pts_b.append(inner + origin)
             pts_w.append(q[:, :2] / q[:, 2:] + origin)
         if len(pts_b) < 2:
             used.append(0)
             return
         R, mask = cv2.findHomography(
-            np.concatenate(pts_b), np.concatenate(pts_w), cv2.RANSAC, self.ransac_threshold,
-            maxIters=2000, confidence=0.999,
+            np.concatenate(pts_b), np.concatenate(pts_w), _ROBUST[self.robust],
+            self.ransac_threshold, maxIters=2000, confidence=0.999,
         )  # fmt: skip
         if R is None or check_homography(R) or int(mask.sum()) < 6:
             used.append(0)
