@@ -26,7 +26,7 @@ from hdreg.evaluation.runner import evaluate
 from hdreg.models.base import build_module
 from hdreg.models.estimator import load_checkpoint_estimator
 
-__all__ = ["evaluate_test_split", "train_from_config"]
+__all__ = ["evaluate_test_split", "init_weights", "train_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,25 @@ def evaluate_test_split(
     return result.summaries()
 
 
+def init_weights(model: Any, spec: str) -> None:
+    """Start from the weights of a checkpoint or shipped model (``init=iterative``): its network
+    weights are loaded strictly into ``model.net``; ``ValueError`` naming ``spec`` when they do
+    not fit (another architecture). The optimizer, schedule and step count start fresh
+    (``ckpt_path`` resumes a run instead)."""
+    from hdreg.models.checkpoint import load_net
+
+    source = load_net(spec)
+    try:
+        model.net.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(
+            f"init={spec}: its network does not fit model.net ({type(model.net).__name__} with "
+            f"this config): {first}"
+        ) from None
+    log.info("initialized model.net from %s", spec)
+
+
 def train_from_config(cfg: DictConfig) -> float | None:
     """Train as ``cfg`` says; returns the best ``val/mace`` (for Hydra sweeps)."""
     t0 = time.perf_counter()
@@ -104,6 +123,8 @@ def train_from_config(cfg: DictConfig) -> float | None:
     datamodule.prepare_data()
     datamodule.setup("fit")  # bad data stops here, before any logger writes a file
     model = build_module(cfg.model)
+    if cfg.get("init"):
+        init_weights(model, cfg.init)
     if getattr(model.loss, "needs_full_image", False) and not datamodule.with_full_image:
         raise ValueError(
             f"{type(model.loss).__name__} warps each pair's full image A, but "

@@ -63,7 +63,7 @@ def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
 def test_export_keeps_only_the_weights(tmp_path):
     out = export_weights(shipped("iterative").path, tmp_path / "copy.pt")
     saved = torch.load(out, map_location="cpu", weights_only=True)
-    assert set(saved) == {"hdreg_model", "state_dict", "val_mace_best"}
+    assert set(saved) == {"hdreg_model", "state_dict", "val_mace_best", "tensors_sha256"}
     original = load_module("iterative").state_dict()
     assert all(torch.equal(v, original[k]) for k, v in load_module(out).state_dict().items())
 

@@ -8,7 +8,6 @@ resolution (exactly, with the pixel-centre convention of ``cv2.resize``).
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,12 @@ from hdreg.geometry import (
     patch_corners,
     rescale_homography,
 )
-from hdreg.models.base import HomographyModule, build_module
+from hdreg.models.checkpoint import (
+    load_module_checked,
+    load_net,
+    resolve_checkpoint,
+    tensors_sha256,
+)
 
 __all__ = [
     "HomographyNetEstimator",
@@ -35,24 +39,6 @@ __all__ = [
     "resolve_device",
     "save_weights",
 ]
-
-
-def resolve_checkpoint(spec: str | Path) -> Path:
-    """The checkpoint file a user's ``spec`` names: the path itself (``~`` expanded), or the
-    file of weights shipped with hdreg (:mod:`hdreg.weights`) when ``spec`` names them and is not
-    an existing file.
-
-    Every place that accepts a checkpoint (``evaluate.py``'s ``checkpoints=[...]``, ``hdreg
-    align --checkpoint``) resolves it through this one function. Whether the file exists is
-    checked by the loader (:func:`load_module`).
-    """
-    path = Path(spec).expanduser()
-    if path.exists():
-        return path
-    from hdreg.weights import shipped_weights
-
-    found = shipped_weights().get(str(spec))
-    return found.path if found else path
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -66,21 +52,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 class HomographyNetEstimator(Estimator):
-    """Runs a trained :class:`HomographyModule` on batches of image pairs.
+    """Runs a trained network on batches of image pairs.
 
     Args:
-        module: the trained LightningModule (its ``net`` is used in eval mode).
-        name: name in evaluation tables.
+        model: the network (``forward(patch_a, patch_b)`` → dict with ``offsets``; attribute
+            ``patch_size``), or a LightningModule holding it as ``net``; used in eval mode.
+        name: name in evaluation tables (default: the model's own name).
         device: where the network runs.
     """
 
     def __init__(
-        self, module: HomographyModule, name: str | None = None, device: str | torch.device = "auto"
+        self, model: torch.nn.Module, name: str | None = None, device: str | torch.device = "auto"
     ) -> None:
         self.device = resolve_device(device)
-        self.net = module.net.to(self.device).eval()
+        net = getattr(model, "net", model)
+        self.net = net.to(self.device).eval()
         self.patch_size = int(self.net.patch_size)
-        self.name = name or module.name
+        own = getattr(model, "name", None) or getattr(net, "hdreg_name", None)
+        self.name = name or (str(own) if isinstance(own, str) else "model")
 
     def _resize(self, image: np.ndarray) -> np.ndarray:
         p = self.patch_size
@@ -124,74 +113,28 @@ class HomographyNetEstimator(Estimator):
         return Estimate(H, failed, seconds, reasons)
 
 
-#: ``_target_`` prefix of everything a checkpoint's model config may build
-MODEL_TARGET_PREFIX = "hdreg.models."
-
-
-def _targets(node: Any) -> list[str]:
-    """Every ``_target_`` in a config tree."""
-    if isinstance(node, dict):
-        own = [str(node["_target_"])] if "_target_" in node else []
-        return own + [t for v in node.values() for t in _targets(v)]
-    if isinstance(node, list):
-        return [t for v in node for t in _targets(v)]
-    return []
-
-
-def load_module(path: str | Path, device: str | torch.device = "cpu") -> HomographyModule:
+def load_module(path: str | Path, device: str | torch.device = "cpu") -> Any:
     """Rebuild the LightningModule saved in an hdreg checkpoint, in eval mode.
 
-    Any file with the model's config under ``"hdreg_model"`` (a ``_target_`` tree of the module
-    with its ``net`` and ``loss``, see :func:`~hdreg.models.base.build_module`) and its weights
-    under ``"state_dict"`` is read: a checkpoint written by ``train.py``, or a weights-only file
-    of just those two keys (and optional metadata such as ``"val_mace_best"``, as
-    :func:`save_weights` writes). The module is ``instantiate(hdreg_model)`` with the weights
-    loaded strictly; every ``_target_`` in the config must lie under ``hdreg.models.`` (reading a
-    file never runs other code). Raises ``FileNotFoundError`` for a missing file and
-    ``ValueError`` naming the file for one that is not such a checkpoint (corrupt, foreign, or
-    from an older hdreg). ``path`` may also name weights shipped with hdreg (``hdreg weights``).
+    Any file with the model's config under ``"hdreg_model"`` and its weights under
+    ``"state_dict"`` is read: a checkpoint written by ``train.py``, or a weights-only file (as
+    :func:`save_weights` writes). The config is checked against hdreg's allow-list of classes
+    and plain arguments before anything is built (:mod:`hdreg.models.checkpoint`: reading a
+    file never runs code). Raises ``FileNotFoundError`` for a missing file and ``ValueError``
+    naming the file for one that is not such a checkpoint. ``path`` may also name weights
+    shipped with hdreg (``hdreg weights``).
     """
-    path = resolve_checkpoint(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hdreg_model" not in ckpt:
-        older = isinstance(ckpt, dict) and "hdreg_module" in ckpt
-        raise ValueError(
-            f"{path} is not an hdreg checkpoint: it has no 'hdreg_model' config and "
-            "'state_dict' weights"
-            + (" (it was written by an older hdreg; retrain it with train.py)" if older else "")
-        )
-    foreign = [t for t in _targets(ckpt["hdreg_model"]) if not t.startswith(MODEL_TARGET_PREFIX)]
-    if foreign:  # loading a file must not run arbitrary code
-        raise ValueError(
-            f"{path}: its 'hdreg_model' may only build classes under {MODEL_TARGET_PREFIX}, "
-            f"got _target_ {', '.join(foreign)}"
-        )
-    try:
-        module = build_module(ckpt["hdreg_model"])
-    except Exception as exc:  # a config that names what this hdreg does not have
-        raise ValueError(
-            f"cannot rebuild the model of {path} from its 'hdreg_model': {exc}"
-        ) from exc
-    try:
-        module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(f"the weights in {path} do not fit its model config: {exc}") from exc
-    module.on_load_checkpoint(ckpt)
-    return module.to(resolve_device(device)).eval()
+    return load_module_checked(path, device=resolve_device(device))
 
 
-def save_weights(module: HomographyModule, path: str | Path) -> Path:
+def save_weights(module: Any, path: str | Path) -> Path:
     """Write the weights-only file :func:`load_module` reads: ``hdreg_model``, ``state_dict``
     and ``val_mace_best`` (no optimizer state; a fraction of a training checkpoint's size)."""
     if module.hdreg_model is None:
         raise ValueError("the module has no hdreg_model config: build it with build_module")
     path = Path(path).expanduser()
-    checkpoint: dict[str, Any] = {"state_dict": module.state_dict()}
+    state = module.state_dict()
+    checkpoint: dict[str, Any] = {"state_dict": state, "tensors_sha256": tensors_sha256(state)}
     module.on_save_checkpoint(checkpoint)  # adds hdreg_model and val_mace_best
     torch.save(checkpoint, path)
     return path
@@ -200,6 +143,6 @@ def save_weights(module: HomographyModule, path: str | Path) -> Path:
 def load_checkpoint_estimator(
     path: str | Path, device: str | torch.device = "auto", name: str | None = None
 ) -> HomographyNetEstimator:
-    """An :class:`HomographyNetEstimator` from a checkpoint written by ``train.py``."""
-    module = load_module(path, device="cpu")
-    return HomographyNetEstimator(module, name=name, device=device)
+    """An :class:`HomographyNetEstimator` from a checkpoint (a path or a shipped name); builds
+    the plain network (no PyTorch Lightning)."""
+    return HomographyNetEstimator(load_net(path, device="cpu"), name=name, device=device)

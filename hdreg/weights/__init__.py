@@ -10,12 +10,13 @@ scored. ``hdreg weights`` lists them; docs/results.md has the commands that made
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Shipped", "export_weights", "shipped", "shipped_weights"]
+__all__ = ["Shipped", "export_weights", "shipped", "shipped_for_path", "shipped_weights"]
 
 _DIR = Path(__file__).resolve().parent
 
@@ -30,6 +31,7 @@ class Shipped:
     command: str
     data: str
     results: dict[str, Any]
+    sha256: str | None = None  # of the file, checked whenever it is loaded
 
 
 def shipped_weights() -> dict[str, Shipped]:
@@ -41,7 +43,7 @@ def shipped_weights() -> dict[str, Shipped]:
         if path.is_file():
             out[name] = Shipped(
                 name, path, entry["description"], entry["command"], entry["data"],
-                entry.get("results", {}),
+                entry.get("results", {}), entry.get("sha256"),
             )  # fmt: skip
     return out
 
@@ -56,15 +58,41 @@ def shipped(name: str) -> Shipped:
     return available[name]
 
 
+def shipped_for_path(path: str | Path) -> Shipped | None:
+    """The shipped model whose file ``path`` is (``None`` for any other file)."""
+    try:
+        resolved = Path(path).resolve()
+    except OSError:
+        return None
+    if resolved.parent != _DIR:
+        return None
+    return next((w for w in shipped_weights().values() if w.path == resolved), None)
+
+
 def export_weights(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the weights-only copy of an hdreg checkpoint (its model config, weights and
     ``val_mace_best``; no optimizer, scheduler or loop state), atomically. Returns ``out``."""
     from hdreg.models.estimator import load_module, save_weights
 
-    module = load_module(checkpoint)
     out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory: give the weights file to write, e.g. {out}/w.pt")
+    module = load_module(checkpoint)
     tmp = out.with_name(f".{out.name}.tmp")
-    save_weights(module, tmp)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(module, tmp)
+        tmp.replace(out)
+    except OSError as exc:
+        _remove(tmp)
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot write {out}: {reason}") from None
+    except BaseException:
+        _remove(tmp)
+        raise
     return out
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

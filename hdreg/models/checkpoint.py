@@ -1,0 +1,268 @@
+"""Reading hdreg checkpoints without running code: an allow-list of classes, plain arguments.
+
+A checkpoint (``train.py``'s ``.ckpt`` or a weights-only ``.pt``) carries its model's config
+under ``"hdreg_model"``: the LightningModule's class, its ``net`` and ``loss`` (each a class
+and its keyword arguments) and a few plain settings. This module is the only reader of that
+config. It never hands it to Hydra: every class must be one of the names in :data:`NETS`,
+:data:`LOSSES` or :data:`MODULES` (looked up in those tables, never imported by a name taken
+from the file), and every argument must be a plain value (``None``, bool, int, float, str, or a
+list of those). Anything else — an unknown class, a nested ``_target_``, ``_partial_`` or
+``_args_``, a mapping where a value belongs — is refused with a ``ValueError`` naming the file
+before any object is built. ``torch.load(weights_only=True)`` refuses pickled code in the file
+itself.
+
+:func:`load_net` builds the plain network (no PyTorch Lightning, no Hydra: fast to import);
+:func:`load_module` the LightningModule around it (for training and export).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LOSSES",
+    "MODULES",
+    "NETS",
+    "Checkpoint",
+    "check_model_config",
+    "load_net",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "tensors_sha256",
+]
+
+#: networks a checkpoint may name: ``_target_`` → (module, class)
+NETS: dict[str, tuple[str, str]] = {
+    "hdreg.models.homographynet.HomographyNet": ("hdreg.models.homographynet", "HomographyNet"),
+    "hdreg.models.iterative.IterativeHomographyNet": (
+        "hdreg.models.iterative",
+        "IterativeHomographyNet",
+    ),
+}
+#: losses a checkpoint may name
+LOSSES: dict[str, tuple[str, str]] = {
+    f"hdreg.models.losses.{name}": ("hdreg.models.losses", name)
+    for name in ("OffsetMSE", "BinCrossEntropy", "PhotometricL1", "SequenceL1")
+}
+#: LightningModules a checkpoint may name
+MODULES: dict[str, tuple[str, str]] = {
+    "hdreg.models.supervised.SupervisedHomography": (
+        "hdreg.models.supervised",
+        "SupervisedHomography",
+    ),
+    "hdreg.models.unsupervised.UnsupervisedHomography": (
+        "hdreg.models.unsupervised",
+        "UnsupervisedHomography",
+    ),
+}
+
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    return isinstance(value, list | tuple) and all(isinstance(v, _PLAIN) for v in value)
+
+
+def _check_part(node: Any, where: str, allowed: dict[str, tuple[str, str]]) -> None:
+    """A ``{_target_: <allowed>, arg: plain, ...}`` mapping, or ``ValueError``."""
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise ValueError(f"{where} must be a mapping with a _target_, got {type(node).__name__}")
+    target = node["_target_"]
+    if target not in allowed:
+        raise ValueError(
+            f"{where} names {target!r}, which is not one of hdreg's classes "
+            f"({', '.join(sorted(allowed))})"
+        )
+    for key, value in node.items():
+        if key == "_target_":
+            continue
+        if not isinstance(key, str) or key.startswith("_"):
+            raise ValueError(f"{where} has the key {key!r}: only plain keyword arguments allowed")
+        if not _is_plain(value):
+            raise ValueError(
+                f"{where}.{key} must be a plain value (number, string, bool, None or a list of "
+                f"those), got {type(value).__name__}"
+            )
+
+
+def check_model_config(config: Any) -> None:
+    """Check an ``hdreg_model`` config against the allow-list; ``ValueError`` saying what is
+    wrong (nothing is imported or built here)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"'hdreg_model' must be a mapping, got {type(config).__name__}")
+    top = {k: v for k, v in config.items() if k not in ("net", "loss")}
+    _check_part(top, "hdreg_model", MODULES)
+    _check_part(config.get("net"), "hdreg_model.net", NETS)
+    _check_part(config.get("loss"), "hdreg_model.loss", LOSSES)
+
+
+def _class(target: str, table: dict[str, tuple[str, str]]) -> type:
+    module, name = table[target]
+    return getattr(importlib.import_module(module), name)
+
+
+def _kwargs(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if k != "_target_"}
+
+
+def build_net(config: dict[str, Any]) -> nn.Module:
+    """The network of a checked ``hdreg_model`` config (plain ``nn.Module``, random weights)."""
+    check_model_config(config)
+    return _class(config["net"]["_target_"], NETS)(**_kwargs(config["net"]))
+
+
+def build_module_from_config(config: dict[str, Any]) -> Any:
+    """The LightningModule of a checked ``hdreg_model`` config (no optimizer; random weights),
+    with ``hdreg_model`` recorded on it."""
+    check_model_config(config)
+    net = build_net(config)
+    loss = _class(config["loss"]["_target_"], LOSSES)(**_kwargs(config["loss"]))
+    top = {k: v for k, v in config.items() if k not in ("_target_", "net", "loss")}
+    module = _class(config["_target_"], MODULES)(net=net, loss=loss, **top)
+    module.hdreg_model = dict(config)
+    return module
+
+
+def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (sorted by
+    name): what ``hdreg weights export`` records and loading verifies."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """The checkpoint file a user's ``spec`` names: an existing file at that path (``~``
+    expanded), else the weights shipped with hdreg under that name (``hdreg weights``), else
+    the path itself (the loader then reports that it does not exist). A directory is never a
+    checkpoint, so a folder named like a shipped model does not hide it."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    from hdreg.weights import shipped_weights
+
+    found = shipped_weights().get(str(spec))
+    return found.path if found else path
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checked checkpoint: its file, model config (allow-listed), weights and metadata."""
+
+    path: Path
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", "model"))
+
+
+def read_checkpoint(spec: str | Path) -> Checkpoint:
+    """Read and check an hdreg checkpoint (a path, or the name of shipped weights).
+
+    Raises ``FileNotFoundError`` for a missing file, and ``ValueError`` naming the file for
+    one that is not a readable hdreg checkpoint: not a PyTorch file, pickled objects (refused by
+    ``weights_only``), a model config outside the allow-list, non-finite weights, or weights
+    whose checksum (shipped files: ``index.json``; exported files: ``tensors_sha256``) does not
+    match. Nothing in the file is ever executed or resolved to code.
+    """
+    path = resolve_checkpoint(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    from hdreg.weights import shipped_for_path
+
+    shipped = shipped_for_path(path)
+    if shipped is not None and shipped.sha256 and file_sha256(path) != shipped.sha256:
+        raise ValueError(
+            f"{path}: the shipped weights file is corrupt (its SHA-256 differs from the one in "
+            "index.json); reinstall hdreg"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {first}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hdreg_model" not in ckpt:
+        older = isinstance(ckpt, dict) and "hdreg_module" in ckpt
+        raise ValueError(
+            f"{path} is not an hdreg checkpoint: it has no 'hdreg_model' config and "
+            "'state_dict' weights"
+            + (" (it was written by an older hdreg; retrain it with train.py)" if older else "")
+        )
+    try:
+        check_model_config(ckpt["hdreg_model"])
+    except ValueError as exc:  # loading a file must never build or run anything else
+        raise ValueError(f"{path}: refused, {exc}") from None
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path}: 'state_dict' must map names to tensors")
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{path}: the weight {key} has non-finite values (corrupt file)")
+    expected = ckpt.get("tensors_sha256")
+    if expected is not None and tensors_sha256(state) != expected:
+        raise ValueError(f"{path}: the weights do not match their recorded checksum (corrupt file)")
+    meta = {k: v for k, v in ckpt.items() if k not in ("state_dict", "hdreg_model")}
+    return Checkpoint(path, ckpt["hdreg_model"], state, meta)
+
+
+def _load_state(target: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(f"the weights in {path} do not fit its model config: {first}") from None
+
+
+def load_net(spec: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The network saved in an hdreg checkpoint (a path or a shipped name), weights loaded,
+    in eval mode — without PyTorch Lightning or Hydra.
+
+    >>> net = load_net("iterative")
+    >>> out = net(torch.rand(2, 1, 128, 128), torch.rand(2, 1, 128, 128))
+    >>> tuple(out["offsets"].shape)
+    (2, 4, 2)
+    """
+    ckpt = read_checkpoint(spec)
+    net = build_net(ckpt.config)
+    prefix = "net."
+    state = {k[len(prefix) :]: v for k, v in ckpt.state_dict.items() if k.startswith(prefix)}
+    _load_state(net, state, ckpt.path)
+    net.hdreg_name = ckpt.name  # the model's name in evaluation tables
+    return net.to(device).eval()
+
+
+def load_module_checked(spec: str | Path, device: str | torch.device = "cpu") -> Any:
+    """The LightningModule saved in an hdreg checkpoint, weights loaded, in eval mode."""
+    ckpt = read_checkpoint(spec)
+    module = build_module_from_config(ckpt.config)
+    _load_state(module, ckpt.state_dict, ckpt.path)
+    best = float(ckpt.meta.get("val_mace_best", math.inf))
+    module.on_load_checkpoint({"val_mace_best": best})
+    return module.to(device).eval()
