@@ -29,6 +29,7 @@ __all__ = [
     "SequenceL1",
     "SequencePhotometric",
     "local_normalize",
+    "masked_standardize",
     "photometric_loss",
     "soft_census",
     "warp_a_onto_b",
@@ -257,8 +258,18 @@ def soft_census(image: Tensor, window: int = 7, eps: float = 0.02) -> Tensor:
     return d / torch.sqrt(d * d + eps * eps)
 
 
+def masked_standardize(image: Tensor, mask: Tensor, eps: float = 0.02) -> Tensor:
+    """``(x − μ) / √(σ² + eps²)`` per image, with ``μ, σ²`` the mean and variance over the
+    samples where ``mask (B, 1, H, W)`` is 1. Unchanged by a global brightness and contrast
+    change, up to ``eps``. ``(B, C, H, W)`` → ``(B, C, H, W)``."""
+    n = mask.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
+    mean = (image * mask).sum(dim=(2, 3), keepdim=True) / n
+    var = (((image - mean) ** 2) * mask).sum(dim=(2, 3), keepdim=True) / n
+    return (image - mean) / torch.sqrt(var + eps * eps)
+
+
 #: image transforms of :class:`SequencePhotometric` (``transform=``)
-TRANSFORMS = ("none", "local_norm", "census")
+TRANSFORMS = ("none", "standardize", "local_norm", "census")
 
 
 class SequencePhotometric(nn.Module):
@@ -273,7 +284,9 @@ class SequencePhotometric(nn.Module):
     Args:
         rho: the data's perturbation range (``max_offset_factor · rho`` bounds the clamp).
         gamma: weight decay towards the early iterations, in (0, 1].
-        transform: ``"none"`` (plain L1 on intensities), ``"local_norm"`` (L1 on
+        transform: ``"none"`` (plain L1 on intensities), ``"standardize"`` (L1 after
+            standardizing the warped A and B of each pair over the samples inside A:
+            :func:`masked_standardize`), ``"local_norm"`` (L1 on
             :func:`local_normalize`\\ d intensities) or ``"census"`` (:func:`soft_census`, with
             UnFlow's distance ``Σ d² / (0.1 + d²)`` over the neighbours, divided by their count).
         window: the transform's window side (odd).
@@ -310,7 +323,7 @@ class SequencePhotometric(nn.Module):
                 f"need max_offset_factor > 0, stride >= 1 and eps > 0, got {max_offset_factor}, "
                 f"{stride} and {eps}"
             )
-        if transform != "none":  # check the window now, not at the first step
+        if transform in ("local_norm", "census"):  # check the window now, not at the first step
             (local_normalize if transform == "local_norm" else soft_census)(
                 torch.zeros(1, 1, 3, 3), window, eps
             )
@@ -346,7 +359,11 @@ class SequencePhotometric(nn.Module):
             stride=self.stride,
         )  # fmt: skip
         inside = mask.sum(dim=(1, 2, 3))
-        err = (self.distance(warped, target_b.to(warped.dtype)) * mask).sum(dim=(1, 2, 3))
+        target_b = target_b.to(warped.dtype)
+        if self.transform == "standardize":
+            warped = masked_standardize(warped, mask, self.eps)
+            target_b = masked_standardize(target_b, mask, self.eps)
+        err = (self.distance(warped, target_b) * mask).sum(dim=(1, 2, 3))
         loss = err / inside.clamp_min(1.0)
         valid = valid & (inside >= 0.01 * mask[0, 0].numel()) & torch.isfinite(loss)
         return torch.where(valid, loss, torch.zeros_like(loss)), valid
