@@ -14,6 +14,7 @@ from hdreg.models.base import HomographyModule
 from hdreg.models.losses import (
     SequencePhotometric,
     local_normalize,
+    masked_standardize,
     photometric_loss,
     soft_census,
     warp_a_onto_b,
@@ -44,7 +45,7 @@ def contrast(x: torch.Tensor, gain: float, bias: float) -> torch.Tensor:
     return (x - 0.5) * gain + 0.5 + bias
 
 
-TRANSFORMS = ["none", "local_norm", "census"]
+TRANSFORMS = ["none", "standardize", "local_norm", "census"]
 
 
 class TestSequencePhotometric:
@@ -74,7 +75,9 @@ class TestSequencePhotometric:
         locally normalised loss barely moves, the plain L1 grows several-fold."""
         out = steps_around(batch["offsets"], (0.0,))
         changed = dict(unlabeled(batch), patch_b=contrast(batch["patch_b"], 0.65, 0.1))
-        for transform, bound in (("local_norm", 1.25), ("census", 1.6), ("none", None)):
+        for transform, bound in (
+            ("standardize", 1.1), ("local_norm", 1.25), ("census", 1.6), ("none", None)
+        ):  # fmt: skip
             loss = SequencePhotometric(32.0, transform=transform, window=5)
             same = float(loss(out, unlabeled(batch))["loss"])
             moved = float(loss(out, changed)["loss"])
@@ -82,10 +85,11 @@ class TestSequencePhotometric:
                 assert moved > 4 * same, (transform, same, moved)
             else:
                 assert moved < bound * same, (transform, same, moved)
-        # and the robust loss still tells the truth from a 4-pixel error under the change
-        loss = SequencePhotometric(32.0)
-        wrong = float(loss(steps_around(batch["offsets"], (4.0,)), changed)["loss"])
-        assert wrong > 1.5 * float(loss(out, changed)["loss"])
+        # and the robust losses still tell the truth from a 4-pixel error under the change
+        for transform in ("standardize", "local_norm"):
+            loss = SequencePhotometric(32.0, transform=transform)
+            wrong = float(loss(steps_around(batch["offsets"], (4.0,)), changed)["loss"])
+            assert wrong > 1.5 * float(loss(out, changed)["loss"]), transform
 
     def test_transforms_are_invariant_to_brightness_offsets(self):
         x = torch.rand(2, 1, 20, 24, generator=torch.Generator().manual_seed(1)) * 0.5
@@ -94,6 +98,20 @@ class TestSequencePhotometric:
         # a contrast gain changes local_normalize only through eps
         ratio = local_normalize(x * 2.0, eps=1e-6) / local_normalize(x, eps=1e-6)
         torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-3, rtol=0)
+
+    def test_masked_standardize_uses_only_the_masked_samples(self):
+        g = torch.Generator().manual_seed(5)
+        x = torch.rand(2, 1, 6, 7, dtype=torch.float64, generator=g)
+        mask = (torch.rand(2, 1, 6, 7, generator=g) > 0.4).double()
+        out = masked_standardize(x, mask, eps=1e-9)
+        for i in range(2):
+            kept = out[i][mask[i].bool()]
+            assert float(kept.mean()) == pytest.approx(0.0, abs=1e-9)
+            assert float(kept.var(unbiased=False)) == pytest.approx(1.0, abs=1e-6)
+        changed = x.clone()
+        changed[mask == 0] = 5.0  # what lies outside the mask moves nothing inside it
+        torch.testing.assert_close(masked_standardize(changed, mask)[mask.bool()],
+                                   masked_standardize(x, mask)[mask.bool()])  # fmt: skip
 
     def test_local_normalize_matches_a_direct_box_filter(self):
         x = torch.rand(
