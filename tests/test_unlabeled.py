@@ -26,6 +26,7 @@ TINY_ITERATIVE = [
     "data.test_pairs=8", "data.eval_batch_size=8", "data.num_workers=0",
     "data.split_fractions=[0.6,0.2,0.2]", "callbacks.progress_bar.refresh_rate=0",
     "evaluate_test=false", "trainer.max_steps=2", "data.steps_per_epoch=2",
+    "trainer.log_every_n_steps=1",
 ]  # fmt: skip
 
 
@@ -111,7 +112,7 @@ class TestTraining:
         assert load_module(run2 / "checkpoints" / "last.ckpt").net is not None
 
     def test_a_supervised_model_is_refused(self, tmp_path):
-        frames = write_frames(tmp_path / "frames", 12)
+        frames = write_frames(tmp_path / "frames", 30)
         args = [*TINY_ITERATIVE, f"data.source={frames}", "model=iterative"]
         with pytest.raises(ValueError, match="pairs without labels"):
             run_train(args, tmp_path / "run")

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hdreg.data.datamodule import SyntheticDataModule
 from hdreg.data.pairs import _LAYOUTS
-from hdreg.data.sources import IMAGE_EXTENSIONS, load_gray
+from hdreg.data.sources import IMAGE_EXTENSIONS, ImageSource, load_gray
 from hdreg.data.synthetic import STREAMS, pair_rng
 from hdreg.geometry_np import rect_corners
 
@@ -207,29 +207,35 @@ class UnlabeledPairs(Dataset):
 class UnlabeledDataModule(SyntheticDataModule):
     """``data=unlabeled``: train on real pairs of a folder without ground truth.
 
-    The folder's images are split by image (group) into train / val / test as for
-    ``data=folder``. Training pairs are the real pairs (:func:`find_unlabeled_pairs`) whose two
-    views are training images. Validation has two parts: ``val/mace`` on synthetic DeTone pairs
-    made from the validation images (labels the data module makes itself, so checkpoints are
-    still chosen by corner error), and ``val/photometric``, the model's own loss on the real
-    pairs whose two views are validation images (no labels). The test split is synthetic pairs
-    of the test images; score real pairs with ground truth with ``evaluate.py benchmark=pairs``.
+    The folder's images are split into train / val / test by blocks of ``split_block``
+    consecutive images of each sequence. Training pairs are the real pairs
+    (:func:`find_unlabeled_pairs`) whose two views are training images. Validation has two
+    parts: ``val/mace`` on synthetic DeTone pairs made from the validation images (labels the
+    data module makes itself, so checkpoints are still chosen by corner error), and
+    ``val/photometric``, the model's own loss on the real pairs whose two views are validation
+    images (no labels). The test split is synthetic pairs of the test images; score real pairs
+    with ground truth with ``evaluate.py benchmark=pairs``.
 
     Arguments as :class:`SyntheticDataModule` (``source`` is the folder; ``flips`` also swaps the
-    two views at random), plus ``val_real_pairs``: at most this many real validation pairs.
+    two views at random), plus ``val_real_pairs``: at most this many real validation pairs, and
+    ``split_block``: the split keeps each run of this many consecutive images of a sequence
+    together (one video then still splits into train, val and test; a pair that straddles two
+    splits is used by neither).
     """
 
     #: items carry no ``offsets``: only a label-free loss can train on them
     has_labels = False
 
-    def __init__(self, *, val_real_pairs: int = 64, **kwargs) -> None:
+    def __init__(self, *, val_real_pairs: int = 64, split_block: int = 10, **kwargs) -> None:
         if kwargs.get("generator", "cpu") != "cpu":
             raise ValueError(
                 f"data=unlabeled makes its pairs in DataLoader workers: generator must be 'cpu', "
                 f"got {kwargs['generator']!r}"
             )
         super().__init__(**kwargs)
-        self.val_real_pairs = int(val_real_pairs)
+        if split_block < 1:
+            raise ValueError(f"split_block must be >= 1, got {split_block}")
+        self.val_real_pairs, self.split_block = int(val_real_pairs), int(split_block)
         self._views: np.ndarray | None = None
         self._train_index = self._val_index = np.zeros((0, 2), np.int64)
 
@@ -237,17 +243,23 @@ class UnlabeledDataModule(SyntheticDataModule):
         if self.splits:
             return
         root = Path(str(self.source)).expanduser()
-        pairs = find_unlabeled_pairs(root)  # before the images: names the folder if it is wrong
-        super().setup(stage)  # synthetic val / test pairs from the folder's held-out images
+        pairs = find_unlabeled_pairs(root)
+        views, index, files, sequences = load_views(pairs, self.protocol.patch_size)
+        # Split groups: blocks of split_block consecutive images of a sequence, so that one
+        # video can feed train, val and test while neighbouring frames stay together.
+        groups, seen = [], dict.fromkeys(sequences, 0)
+        for seq in sequences:
+            groups.append(f"{seq}#{seen[seq] // self.split_block}")
+            seen[seq] += 1
+        rel = [Path(f).relative_to(root).as_posix() for f in files]
+        self._split(self._load(ImageSource(root, tuple(rel), "folder", tuple(groups))))
         split_of = {
             name: k
             for k, part in enumerate(("train", "val", "test"))
             for name in self.splits[part].names
         }
-        views, index, files, _ = load_views(pairs, self.protocol.patch_size)
         # views too small for synthetic pairs are in no split: they still make training pairs
-        split = np.array([split_of.get(Path(f).relative_to(root).as_posix(), 0) for f in files])
-        both = split[index]
+        both = np.array([split_of.get(name, 0) for name in rel])[index]
         self._views = views
         self._train_index = index[(both == 0).all(axis=1)]
         self._val_index = index[(both == 1).all(axis=1)][: self.val_real_pairs]
