@@ -71,25 +71,26 @@ class TestSequencePhotometric:
         assert float(total["photometric"]) == pytest.approx(single[2], rel=1e-5)
 
     def test_robust_to_a_global_brightness_and_contrast_change(self, batch):
-        """Patch B with a third less contrast and brighter: at the true offsets the
-        locally normalised loss barely moves, the plain L1 grows several-fold."""
-        out = steps_around(batch["offsets"], (0.0,))
+        """Patch B with a third less contrast and brighter. Measured against each loss's own
+        signal (its value at a 4-pixel error minus at the truth), the change moves the robust
+        losses at the truth by under 10 % of it (census: 25 %), the plain L1 by more than half
+        of it; and under the change the robust losses still rank the truth first."""
+        at_truth = steps_around(batch["offsets"], (0.0,))
+        off_by_4 = steps_around(batch["offsets"], (4.0,))
         changed = dict(unlabeled(batch), patch_b=contrast(batch["patch_b"], 0.65, 0.1))
         for transform, bound in (
-            ("standardize", 1.1), ("local_norm", 1.25), ("census", 1.6), ("none", None)
+            ("standardize", 0.1), ("local_norm", 0.1), ("census", 0.25), ("none", None)
         ):  # fmt: skip
             loss = SequencePhotometric(32.0, transform=transform, window=5)
-            same = float(loss(out, unlabeled(batch))["loss"])
-            moved = float(loss(out, changed)["loss"])
+            same = float(loss(at_truth, unlabeled(batch))["loss"])
+            signal = float(loss(off_by_4, unlabeled(batch))["loss"]) - same
+            shift = abs(float(loss(at_truth, changed)["loss"]) - same)
             if bound is None:
-                assert moved > 4 * same, (transform, same, moved)
+                assert shift > 0.5 * signal, (transform, same, signal, shift)
             else:
-                assert moved < bound * same, (transform, same, moved)
-        # and the robust losses still tell the truth from a 4-pixel error under the change
-        for transform in ("standardize", "local_norm"):
-            loss = SequencePhotometric(32.0, transform=transform)
-            wrong = float(loss(steps_around(batch["offsets"], (4.0,)), changed)["loss"])
-            assert wrong > 1.5 * float(loss(out, changed)["loss"]), transform
+                assert shift < bound * signal, (transform, same, signal, shift)
+                wrong = float(loss(off_by_4, changed)["loss"])
+                assert wrong > 1.5 * float(loss(at_truth, changed)["loss"]), transform
 
     def test_transforms_are_invariant_to_brightness_offsets(self):
         x = torch.rand(2, 1, 20, 24, generator=torch.Generator().manual_seed(1)) * 0.5
