@@ -3,6 +3,8 @@
     python bench/compare_unsupervised_losses.py                       # train: tiny net, 300 steps
     python bench/compare_unsupervised_losses.py --net cpu --steps 200  # the experiment's network
     python bench/compare_unsupervised_losses.py --landscape            # loss vs corner error only
+    python bench/compare_unsupervised_losses.py --transforms standardize \
+        --overrides model.loss.full_image=false                      # warp patch A, not image A
 
 Training: for each ``--transforms`` entry, ``experiment=iterative_unsupervised_cpu`` with
 ``model.loss.transform=<t>`` from the same seed, the same pairs and the same schedule, in this
@@ -60,7 +62,7 @@ def train_one(transform: str, args: argparse.Namespace) -> dict:
         "experiment=iterative_unsupervised_cpu", f"model.loss.transform={transform}",
         f"model.loss.window={args.window}", f"seed={args.seed}", "data.num_workers=0",
         f"data.val_pairs={args.val_pairs}", f"trainer.max_steps={args.steps}",
-        *(TINY if args.net == "tiny" else []),
+        *(TINY if args.net == "tiny" else []), *args.overrides,
     ]  # fmt: skip
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIGS)):
         cfg = compose("train", overrides=overrides)
@@ -122,6 +124,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--landscape", action="store_true")
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], help="more config overrides for every run, e.g. "
+        "model.loss.full_image=false",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.landscape:
