@@ -116,7 +116,7 @@ class TestConfigsCompose:
         "experiment",
         [
             "cpu_quick", "detone2016", "detone2016_fast", "nguyen2018", "unsupervised_cpu_quick",
-            "iterative_cpu", "iterative_gpu",
+            "iterative_cpu", "iterative_gpu", "iterative_unsupervised_cpu",
         ],
     )  # fmt: skip
     def test_experiments(self, experiment):

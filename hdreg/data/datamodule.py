@@ -264,10 +264,14 @@ class SyntheticDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        self._split(self._load(resolve_source(self.source, coco_split=self.coco_split)))
+
+    def _split(self, images: ImageSet) -> None:
+        """Split ``images`` by group into train / val / test and make the fixed val and test
+        pairs."""
         eval_protocol = DeToneProtocol(
             self.protocol.image_size, self.protocol.patch_size, self.protocol.rho
         )
-        images = self._load(resolve_source(self.source, coco_split=self.coco_split))
         train, val, test = split_by_image(images.groups, self.split_fractions, self.split_seed)
         self.splits = {
             "train": images.subset(train),

@@ -57,9 +57,11 @@ class HomographyModule(pl.LightningModule):
     Under mixed precision (``trainer.precision=bf16-mixed``) only the network runs in bfloat16
     autocast; the loss, the DLT and the sampling grids stay float32. The validation metrics are
     ``val/mace`` (torchmetrics running mean of the corner error over the fixed validation
-    pairs) and ``val/mace_best``. A module built by :func:`build_module` (as ``train.py`` does)
-    records its own config, without optimizer and scheduler, as :attr:`hdreg_model`; every
-    checkpoint stores it, and :func:`hdreg.estimators.learned.load_module` rebuilds the module
+    pairs) and ``val/mace_best``; a validation batch without ``offsets`` (real pairs of
+    ``data=unlabeled``) logs the loss itself as ``val/photometric``. A module built by
+    :func:`build_module` (as ``train.py`` does) records its own config, without optimizer and
+    scheduler, as :attr:`hdreg_model`; every checkpoint stores it, and
+    :func:`hdreg.estimators.learned.load_module` rebuilds the module
     from it.
     """
 
@@ -159,9 +161,20 @@ class HomographyModule(pl.LightningModule):
         return loss
 
     # -- validation ----------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         batch = self.to_float(batch)
         out = self(batch["patch_a"], batch["patch_b"])
+        if "offsets" not in batch:  # real pairs without labels (data=unlabeled): the loss only
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                result = self.loss(out, self.loss_inputs(batch))
+            loss = result["loss"] if isinstance(result, dict) else result
+            self.log(
+                "val/photometric", loss, batch_size=batch["patch_b"].shape[0],
+                add_dataloader_idx=False, sync_dist=True,
+            )  # fmt: skip
+            return
         err = corner_distance(out["offsets"].float(), batch["offsets"])
         # Metric states stay ordinary tensors: a state created under inference mode (e.g. by a
         # trainer.validate() before fit) could not be updated in place by fit's validation.

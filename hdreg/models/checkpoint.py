@@ -51,7 +51,13 @@ NETS: dict[str, tuple[str, str]] = {
 #: losses a checkpoint may name
 LOSSES: dict[str, tuple[str, str]] = {
     f"hdreg.models.losses.{name}": ("hdreg.models.losses", name)
-    for name in ("OffsetMSE", "BinCrossEntropy", "PhotometricL1", "SequenceL1")
+    for name in (
+        "OffsetMSE",
+        "BinCrossEntropy",
+        "PhotometricL1",
+        "SequenceL1",
+        "SequencePhotometric",
+    )
 }
 #: LightningModules a checkpoint may name
 MODULES: dict[str, tuple[str, str]] = {

@@ -24,6 +24,7 @@ from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
 from hdreg.models.base import build_module
+from hdreg.models.unsupervised import UnsupervisedHomography
 from hdreg.training.checkpointing import AtomicCheckpointIO, check_checkpoint, check_same_model
 
 __all__ = ["evaluate_test_split", "init_weights", "train_from_config"]
@@ -129,6 +130,15 @@ def train_from_config(cfg: DictConfig) -> float | None:
         init_weights(model, cfg.init)
     if ckpt_path:
         check_same_model(ckpt_path, model, "ckpt_path")
+
+    if not getattr(datamodule, "has_labels", True) and not isinstance(
+        model, UnsupervisedHomography
+    ):
+        raise ValueError(
+            f"{type(datamodule).__name__} delivers pairs without labels, but model "
+            f"{type(model).__name__} trains on labels: use a label-free model "
+            "(model=iterative_unsupervised or model=unsupervised)"
+        )
     if getattr(model.loss, "needs_full_image", False) and not datamodule.with_full_image:
         raise ValueError(
             f"{type(model.loss).__name__} warps each pair's full image A, but "
