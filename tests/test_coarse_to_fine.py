@@ -133,3 +133,22 @@ def test_argument_checks():
         CoarseToFineEstimator(net, zooms=(0.0,))
     with pytest.raises(ValueError, match="grid must be"):
         CoarseToFineEstimator(net, grid=0)
+
+
+@pytest.mark.parametrize("method", [["--checkpoint", "wide"], ["--checkpoint", "iterative"],
+                                    ["--method", "sift"], []])  # fmt: skip
+@pytest.mark.parametrize("kind", ["black", "unrelated"])
+def test_align_exits_1_with_a_reason(tmp_path, capsys, method, kind):
+    from hdreg.apps.cli import main
+
+    if kind == "black":
+        a = b = np.zeros((480, 640), np.uint8)
+    else:
+        a, b = _render(0.0, 1.0, "astronaut")[0], _render(0.0, 1.0, "coffee")[1]
+    cv2.imwrite(str(tmp_path / "a.png"), a)
+    cv2.imwrite(str(tmp_path / "b.png"), b)
+    code = main(["align", str(tmp_path / "a.png"), str(tmp_path / "b.png"), *method,
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "failed:" in err, err
+    assert not (tmp_path / "out" / "homography.json").exists()

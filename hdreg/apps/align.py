@@ -66,6 +66,9 @@ __all__ = [
 ]
 
 KEYPOINT_METHODS = tuple(sorted(DETECTORS))  # akaze, brisk, orb, sift
+#: what ``hdreg align A B`` runs without --method or --checkpoint: the shipped whole-image
+#: estimator refined by ECC, the most accurate method on real pairs in docs/results.md
+DEFAULT_CHECKPOINT, DEFAULT_REFINE = "wide", "ecc"
 #: the method configs (the registry, hdreg/configs/method/) and "model" for --checkpoint
 METHODS = (*method_names(), "model")
 # Everything write_alignment may write; files of an earlier run that this run does not write are
@@ -187,8 +190,10 @@ def _finite_or_none(x: float | None) -> float | None:
 
 def _spec(method: str | None, checkpoint: str | Path | None, refine: str | None) -> MethodSpec:
     """The spec of ``hdreg align``'s options, parsed by :mod:`hdreg.estimators.registry`."""
+    if method is None and checkpoint is None:  # the default: the most accurate method measured
+        checkpoint, refine = DEFAULT_CHECKPOINT, refine or DEFAULT_REFINE
     if method is None:
-        method = "model" if checkpoint is not None else "sift"
+        method = "model"
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: valid methods are {', '.join(METHODS)}")
     if method == "model":
@@ -222,7 +227,8 @@ def make_estimator(
 ) -> tuple[str, Estimator]:
     """The method's name and its estimator, built from ``hdreg/configs/method/<name>.yaml``.
 
-    ``method=None`` means ``"model"`` when a checkpoint is given, else ``"sift"``. ``refine``
+    ``method=None`` means ``"model"``: the given checkpoint, or with none the shipped ``wide``
+    refined by ECC (:data:`DEFAULT_CHECKPOINT`, :data:`DEFAULT_REFINE`). ``refine``
     (or a checkpoint spec ending in ``+ecc``) wraps the estimator in the refinement, whose
     parameters come from ``hdreg/configs/method/ecc.yaml``. ``ratio``, ``robust`` and
     ``reproj_threshold`` override the keypoint methods' parameters (``None``: keep them). Raises
