@@ -442,3 +442,24 @@ def test_ddp_two_cpu_processes_unsupervised(tmp_path):
         ],
     )
     assert ckpt["global_step"] == 3
+
+
+class TestMethodRegistry:
+    def test_every_method_config_is_a_valid_test_method(self):
+        from hdreg.apps.evaluate import check_method_specs
+        from hdreg.config import method_names
+
+        specs = check_method_specs(["identity", "orb", "sift+ecc"], {})
+        assert [s.method for s in specs] == ["identity", "orb", "sift"]
+        assert {"orb", "akaze", "brisk", "ecc", "sift"} <= set(method_names())
+
+    def test_an_unknown_test_method_is_refused_in_one_line_before_training(self, tmp_path):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), "test_methods=[identity,nosuch]",
+             f"hydra.run.dir={tmp_path}"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        lines = [x for x in proc.stderr.splitlines() if x.strip()]
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("train.py: error: unknown method 'nosuch'")
+        assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "tensorboard").exists()
