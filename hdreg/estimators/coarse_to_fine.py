@@ -13,7 +13,9 @@ two photos of any size and aspect ratio, and any rotation:
    frame by the current estimate, and the network estimates the residual on a grid of
    ``P×P`` windows taken at that level's own pixels (windows without texture are skipped).
    Each window's four corners give four correspondences; a robust fit of all of them
-   (``cv2.findHomography``, RANSAC) is the residual ``R``, and ``H ← H · R``. The final
+   (``cv2.findHomography``, RANSAC) is the residual ``R``, and ``H ← H · R`` — kept only if
+   the correlation at that level does not drop and all of A stays in front of the horizon
+   (:func:`keeps_a_in_front`). The final
    precision is thus set by the photos' pixels, not by the network's input size.
 3. **Confidence.** The zero-mean normalised cross-correlation between band-passed B and A
    warped onto B over their overlap, at B's longer side ``score_side`` (invariant to gain and
@@ -41,7 +43,13 @@ import torch
 from hdreg.estimators.base import Estimate, Estimator
 from hdreg.geometry_np import check_homography, coverage_mask, normalize_homography
 
-__all__ = ["CoarseToFineEstimator", "alignment_confidence", "scale_matrix", "texture"]
+__all__ = [
+    "CoarseToFineEstimator",
+    "alignment_confidence",
+    "keeps_a_in_front",
+    "scale_matrix",
+    "texture",
+]
 
 
 #: robust fits of the residual: OpenCV's RANSAC, or MAGSAC++ (USAC)
@@ -87,6 +95,25 @@ def _zncc_masked(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
     v -= v.mean()
     denom = math.sqrt(float(u @ u) * float(v @ v))
     return float(u @ v / denom) if denom > 1e-9 else 0.0
+
+
+def keeps_a_in_front(H_a_from_b: np.ndarray, size_a: tuple[int, int], ratio: float = 0.25) -> bool:
+    """Whether ``H_b_from_a`` keeps all of image A in front of the horizon: the projective depth
+    ``w`` of each of A's corners is at least ``ratio`` times that of A's centre (same sign).
+
+    A residual fitted on the part of A that B shows constrains the perspective terms only
+    there; a fit that sends a corner of A towards the horizon (thousands of pixels away) is not
+    a plausible photo pair, and a refinement level that produces one is not kept.
+    """
+    try:
+        b_from_a = np.linalg.inv(H_a_from_b)
+    except np.linalg.LinAlgError:
+        return False
+    w, h = size_a
+    points = np.array([[0, 0, 1], [w - 1, 0, 1], [w - 1, h - 1, 1], [0, h - 1, 1.0]])
+    depth = points @ b_from_a[2]
+    centre = float(np.array([(w - 1) / 2, (h - 1) / 2, 1.0]) @ b_from_a[2])
+    return bool(centre != 0 and np.all(depth / centre >= ratio))
 
 
 def texture(image: np.ndarray) -> float:
@@ -365,11 +392,12 @@ class CoarseToFineEstimator(Estimator):
         warped_new = cv2.warpPerspective(a, H_new, size_b, flags=flags)
         inside_new = coverage_mask(H_new, size_a, size_b)
         after = _zncc_masked(b_band, _band_pass(warped_new, 2.0), inside_new)
-        if not after >= before - 1e-3:
+        H_full = normalize_homography(np.linalg.inv(S_a) @ H_new @ S_b)
+        if not after >= before - 1e-3 or not keeps_a_in_front(H_full, _size(pair.a)):
             used.append(-len(origins))  # estimated, not kept
             return
         used.append(len(origins))
-        pair.H = normalize_homography(np.linalg.inv(S_a) @ H_new @ S_b)
+        pair.H = H_full
 
     # -- the estimator ---------------------------------------------------------------------------
     def estimate_pair(self, image_a: np.ndarray, image_b: np.ndarray) -> tuple[Any, str, dict]:
