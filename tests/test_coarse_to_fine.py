@@ -75,6 +75,16 @@ class TestHelpers:
         np.testing.assert_allclose(project(G, np.array([[63.5, 63.5]])), [[63.5, 63.5]])
         np.testing.assert_allclose(project(G, np.array([[0.0, 0.0]])), [[127.0, 0.0]], atol=1e-9)
 
+    def test_a_plausible_pair_keeps_a_in_front_of_the_horizon(self):
+        from hdreg.estimators.coarse_to_fine import keeps_a_in_front
+
+        _, _, b_from_a = _render(40.0, 1.8)
+        assert keeps_a_in_front(np.linalg.inv(b_from_a), (W, H))
+        # a perspective that sends A's right edge towards the horizon (w → 0 there)
+        tilted = np.array([[1.0, 0, 0], [0, 1.0, 0], [-0.9 / W, 0, 1.0]])
+        assert not keeps_a_in_front(np.linalg.inv(tilted), (W, H))
+        assert not keeps_a_in_front(np.zeros((3, 3)), (W, H))
+
     def test_confidence_of_the_truth_and_of_a_wrong_answer(self):
         a, b, b_from_a = _render(30.0, 1.0)
         good = alignment_confidence(a, b, np.linalg.inv(b_from_a))
