@@ -31,6 +31,7 @@ from hdreg.models.checkpoint import (
 )
 
 __all__ = [
+    "ConfidenceGate",
     "HomographyNetEstimator",
     "load_checkpoint_estimator",
     "load_module",
@@ -177,6 +178,40 @@ def save_weights(module: Any, path: str | Path, extra: dict[str, Any] | None = N
     checkpoint.update(extra or {})
     torch.save(checkpoint, path)
     return path
+
+
+class ConfidenceGate(Estimator):
+    """Another estimator's answers, with those whose alignment confidence is under
+    ``min_confidence`` reported as failed (``hdreg align`` and :func:`hdreg.estimate` put a
+    refined learned estimate, ``model.ckpt+ecc``, behind one: the refined result is judged)."""
+
+    def __init__(self, inner: Estimator, min_confidence: float) -> None:
+        self.inner = inner
+        self.min_confidence = float(min_confidence)
+        self.name = inner.name
+
+    @property
+    def per_pair(self) -> bool:  # type: ignore[override]
+        return self.inner.per_pair
+
+    def estimate(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]) -> Estimate:
+        from hdreg.estimators.coarse_to_fine import alignment_confidence
+
+        est = self.inner.estimate(images_a, images_b)
+        for i, (a, b) in enumerate(zip(images_a, images_b, strict=True)):
+            if est.failed[i]:
+                continue
+            conf, corr, overlap = alignment_confidence(a, b, est.H_a_from_b[i])
+            est.details[i].update(confidence=conf, correlation=corr, overlap=overlap)
+            if not conf >= self.min_confidence:
+                est.failed[i] = True
+                est.H_a_from_b[i] = np.eye(3)
+                est.reasons[i] = (
+                    f"confidence {conf:.2f} < {self.min_confidence} (correlation {corr:.2f} "
+                    f"over {overlap:.0%} of B): the photos do not match, or the motion is "
+                    "beyond reach"
+                )
+        return est
 
 
 #: the confidence under which ``hdreg align`` and :func:`hdreg.estimate` report a learned

@@ -158,9 +158,11 @@ def build_estimator(
     if spec.checkpoint is not None:
         from hdreg.estimators.learned import load_checkpoint_estimator
 
+        # with a refinement, the confidence is judged on the refined estimate (below)
         estimator = load_checkpoint_estimator(
-            spec.checkpoint, device=device, min_confidence=min_confidence
-        )
+            spec.checkpoint, device=device,
+            min_confidence=min_confidence if spec.refine is None else None,
+        )  # fmt: skip
     elif spec.method is not None:
         estimator = make(spec.method, **dict(overrides or {}))
     else:
@@ -176,4 +178,9 @@ def build_estimator(
                 f"method), got {type(refiner).__name__}"
             )
         cache[spec.refine] = refiner
-    return RefinedEstimator(estimator, cache[spec.refine])
+    refined = RefinedEstimator(estimator, cache[spec.refine])
+    if spec.checkpoint is not None and min_confidence is not None:
+        from hdreg.estimators.learned import ConfidenceGate
+
+        return ConfidenceGate(refined, min_confidence)
+    return refined
