@@ -194,8 +194,8 @@ def offsets_to_homography(offsets: Tensor, patch_size: int) -> tuple[Tensor, Ten
     ``corners + offsets`` in patch A, so ``H_a_from_b = DLT(corners, corners + offsets)``
     (:func:`four_point_to_homography_ex`: the identity and ``valid = False`` where degenerate).
 
-    >>> H, valid = offsets_to_homography(torch.full((1, 4, 2), 2.0), 128)
-    >>> H[0, :2, 2].tolist(), bool(valid[0])
+    >>> H, valid = offsets_to_homography(torch.full((1, 4, 2), 2.0, dtype=torch.float64), 128)
+    >>> H[0, :2, 2].round(decimals=6).tolist(), bool(valid[0])
     ([2.0, 2.0], True)
     """
     _check_shape("offsets", offsets, None, 4, 2)

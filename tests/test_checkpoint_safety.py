@@ -15,6 +15,7 @@ import torch
 
 from hdreg.estimators.learned import load_module
 from hdreg.models.checkpoint import load_net, read_checkpoint, resolve_checkpoint
+from hdreg.models.iterative import IterativeHomographyNet
 from hdreg.weights import export_weights, shipped
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,3 +209,24 @@ def test_load_net_needs_neither_lightning_nor_hydra():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+class MyNet(IterativeHomographyNet):
+    """A network of a user's own (here: the iterative network under another name)."""
+
+
+def test_a_registered_class_of_ones_own_loads(tmp_path):
+    from hdreg.models import checkpoint
+
+    config = _iterative_config()
+    target = f"{MyNet.__module__}.{MyNet.__qualname__}"
+    config["net"] = {**config["net"], "_target_": target}
+    state = torch.load(shipped("iterative").path, weights_only=True)["state_dict"]
+    path = _write(tmp_path / "mine.pt", config, state)
+    with pytest.raises(ValueError, match="refused"):
+        read_checkpoint(path)
+    try:
+        checkpoint.register("net", MyNet)
+        assert isinstance(load_net(path), MyNet)
+    finally:
+        checkpoint.NETS.pop(target, None)

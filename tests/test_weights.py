@@ -13,7 +13,7 @@ from hdreg.estimators.learned import load_checkpoint_estimator, load_module, res
 from hdreg.geometry import patch_corners, transform_points
 from hdreg.weights import export_weights, shipped, shipped_weights
 
-SHIPPED = ["homographynet", "iterative"]
+SHIPPED = ["homographynet", "iterative", "wide"]
 
 
 @pytest.fixture(scope="module")

@@ -295,10 +295,17 @@ def build_module(config: Mapping[str, Any] | DictConfig) -> HomographyModule:
     if not isinstance(plain, dict) or "_target_" not in plain:
         raise ValueError(f"a model config is a mapping with a _target_, got {plain!r}")
     model = {k: v for k, v in plain.items() if k not in ("optimizer", "scheduler")}
-    # Train only what a checkpoint can rebuild: the allow-list of hdreg.models.checkpoint.
+    # A checkpoint is rebuilt only from the allow-list of hdreg.models.checkpoint: say so early
+    # when a config names a class of its own (it trains; its files load once it is registered).
     from hdreg.models.checkpoint import check_model_config
 
-    check_model_config(model)
+    try:
+        check_model_config(model)
+    except ValueError as exc:
+        rank_zero_warn(
+            f"{exc}: its checkpoints will load only after hdreg.models.checkpoint.register(...) "
+            "of that class"
+        )
     module = instantiate(plain, _convert_="all")
     if not isinstance(module, HomographyModule):
         raise TypeError(f"{plain['_target_']} is not a HomographyModule")

@@ -36,6 +36,7 @@ __all__ = [
     "check_model_config",
     "load_net",
     "read_checkpoint",
+    "register",
     "resolve_checkpoint",
     "tensors_sha256",
 ]
@@ -139,6 +140,16 @@ def check_estimator_config(config: Any) -> None:
             raise ValueError(
                 f"hdreg_estimator.refine names {refine!r}, which is not a shipped model"
             )
+
+
+def register(kind: str, cls: type) -> None:
+    """Allow checkpoints to name a class of your own (``kind``: ``"net"``, ``"loss"`` or
+    ``"module"``), e.g. ``register("net", MyNet)`` before loading files that use ``MyNet``.
+    Registration is done by code you run; a file can never add to the allow-list."""
+    tables = {"net": NETS, "loss": LOSSES, "module": MODULES}
+    if kind not in tables or not isinstance(cls, type):
+        raise ValueError(f"register(kind, cls): kind is one of {', '.join(tables)}, cls a class")
+    tables[kind][f"{cls.__module__}.{cls.__qualname__}"] = (cls.__module__, cls.__qualname__)
 
 
 def _class(target: str, table: dict[str, tuple[str, str]]) -> type:
