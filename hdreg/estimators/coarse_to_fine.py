@@ -31,7 +31,6 @@ All homographies follow docs/conventions.md: ``H_a_from_b`` maps B's pixels into
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +39,14 @@ import cv2
 import numpy as np
 import torch
 
-from hdreg.estimators.base import Estimate, Estimator
+from hdreg.estimators.base import PairResult, PairwiseEstimator
 from hdreg.geometry_np import check_homography, coverage_mask, normalize_homography
 
 __all__ = [
     "CoarseToFineEstimator",
     "alignment_confidence",
+    "blank_reason",
+    "judge_confidence",
     "keeps_a_in_front",
     "scale_matrix",
     "texture",
@@ -116,6 +117,37 @@ def keeps_a_in_front(H_a_from_b: np.ndarray, size_a: tuple[int, int], ratio: flo
     return bool(centre != 0 and np.all(depth / centre >= ratio))
 
 
+def blank_reason(image: np.ndarray, label: str, min_texture: float) -> str | None:
+    """Why photo ``label`` carries no information (mean gradient under ``min_texture``), or
+    ``None``."""
+    grad = texture(image)
+    if grad < min_texture:
+        return (
+            f"image {label} is blank or has no texture (mean gradient {grad:.2f} < {min_texture})"
+        )
+    return None
+
+
+def judge_confidence(
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    H_a_from_b: np.ndarray,
+    min_confidence: float,
+    details: dict[str, Any],
+    side: int = 256,
+) -> str | None:
+    """Record an estimate's ``confidence``, ``correlation`` and ``overlap`` in ``details``
+    (:func:`alignment_confidence`) and say why it is not trusted (``None``: it is)."""
+    conf, corr, overlap = alignment_confidence(image_a, image_b, H_a_from_b, side)
+    details.update(confidence=conf, correlation=corr, overlap=overlap)
+    if conf >= min_confidence:
+        return None
+    return (
+        f"confidence {conf:.2f} < {min_confidence} (correlation {corr:.2f} over {overlap:.0%} "
+        "of B): the photos do not match, or the motion is beyond reach"
+    )
+
+
 def texture(image: np.ndarray) -> float:
     """Mean gradient magnitude (gray levels per pixel) of an 8-bit image."""
     gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3) / 8.0
@@ -171,7 +203,7 @@ class _Pair:
     details: dict[str, Any]
 
 
-class CoarseToFineEstimator(Estimator):
+class CoarseToFineEstimator(PairwiseEstimator):
     """A patch network as a whole-image estimator (see the module docstring).
 
     Args:
@@ -400,50 +432,19 @@ class CoarseToFineEstimator(Estimator):
         pair.H = H_full
 
     # -- the estimator ---------------------------------------------------------------------------
-    def estimate_pair(self, image_a: np.ndarray, image_b: np.ndarray) -> tuple[Any, str, dict]:
+    def estimate_pair(self, image_a: np.ndarray, image_b: np.ndarray) -> PairResult:
         pair = _Pair(image_a, image_b, np.eye(3), {})
-        for name, image in (("A", image_a), ("B", image_b)):
-            grad = texture(_resize(image, (self.patch, self.patch)))
-            if grad < self.min_texture:
-                reason = (
-                    f"image {name} is blank or has no texture (mean gradient {grad:.2f} "
-                    f"< {self.min_texture})"
-                )
-                return None, reason, pair.details
+        for label, image in (("A", image_a), ("B", image_b)):
+            reason = blank_reason(_resize(image, (self.patch, self.patch)), label, self.min_texture)
+            if reason:
+                return PairResult(None, reason, pair.details)
         self._global(pair)
         pair.details["confidence_global"] = alignment_confidence(
             image_a, image_b, pair.H, self.score_side
         )[0]
         for side in self._level_sides(_size(image_b)):
             self._refine_level(pair, side)
-        conf, corr, overlap = alignment_confidence(image_a, image_b, pair.H, self.score_side)
-        pair.details.update(confidence=conf, correlation=corr, overlap=overlap)
-        if not conf >= self.min_confidence:
-            return (
-                None,
-                (
-                    f"confidence {conf:.2f} < {self.min_confidence} (correlation {corr:.2f} over "
-                    f"{overlap:.0%} of B): the photos do not match, or the motion is beyond reach"
-                ),
-                pair.details,
-            )
-        return pair.H, "", pair.details
-
-    def estimate(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]) -> Estimate:
-        if len(images_a) != len(images_b):
-            raise ValueError(f"got {len(images_a)} A images but {len(images_b)} B images")
-        n = len(images_a)
-        H = np.tile(np.eye(3), (n, 1, 1))
-        failed = np.zeros(n, bool)
-        seconds = np.zeros(n)
-        reasons = [""] * n
-        details: list[dict[str, Any]] = [{} for _ in range(n)]
-        for i, (a, b) in enumerate(zip(images_a, images_b, strict=True)):
-            t0 = time.perf_counter()
-            H_i, reason, details[i] = self.estimate_pair(a, b)
-            seconds[i] = time.perf_counter() - t0
-            if H_i is None:
-                failed[i], reasons[i] = True, reason
-            else:
-                H[i] = H_i
-        return Estimate(H, failed, seconds, reasons, details)
+        reason = judge_confidence(
+            image_a, image_b, pair.H, self.min_confidence, pair.details, self.score_side
+        )
+        return PairResult(None if reason else pair.H, reason, pair.details)

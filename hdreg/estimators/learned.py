@@ -104,22 +104,15 @@ class HomographyNetEstimator(Estimator):
         self, a: np.ndarray, b: np.ndarray, H_a_from_b: np.ndarray, details: dict[str, Any]
     ) -> str | None:
         """Why this pair's estimate must not be trusted (``None``: it may)."""
-        from hdreg.estimators.coarse_to_fine import alignment_confidence, texture
+        from hdreg.estimators.coarse_to_fine import blank_reason, judge_confidence
 
         for label, image in (("A", a), ("B", b)):
-            t = texture(self._resize(image))
-            if t < self.min_texture:
-                return f"image {label} is blank or has no texture (mean gradient {t:.2f})"
+            reason = blank_reason(self._resize(image), label, self.min_texture)
+            if reason:
+                return reason
         if self.min_confidence is None:
             return None
-        conf, corr, overlap = alignment_confidence(a, b, H_a_from_b)
-        details.update(confidence=conf, correlation=corr, overlap=overlap)
-        if not conf >= self.min_confidence:
-            return (
-                f"confidence {conf:.2f} < {self.min_confidence} (correlation {corr:.2f} over "
-                f"{overlap:.0%} of B): the photos do not match, or the motion is beyond reach"
-            )
-        return None
+        return judge_confidence(a, b, H_a_from_b, self.min_confidence, details)
 
     def estimate(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]) -> Estimate:
         if len(images_a) != len(images_b):
@@ -195,22 +188,16 @@ class ConfidenceGate(Estimator):
         return self.inner.per_pair
 
     def estimate(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]) -> Estimate:
-        from hdreg.estimators.coarse_to_fine import alignment_confidence
+        from hdreg.estimators.coarse_to_fine import judge_confidence
 
         est = self.inner.estimate(images_a, images_b)
         for i, (a, b) in enumerate(zip(images_a, images_b, strict=True)):
             if est.failed[i]:
                 continue
-            conf, corr, overlap = alignment_confidence(a, b, est.H_a_from_b[i])
-            est.details[i].update(confidence=conf, correlation=corr, overlap=overlap)
-            if not conf >= self.min_confidence:
-                est.failed[i] = True
+            reason = judge_confidence(a, b, est.H_a_from_b[i], self.min_confidence, est.details[i])
+            if reason:
+                est.failed[i], est.reasons[i] = True, reason
                 est.H_a_from_b[i] = np.eye(3)
-                est.reasons[i] = (
-                    f"confidence {conf:.2f} < {self.min_confidence} (correlation {corr:.2f} "
-                    f"over {overlap:.0%} of B): the photos do not match, or the motion is "
-                    "beyond reach"
-                )
         return est
 
 
