@@ -199,6 +199,34 @@ class TestRefinedEstimator:
         assert [r["failed"] for r in rows] == ["1", "0", "0"]
         assert "stub+ecc: ecc's refinement kept on 1 of the 2 pairs" in paths["table"].read_text()
 
+    def test_evaluation_runs_a_shared_base_once_with_the_same_results(self, textured_pair):
+        a, b = textured_pair
+        pairs = EvalPairs(
+            name="two pairs", kind="synthetic", ids=["0", "1"], groups=["t", "t"],
+            images_a=[a, a], images_b=[b, b],
+            points_src=np.stack([CORNERS_B] * 2), points_dst_true=np.stack([CORNERS_IN_A] * 2),
+        )  # fmt: skip
+
+        class Counting(StubEstimator):
+            calls = 0
+
+            def estimate(self, images_a, images_b):
+                Counting.calls += 1
+                return super().estimate(images_a, images_b)
+
+        base = Counting(np.stack([H_START] * 2), [False, True])
+        ecc = method_estimator("ecc")
+        shared = evaluate(pairs, [base, RefinedEstimator(base, ecc)], progress=False)
+        assert Counting.calls == 1
+        alone = evaluate(pairs, [RefinedEstimator(base, ecc)], progress=False).methods[0]
+        assert Counting.calls == 2
+        refined = shared.methods[1]
+        np.testing.assert_allclose(refined.H_a_from_b, alone.H_a_from_b, atol=1e-9)
+        np.testing.assert_array_equal(refined.failed, alone.failed)
+        assert refined.reasons == alone.reasons == ["", "stub failed"]
+        assert refined.details[0]["refine_kept"] is True
+        assert refined.seconds[1] == 0.25 and refined.seconds[0] > 0.25  # base time included
+
     def test_comparison_is_symmetric_and_uses_the_common_region(self, textured_pair):
         a, b = textured_pair
         same = compare_estimates(a, b, H_TRUE, H_TRUE)
@@ -255,6 +283,15 @@ class TestBuildEstimators:
         # the refiner comes from method_params.ecc, so its parameters can be overridden
         assert ests[1].refiner.refine_levels == 1
         assert ests[1].refiner is ests[2].refiner  # one refiner, built once
+
+    def test_refined_spec_shares_the_base_of_the_same_run(self, tmp_path):
+        params = method_params()
+        ests = build_estimators(["sift", "orb+ecc", "sift+ecc"], params)
+        assert ests[2].base is ests[0]  # the runner then estimates sift once
+        assert ests[1].base is not ests[0]
+        ckpt = write_tiny_checkpoint(tmp_path / "model.ckpt")
+        ests = build_estimators([], params, [f"{ckpt}+ecc", str(ckpt)], device="cpu")
+        assert ests[0].base is ests[1]
 
     def test_unknown_refinement_lists_the_valid_ones(self):
         with pytest.raises(

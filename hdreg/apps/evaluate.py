@@ -42,7 +42,8 @@ def build_estimators(
 
     Each entry is parsed by :mod:`hdreg.estimators.registry`: a method name or checkpoint may end in
     ``+ecc`` (``sift+ecc``, ``model.ckpt+ecc``), and its estimates are then refined by the ECC
-    refiner built from ``method_params.ecc`` (overridable: ``method_params.ecc.refine_levels=1``).
+    refiner built from ``method_params.ecc`` (overridable: ``method_params.ecc.refine_levels=1``);
+    ``+adapt`` likewise (``method_params.adapt``), and they chain: ``wide+adapt+ecc``.
     """
     if isinstance(methods, str):
         methods = [methods]
@@ -50,9 +51,12 @@ def build_estimators(
     specs += [parse_checkpoint_spec(str(c)) for c in checkpoints or ()]
     if not specs:
         raise ValueError("nothing to evaluate: give methods=[...] and/or checkpoints=[...]")
+    # one cache for the run: x, x+ecc and x+adapt+ecc share x (the runner estimates it once)
     refiners: dict = {}
+    built: dict = {}
     return [
-        build_estimator(spec, method_params, device=device, refiners=refiners) for spec in specs
+        build_estimator(spec, method_params, device=device, refiners=refiners, built=built)
+        for spec in specs
     ]
 
 

@@ -279,7 +279,16 @@ class RefinedEstimator(Estimator):
     def estimate(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]) -> Estimate:
         if len(images_a) != len(images_b):
             raise ValueError(f"got {len(images_a)} A images but {len(images_b)} B images")
-        start = self.base.estimate(images_a, images_b)
+        return self.refine_estimate(images_a, images_b, self.base.estimate(images_a, images_b))
+
+    def refine_estimate(
+        self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray], start: Estimate
+    ) -> Estimate:
+        """Refine ``start``, the base's estimate of these pairs (what :meth:`estimate` does
+        after running the base; the evaluation hands it the base's results when it has scored
+        the base alone on the same pairs, so that ``x`` and ``x+ecc`` estimate ``x`` once)."""
+        if len(images_a) != len(images_b):
+            raise ValueError(f"got {len(images_a)} A images but {len(images_b)} B images")
         n = len(images_a)
         if len(start) != n:
             raise RuntimeError(f"{self.base.name} returned {len(start)} results for {n} pairs")

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hdreg.estimators import Estimate, Estimator, reportable
+from hdreg.estimators.refinement import RefinedEstimator
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.metrics import summarize
 
@@ -96,16 +97,42 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
+def _refine_batch(
+    estimator: RefinedEstimator, images_a: list[np.ndarray], images_b: list[np.ndarray],
+    start: Estimate,
+) -> Estimate:
+    """One batch of a refined estimator whose base was already run on it (``start``)."""
+    out = estimator.refine_estimate(images_a, images_b, start)
+    out.details = [reportable(d) for d in out.details]
+    return out
+
+
+def _slice(est: Estimate, sl: slice) -> Estimate:
+    return Estimate(
+        est.H_a_from_b[sl].copy(), est.failed[sl].copy(), est.seconds[sl].copy(),
+        list(est.reasons[sl]), [dict(d) for d in est.details[sl]],
+    )  # fmt: skip
+
+
 def _run(
-    est: Estimator, pairs: EvalPairs, batches: list[slice], pool: ProcessPoolExecutor | None
+    est: Estimator,
+    pairs: EvalPairs,
+    batches: list[slice],
+    pool: ProcessPoolExecutor | None,
+    start: Estimate | None = None,
 ) -> Iterator[tuple[slice, Estimate]]:
+    def job(sl: slice) -> tuple:
+        a, b = pairs.images_a[sl], pairs.images_b[sl]
+        if start is None:
+            return _estimate_batch, est, a, b
+        return _refine_batch, est, a, b, _slice(start, sl)
+
     if pool is None or not est.per_pair:
         for sl in batches:
-            yield sl, _estimate_batch(est, pairs.images_a[sl], pairs.images_b[sl])
+            fn, *args = job(sl)
+            yield sl, fn(*args)
         return
-    futures = [
-        pool.submit(_estimate_batch, est, pairs.images_a[sl], pairs.images_b[sl]) for sl in batches
-    ]
+    futures = [pool.submit(*job(sl)) for sl in batches]
     for sl, future in zip(batches, futures, strict=True):
         yield sl, future.result()
 
@@ -141,11 +168,16 @@ def evaluate(
         # spawn: fresh workers, no copy of this process's threads (OpenCV's, torch's).
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    # The raw results of each estimator, by identity: a refined estimator whose base was
+    # scored alone in this run (``wide`` and ``wide+ecc`` share one base, see
+    # hdreg.apps.evaluate.build_estimators) refines those results instead of running it again.
+    raw: dict[int, Estimate] = {}
     try:
-        results = [
-            _evaluate_one(name, est, pairs, batch_size, progress, pool)
-            for name, est in zip(names, estimators, strict=True)
-        ]
+        results = []
+        for name, est in zip(names, estimators, strict=True):
+            start = raw.get(id(est.base)) if isinstance(est, RefinedEstimator) else None
+            result, raw[id(est)] = _evaluate_one(name, est, pairs, batch_size, progress, pool, start)
+            results.append(result)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -159,7 +191,11 @@ def _evaluate_one(
     batch_size: int,
     progress: bool,
     pool: ProcessPoolExecutor | None,
-) -> MethodResult:
+    start: Estimate | None = None,
+) -> tuple[MethodResult, Estimate]:
+    """Score ``est`` on ``pairs``; also return its raw results (before fold checks).
+    ``start``: the raw results of ``est.base`` when ``est`` is a :class:`RefinedEstimator`
+    whose base already ran on these pairs (its per-pair seconds count in ``est``'s)."""
     n = len(pairs)
     H = np.tile(np.eye(3), (n, 1, 1))
     failed = np.zeros(n, bool)
@@ -167,7 +203,7 @@ def _evaluate_one(
     reasons = [""] * n
     details: list[dict[str, Any]] = [{} for _ in range(n)]
     bar = tqdm(total=n, desc=f"{name:>14s}", unit="pair", disable=not progress, leave=False)
-    for sl, out in _run(est, pairs, _batches(n, batch_size), pool):
+    for sl, out in _run(est, pairs, _batches(n, batch_size), pool, start):
         if len(out) != sl.stop - sl.start:
             raise RuntimeError(f"{name} returned {len(out)} results for a batch of {sl}")
         H[sl], failed[sl], seconds[sl] = out.H_a_from_b, out.failed, out.seconds
@@ -175,6 +211,7 @@ def _evaluate_one(
         details[sl] = out.details
         bar.update(sl.stop - sl.start)
     bar.close()
+    raw = Estimate(H.copy(), failed.copy(), seconds.copy(), list(reasons), [dict(d) for d in details])
     folded = ~failed & pairs.folds(H)
     for i in np.flatnonzero(folded):
         reasons[i] = "estimate folds the image (a corner maps through the horizon)"
@@ -182,4 +219,4 @@ def _evaluate_one(
     H[failed] = np.eye(3)
     errors = pairs.errors(H)
     summary = summarize(errors, failed, seconds)
-    return MethodResult(name, H, failed, seconds, reasons, errors, summary, details)
+    return MethodResult(name, H, failed, seconds, reasons, errors, summary, details), raw
