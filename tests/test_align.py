@@ -202,7 +202,7 @@ class TestAlign:
         assert est.name == "sift+ecc"
         assert (est.refiner.refine_levels, est.refiner.iterations) == (3, 7)
         assert est.base.ratio == real("sift").ratio
-        assert methods.REFINEMENTS == ("ecc",)
+        assert methods.REFINEMENTS == ("ecc", "adapt")
 
     def test_any_format_and_size(self, tmp_path, capsys):
         gray = textured_image(240, 320, seed=3)

@@ -188,8 +188,14 @@ def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _spec(method: str | None, checkpoint: str | Path | None, refine: str | None) -> MethodSpec:
-    """The spec of ``hdreg align``'s options, parsed by :mod:`hdreg.estimators.registry`."""
+def _spec(
+    method: str | None,
+    checkpoint: str | Path | None,
+    refine: str | None,
+    adapt: int | None = None,
+) -> MethodSpec:
+    """The spec of ``hdreg align``'s options, parsed by :mod:`hdreg.estimators.registry`.
+    ``adapt`` (steps) puts ``+adapt`` in the chain, before ``+ecc`` when there is one."""
     if method is None and checkpoint is None:  # the default: the most accurate method measured
         checkpoint, refine = DEFAULT_CHECKPOINT, refine or DEFAULT_REFINE
     if method is None:
@@ -209,9 +215,17 @@ def _spec(method: str | None, checkpoint: str | Path | None, refine: str | None)
             raise ValueError(
                 f"unknown refinement {refine!r}: valid refinements are {', '.join(REFINEMENTS)}"
             )
-        if spec.refine not in (None, refine):
+        if spec.refine is None:
+            spec = MethodSpec(spec.text, spec.method, spec.checkpoint, refine)
+        elif refine not in spec.refine.split("+"):
             raise ValueError(f"{spec.text!r} already ends in +{spec.refine}; --refine {refine}")
-        spec = MethodSpec(spec.text, spec.method, spec.checkpoint, refine)
+    if adapt is not None:
+        if isinstance(adapt, bool) or not isinstance(adapt, int) or adapt < 1:
+            raise ValueError(f"--adapt must be a number of steps >= 1, got {adapt!r}")
+        steps = spec.refine.split("+") if spec.refine else []
+        if "adapt" not in steps:
+            steps.insert(steps.index("ecc") if "ecc" in steps else len(steps), "adapt")
+        spec = MethodSpec(spec.text, spec.method, spec.checkpoint, "+".join(steps))
     return spec
 
 
@@ -220,6 +234,7 @@ def make_estimator(
     *,
     checkpoint: str | Path | None = None,
     refine: str | None = None,
+    adapt: int | None = None,
     device: str = "auto",
     ratio: float | None = None,
     robust: str | None = None,
@@ -230,12 +245,15 @@ def make_estimator(
     ``method=None`` means ``"model"``: the given checkpoint, or with none the shipped ``wide``
     refined by ECC (:data:`DEFAULT_CHECKPOINT`, :data:`DEFAULT_REFINE`). ``refine``
     (or a checkpoint spec ending in ``+ecc``) wraps the estimator in the refinement, whose
-    parameters come from ``hdreg/configs/method/ecc.yaml``. ``ratio``, ``robust`` and
+    parameters come from ``hdreg/configs/method/ecc.yaml``. ``adapt`` (steps per level) adds
+    the per-pair adaptation of :mod:`hdreg.estimators.adapt` before ECC (``hdreg/configs/method/
+    adapt.yaml``; the adapted estimate is kept only if it lowers the photometric loss and does
+    not lower the correlation). ``ratio``, ``robust`` and
     ``reproj_threshold`` override the keypoint methods' parameters (``None``: keep them). Raises
     ``ValueError`` for an unknown method or an option that does not apply, and
     ``FileNotFoundError`` for a missing checkpoint.
     """
-    spec = _spec(method, checkpoint, refine)
+    spec = _spec(method, checkpoint, refine, adapt)
     name = spec.method or "model"
     keypoint_options = {"ratio": ratio, "robust": robust, "reproj_threshold": reproj_threshold}
     given = {k: v for k, v in keypoint_options.items() if v is not None}
@@ -248,8 +266,9 @@ def make_estimator(
     from hdreg.estimators.learned import ALIGN_MIN_CONFIDENCE
 
     estimator = build_estimator(
-        spec, device=device, overrides=given, min_confidence=ALIGN_MIN_CONFIDENCE
-    )
+        spec, device=device, overrides=given, min_confidence=ALIGN_MIN_CONFIDENCE,
+        refiner_overrides={"adapt": {"steps": adapt}} if adapt is not None else None,
+    )  # fmt: skip
     return name, estimator
 
 
@@ -322,6 +341,7 @@ def align(
     method: str | None = None,
     checkpoint: str | Path | None = None,
     refine: str | None = None,
+    adapt: int | None = None,
     device: str = "auto",
     ratio: float | None = None,
     robust: str | None = None,
@@ -341,7 +361,7 @@ def align(
         raise ValueError(
             f"--max-side must be 0 (full resolution) or at least {MIN_MAX_SIDE} px, got {max_side}"
         )
-    spec = _spec(method, checkpoint, refine)
+    spec = _spec(method, checkpoint, refine, adapt)
     if spec.checkpoint is not None and not spec.checkpoint.is_file():
         # Before decoding possibly large images: the cheapest error first.
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
@@ -350,6 +370,7 @@ def align(
         method,
         checkpoint=checkpoint,
         refine=refine,
+        adapt=adapt,
         device=device,
         ratio=ratio,
         robust=robust,

@@ -190,6 +190,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
         method=args.method,
         checkpoint=args.checkpoint,
         refine=args.refine,
+        adapt=args.adapt,
         device=args.device,
         ratio=args.ratio,
         robust=args.robust,
@@ -244,8 +245,15 @@ def _add_align_parser(sub: argparse._SubParsersAction, full: bool = True) -> Non
         "--method model",
     )
     al.add_argument(
-        "--refine", choices=REFINEMENTS, help="refine the estimate by ECC (kept only if it helps)"
-    )
+        "--refine", choices=REFINEMENTS,
+        help="refine the estimate by ECC or by --adapt's per-pair adaptation (kept only if it "
+        "helps)",
+    )  # fmt: skip
+    al.add_argument(
+        "--adapt", type=int, metavar="N",
+        help="adapt the estimate to the pair with N steps per level of the unsupervised "
+        "photometric loss, before any ECC (kept only if it lowers the loss)",
+    )  # fmt: skip
     al.add_argument("--out", required=True, help="output folder (created)")
     al.add_argument("--device", default="auto", help="for --method model: auto | cpu | cuda")
     al.add_argument(

@@ -36,14 +36,16 @@ __all__ = [
     "parse_method_spec",
 ]
 
-# Refinements a spec may end in ('+ecc'): each is a method config that builds a refiner.
-REFINEMENTS = ("ecc",)
+# Refinements a spec may end in ('+ecc', '+adapt', chained: '+adapt+ecc'): each is a method
+# config that builds a refiner, applied in the order written.
+REFINEMENTS = ("ecc", "adapt")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     """A parsed spec: ``method`` (a ``hdreg/configs/method`` name) or ``checkpoint`` (a file), and
-    the ``refine`` ment to apply (``None``: none). ``text`` is the spec as written."""
+    the ``refine`` ments to apply in order, joined by ``+`` (``"adapt+ecc"``; ``None``: none).
+    ``text`` is the spec as written."""
 
     text: str
     method: str | None
@@ -84,8 +86,8 @@ def parse_method_spec(text: str, known: Iterable[str]) -> MethodSpec:
             f"unknown method {text!r}: valid methods are {', '.join(known)} (each a config in "
             f"hdreg/configs/method/), optionally followed by +{'/+'.join(REFINEMENTS)}"
         )
-    if plus:
-        _check_refine(refine, text)
+    for step in refine.split("+") if plus else ():
+        _check_refine(step, text)
     return MethodSpec(text, base, None, refine or None)
 
 
@@ -93,8 +95,8 @@ def parse_checkpoint_spec(text: str) -> MethodSpec:
     """``"dir/m.ckpt"`` / ``"dir/m.ckpt+ecc"`` / a checkpoint name → :class:`MethodSpec`.
 
     The whole ``text`` is the checkpoint when it is an existing file; else, when it ends in
-    ``+<refinement>``, the part before is the checkpoint. A ``+<suffix>`` that is not a known
-    refinement after an existing file is an error; otherwise the checkpoint is resolved by
+    ``+<refinement>`` (or several: ``+adapt+ecc``), the part before is the checkpoint. A
+    ``+<suffix>`` that is not a known refinement after an existing file is an error; otherwise the checkpoint is resolved by
     :func:`~hdreg.estimators.learned.resolve_checkpoint` (whose loader reports a missing file).
     """
     from hdreg.estimators.learned import resolve_checkpoint
@@ -110,8 +112,18 @@ def parse_checkpoint_spec(text: str) -> MethodSpec:
         "checkpoint",
         "a checkpoint file or a shipped model name such as iterative",
     )
-    if plus and suffix in REFINEMENTS:
-        return MethodSpec(text, None, resolve_checkpoint(base), suffix)
+    # strip known refinements from the end until what is left is a file or has none
+    refine: list[str] = []
+    head = text
+    while not Path(head).expanduser().is_file():
+        before, sep, last = head.rpartition("+")
+        if not sep or last not in REFINEMENTS:
+            break
+        refine.insert(0, last)
+        head = before
+    if refine:
+        _check_not_empty(text, head, "+", "checkpoint", "a shipped model name such as iterative")
+        return MethodSpec(text, None, resolve_checkpoint(head), "+".join(refine))
     if plus and Path(base).expanduser().is_file():
         _check_refine(suffix, text)
     return MethodSpec(text, None, resolve_checkpoint(text), None)
@@ -131,6 +143,8 @@ def build_estimator(
     overrides: Mapping[str, Any] | None = None,
     refiners: dict[str, Any] | None = None,
     min_confidence: float | None = None,
+    built: dict[tuple, Estimator] | None = None,
+    refiner_overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Estimator:
     """The estimator of a parsed spec.
 
@@ -145,6 +159,10 @@ def build_estimator(
         min_confidence: for a checkpoint of a plain network, report estimates under this
             confidence as failed (``hdreg align`` and the Python API do; see
             :class:`~hdreg.estimators.learned.HomographyNetEstimator`).
+        built: a cache of the estimators built so far, shared between calls: ``x``, ``x+adapt``
+            and ``x+adapt+ecc`` then share their common part (the evaluation runs it once).
+        refiner_overrides: constructor arguments of refiners by name (``hdreg align --adapt
+            N``: ``{"adapt": {"steps": N}}``).
     """
     from hdreg.config import method_estimator
     from hdreg.estimators.refinement import RefinedEstimator
@@ -155,7 +173,11 @@ def build_estimator(
         # evaluate.py's method_params (overridable), else hdreg/configs/method/<name>.yaml
         return _instantiate(params[name], **kw) if name in params else method_estimator(name, **kw)
 
-    if spec.checkpoint is not None:
+    cache = built if built is not None else {}
+    key: tuple = (spec.method, str(spec.checkpoint) if spec.checkpoint is not None else None)
+    if key + ("",) in cache:
+        estimator = cache[key + ("",)]
+    elif spec.checkpoint is not None:
         from hdreg.estimators.learned import load_checkpoint_estimator
 
         # with a refinement, the confidence is judged on the refined estimate (below)
@@ -167,18 +189,28 @@ def build_estimator(
         estimator = make(spec.method, **dict(overrides or {}))
     else:
         raise ValueError(f"spec {spec.text!r} names neither a method nor a checkpoint")
+    if not (spec.checkpoint is not None and min_confidence is not None):
+        cache.setdefault(key + ("",), estimator)
     if spec.refine is None:
         return estimator
-    cache = refiners if refiners is not None else {}
-    if spec.refine not in cache:
-        refiner = make(spec.refine)
-        if not callable(getattr(refiner, "refine", None)):
-            raise ValueError(
-                f"the {spec.refine} config must build a refiner (an estimator with a refine "
-                f"method), got {type(refiner).__name__}"
-            )
-        cache[spec.refine] = refiner
-    refined = RefinedEstimator(estimator, cache[spec.refine])
+    made = refiners if refiners is not None else {}
+    done = ""
+    for step in spec.refine.split("+"):
+        done = f"{done}+{step}" if done else step
+        if key + (done,) in cache:
+            estimator = cache[key + (done,)]
+            continue
+        if step not in made:
+            refiner = make(step, **dict((refiner_overrides or {}).get(step, {})))
+            if not callable(getattr(refiner, "refine", None)):
+                raise ValueError(
+                    f"the {step} config must build a refiner (an estimator with a refine "
+                    f"method), got {type(refiner).__name__}"
+                )
+            made[step] = refiner
+        estimator = RefinedEstimator(estimator, made[step])
+        cache[key + (done,)] = estimator
+    refined = estimator
     if spec.checkpoint is not None and min_confidence is not None:
         from hdreg.estimators.learned import ConfidenceGate
 
