@@ -111,6 +111,21 @@ class TestTraining:
         run_train([*TINY_ITERATIVE, f"data.source={frames}", f"init={last}"], run2)
         assert load_module(run2 / "checkpoints" / "last.ckpt").net is not None
 
+    def test_adapting_to_the_folder_itself_holds_out_nothing(self, tmp_path, caplog):
+        from hydra.utils import instantiate
+
+        from hdreg.config import compose_config
+
+        frames = write_frames(tmp_path / "frames", 12)
+        args = [*TINY_ITERATIVE, f"data.source={frames}", "data.split_fractions=[1,0,0]"]
+        dm = instantiate(compose_config("train", args).data)
+        dm.setup()
+        assert dm.splits["val"] is dm.splits["train"] is dm.splits["test"]
+        assert dm.pair_counts == {"train": 11, "val": 11}  # every consecutive pair, both uses
+        assert "holds out no val images" in caplog.text
+        with pytest.raises(ValueError, match="leaves no val images"):  # synthetic data: refused
+            instantiate(compose_config("train", ["data.split_fractions=[1,0,1]"]).data).setup()
+
     def test_a_supervised_model_is_refused(self, tmp_path):
         frames = write_frames(tmp_path / "frames", 30)
         args = [*TINY_ITERATIVE, f"data.source={frames}", "model=iterative"]

@@ -278,6 +278,9 @@ class SyntheticDataModule(pl.LightningDataModule):
             "val": images.subset(val),
             "test": images.subset(test),
         }
+        for part in ("val", "test"):
+            if len(self.splits[part].images) == 0:
+                self.splits[part] = self._empty_split(part)
         if self.wide is not None:
             p = self.protocol.patch_size
             self._val = make_wide_benchmark(
@@ -293,6 +296,13 @@ class SyntheticDataModule(pl.LightningDataModule):
         )  # fmt: skip
         self._test = make_synthetic_benchmark(
             self.splits["test"], self.test_pairs, self.seed, eval_protocol, stream="test"
+        )
+
+    def _empty_split(self, part: str) -> ImageSet:
+        """What to use when ``data.split_fractions`` leaves no ``part`` images."""
+        raise ValueError(
+            f"data.split_fractions={list(self.split_fractions)} leaves no {part} images: give "
+            f"the {part} split a positive share"
         )
 
     @property

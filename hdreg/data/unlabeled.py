@@ -16,6 +16,7 @@ label-free loss (``SequencePhotometric``, ``PhotometricL1``) trains on it unchan
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hdreg.data.datamodule import SyntheticDataModule
 from hdreg.data.pairs import _LAYOUTS
-from hdreg.data.sources import IMAGE_EXTENSIONS, ImageSource, load_gray
+from hdreg.data.sources import IMAGE_EXTENSIONS, ImageSet, ImageSource, load_gray
 from hdreg.data.synthetic import STREAMS, pair_rng
 from hdreg.geometry_np import rect_corners
 
@@ -38,6 +39,8 @@ __all__ = [
     "find_unlabeled_pairs",
     "load_views",
 ]
+
+log = logging.getLogger(__name__)
 
 _DIGITS = re.compile(r"(\d+)")
 
@@ -256,18 +259,30 @@ class UnlabeledDataModule(SyntheticDataModule):
         split_of = {
             name: k
             for k, part in enumerate(("train", "val", "test"))
+            if k == 0 or self.splits[part] is not self.splits["train"]  # none held out
             for name in self.splits[part].names
         }
         # views too small for synthetic pairs are in no split: they still make training pairs
         both = np.array([split_of.get(name, 0) for name in rel])[index]
         self._views = views
         self._train_index = index[(both == 0).all(axis=1)]
-        self._val_index = index[(both == 1).all(axis=1)][: self.val_real_pairs]
+        held_out = self.splits["val"] is not self.splits["train"]
+        self._val_index = index[(both == (1 if held_out else 0)).all(axis=1)][: self.val_real_pairs]
         if len(self._train_index) == 0:
             raise ValueError(
                 f"none of the {len(index)} pairs under {root} has both views in the training "
                 "split: add images or change data.split_fractions"
             )
+
+    def _empty_split(self, part: str) -> ImageSet:
+        # Adapting to a set of pairs itself (data.split_fractions=[1,0,0], the setting of UDIS2's
+        # fine-tuning): no image is held out, so validation and test use the training images.
+        log.warning(
+            "data.split_fractions=%s holds out no %s images: %s uses the training images "
+            "(adaptation to the folder itself; its scores are not held-out scores)",
+            list(self.split_fractions), part, part,
+        )  # fmt: skip
+        return self.splits["train"]
 
     def train_dataset(self) -> UnlabeledPairs:
         assert self._views is not None

@@ -78,8 +78,10 @@ def evaluate_test_split(
     """Score ``checkpoint`` beside ``methods`` on the DataModule's fixed test pairs, with the same
     code as ``evaluate.py``; write the report into ``out_dir``, print the table."""
     bench = datamodule.test_benchmark
+    splits = datamodule.splits
+    held_out = "training" if splits["test"] is splits["train"] else "held-out"
     pairs = EvalPairs.from_synthetic(
-        bench, name=f"test split ({len(datamodule.splits['test'])} held-out images)"
+        bench, name=f"test split ({len(datamodule.splits['test'])} {held_out} images)"
     )
     estimators = build_estimators(methods, method_params)
     estimators.append(load_checkpoint_estimator(checkpoint, device=device))
