@@ -116,6 +116,13 @@ class TestAdaptSpecs:
         assert isinstance(est.base, RefinedEstimator) and est.base.refiner.name == "adapt"
         assert est.base.base.name == "sift" and est.name == "sift+adapt+ecc"
 
+    def test_each_refiner_of_a_chain_leaves_its_verdict(self, pair):
+        a, b = pair
+        est = build_estimator(parse_method_spec("sift+adapt+ecc", ["sift"]))
+        details = est.estimate([a], [b]).details[0]
+        assert {"adapt_kept", "ecc_kept"} <= set(details)
+        assert details["refined_by"] == "ecc"  # the refine_* keys are the last refiner's
+
     def test_align_adapt_goes_before_ecc(self):
         assert _spec(None, None, None, 20).refine == "adapt+ecc"  # the default: wide+ecc
         assert _spec("sift", None, None, 5).refine == "adapt"

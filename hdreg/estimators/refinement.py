@@ -196,7 +196,8 @@ class RefinedEstimator(Estimator):
     the base's time plus the refinement's. Each pair the base did not fail gets the details
     ``refined_by``, ``refine_kept``, ``refine_note`` and the ``refine_correlation_start``,
     ``refine_correlation_refined``, ``refine_common`` of the comparison (:class:`Refinement`),
-    beside the base's own details.
+    and ``<refiner name>_kept`` (which survives a chain of refinements), beside the base's own
+    details.
     """
 
     def __init__(
@@ -307,6 +308,9 @@ class RefinedEstimator(Estimator):
                 refine_correlation_refined=outcome.correlation_refined,
                 refine_common=outcome.common,
             )
+            # in a chain (wide+adapt+ecc) the refine_* keys are the last refiner's: each one
+            # also leaves its own verdict under its name
+            details[i][f"{self.refiner.name}_kept"] = outcome.kept
         return Estimate(
             H_a_from_b=H,
             failed=np.array(start.failed, bool, copy=True),
