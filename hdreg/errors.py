@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from omegaconf.errors import MissingMandatoryValue
-
 __all__ = [
     "USER_ERRORS",
     "TrainingDiverged",
@@ -37,9 +35,17 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     IsADirectoryError,
     ValueError,
-    MissingMandatoryValue,
     TrainingDiverged,
 )
+
+
+def _missing_mandatory_value(exc: BaseException) -> bool:
+    """True for OmegaConf's ``MissingMandatoryValue`` (a ``???`` left unset in a config).
+
+    OmegaConf is looked up among the loaded modules rather than imported: a process that never
+    loaded it (inference, ``hdreg align``) cannot have raised one, and need not pay its import."""
+    errors = sys.modules.get("omegaconf.errors")
+    return errors is not None and isinstance(exc, errors.MissingMandatoryValue)
 
 
 def debug_enabled() -> bool:
@@ -57,7 +63,7 @@ def _root_user_error(exc: BaseException) -> BaseException | None:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, USER_ERRORS):
+        if isinstance(cur, USER_ERRORS) or _missing_mandatory_value(cur):
             return cur
         cur = cur.__cause__
     return None
@@ -68,7 +74,7 @@ def user_error_message(exc: BaseException) -> str | None:
     root = _root_user_error(exc)
     if root is None:
         return None
-    if isinstance(root, MissingMandatoryValue):
+    if _missing_mandatory_value(root):
         key = getattr(root, "full_key", None)
         text = f"missing mandatory value {key}: set it on the command line ({key}=...)"
         return text if key else str(root).splitlines()[0]

@@ -90,7 +90,7 @@ def test_load_returns_the_plain_network():
 
 def test_import_and_load_need_neither_lightning_nor_hydra():
     code = (
-        "import sys, hdreg; hdreg.load('iterative'); "
+        "import sys, hdreg, hdreg.apps.align, hdreg.errors; hdreg.load('iterative'); "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('pytorch_lightning', 'lightning', 'hydra', 'omegaconf')); print(bad); sys.exit(bool(bad))"
     )
