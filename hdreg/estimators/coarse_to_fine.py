@@ -229,6 +229,12 @@ class CoarseToFineEstimator(PairwiseEstimator):
         window_points: where each window's estimate is sampled, as fractions of its side on
             both axes (a grid of ``len²`` points; interior points extrapolate less).
         score_side: resolution of the confidence (B's longer side).
+        global_stage: ``"hypotheses"`` (the network on the whole photos, one batch over the
+            rotation × zoom hypotheses, the best by confidence) or ``"dense"`` (the global
+            network's coarse encoder as a dense matcher: mutual nearest neighbours of its
+            features on both photos at ``dense_side``, then MAGSAC++, per rotation hypothesis;
+            the fit with the most inliers). ``"dense"`` needs an iterative network.
+        dense_side: B's longer side for the dense matcher.
         device: where the networks run.
     """
 
@@ -252,6 +258,8 @@ class CoarseToFineEstimator(PairwiseEstimator):
         robust: str = "ransac",
         window_points: Sequence[float] = (0.2, 0.5, 0.8),
         score_side: int = 256,
+        global_stage: str = "hypotheses",
+        dense_side: int = 256,
         device: str | torch.device = "cpu",
     ) -> None:
         from hdreg.estimators.learned import resolve_device
@@ -291,6 +299,12 @@ class CoarseToFineEstimator(PairwiseEstimator):
         self.robust = robust
         self.window_points = tuple(float(v) for v in window_points)
         self.score_side = int(score_side)
+        if global_stage not in ("hypotheses", "dense"):
+            raise ValueError(f"global_stage must be 'hypotheses' or 'dense', got {global_stage!r}")
+        if global_stage == "dense" and not hasattr(self.global_net, "coarse"):
+            raise ValueError("global_stage='dense' needs an iterative network (its coarse encoder)")
+        self.global_stage = global_stage
+        self.dense_side = int(dense_side)
 
     def __repr__(self) -> str:
         return f"CoarseToFineEstimator(name={self.name!r}, levels={self.levels})"
@@ -344,6 +358,84 @@ class CoarseToFineEstimator(PairwiseEstimator):
             pair.H = best[1]
             pair.details.update(hypothesis_rotation=best[2], hypothesis_zoom=best[3])
         pair.details["hypothesis_scores"] = np.array(scores)
+
+    @torch.inference_mode()
+    def _dense_features(self, images: np.ndarray) -> tuple[torch.Tensor, int]:
+        """L2-normalised coarse-encoder features ``(N, D, h, w)`` of ``(N, H, W)`` uint8 images
+        (each standardised as the network standardises its inputs) and the encoder's stride."""
+        encoder = self.global_net.coarse.encoder
+        x = torch.from_numpy(images)[:, None].to(self.device).float().div_(255.0)
+        x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-3)
+        return torch.nn.functional.normalize(encoder(x), dim=1), int(encoder.stride)
+
+    def _global_dense(self, pair: _Pair) -> None:
+        """The global stage as dense matching (see ``global_stage``): per rotation hypothesis,
+        mutual nearest neighbours between the features of B and of the rotated A, MAGSAC++."""
+        f = self.dense_side / max(_size(pair.b))
+        size_b = (max(32, round(pair.b.shape[1] * f)), max(32, round(pair.b.shape[0] * f)))
+        b = _resize(pair.b, size_b)
+        # A at the same scale, rotated about B-sized canvas centre by each hypothesis
+        size_a = (max(32, round(pair.a.shape[1] * f)), max(32, round(pair.a.shape[0] * f)))
+        a = _resize(pair.a, size_a)
+        side = max(size_b)
+        canvas_a = np.zeros((side, side), np.uint8)
+        ya, xa = (side - size_a[1]) // 2, (side - size_a[0]) // 2
+        if size_a[0] > side or size_a[1] > side:  # A larger than the canvas: fit it
+            a = _resize(a, (min(side, size_a[0]), min(side, size_a[1])))
+            ya, xa = (side - a.shape[0]) // 2, (side - a.shape[1]) // 2
+        canvas_a[ya : ya + a.shape[0], xa : xa + a.shape[1]] = a
+        canvas_from_a = np.array([[1.0, 0, xa], [0, 1, ya], [0, 0, 1]]) @ scale_matrix(
+            _size(pair.a), _size(a)
+        )
+        inside = np.zeros((side, side), np.uint8)
+        inside[ya : ya + a.shape[0], xa : xa + a.shape[1]] = 1
+        rotations = sorted({r for r, _ in self.hypotheses})
+        Gs = [_centre_transform(side, r, 1.0) for r in rotations]
+        inv = cv2.WARP_INVERSE_MAP
+        warp = lambda im, G, interp: cv2.warpPerspective(im, G, (side, side), flags=interp | inv)  # noqa: E731
+        stack_a = np.stack([warp(canvas_a, G, cv2.INTER_LINEAR) for G in Gs])
+        stack_in = np.stack([warp(inside, G, cv2.INTER_NEAREST) for G in Gs], -1).astype(np.float32)
+        feats_a, stride = self._dense_features(stack_a)
+        feats_b, _ = self._dense_features(b[None])
+        fb = feats_b[0].flatten(1)  # (D, n_b)
+        hb, wb = feats_b.shape[2:]
+        ha, wa = feats_a.shape[2:]
+        cells_b = np.stack(np.meshgrid(np.arange(wb), np.arange(hb)), -1).reshape(-1, 2)
+        cells_a = np.stack(np.meshgrid(np.arange(wa), np.arange(ha)), -1).reshape(-1, 2)
+        to_px = lambda cells: (cells + 0.5) * stride - 0.5  # noqa: E731 (cell centre, pixels)
+        valid_a = cv2.resize(stack_in, (wa, ha), interpolation=cv2.INTER_AREA)
+        valid_a = valid_a.reshape(ha * wa, -1) > 0.99  # cells of the rotated A inside A
+        b_full_from_b = scale_matrix(size_b, _size(pair.b))
+        best, counts = None, []
+        for k, (r, G) in enumerate(zip(rotations, Gs, strict=True)):
+            sim = fb.T @ feats_a[k].flatten(1)  # (n_b, n_a)
+            sim[:, ~torch.from_numpy(valid_a[:, k])] = -2.0
+            nn_ab = sim.argmax(dim=1)
+            nn_ba = sim.argmax(dim=0)
+            mutual = (nn_ba[nn_ab] == torch.arange(len(nn_ab))).numpy()
+            mutual &= valid_a[nn_ab.numpy(), k]
+            idx_b = np.flatnonzero(mutual)
+            if len(idx_b) < 8:
+                counts.append(0)
+                continue
+            pts_b = to_px(cells_b[idx_b]).astype(np.float64)
+            pts_a = to_px(cells_a[nn_ab.numpy()[idx_b]]).astype(np.float64)
+            H, mask = cv2.findHomography(pts_b, pts_a, cv2.USAC_MAGSAC, 1.0 * stride, maxIters=2000,
+                                         confidence=0.999)  # fmt: skip
+            n = 0 if H is None or mask is None else int(mask.sum())
+            counts.append(n)
+            if H is None or n < 8 or check_homography(H):
+                continue
+            # a_full <- canvas <- rotated canvas <- b level <- b full
+            H_full = normalize_homography(
+                np.linalg.inv(canvas_from_a) @ G @ H @ np.linalg.inv(b_full_from_b)
+            )
+            if best is None or n > best[0]:
+                best = (n, H_full, r)
+        if best is not None:
+            pair.H = best[1]
+            pair.details.update(hypothesis_rotation=best[2], hypothesis_zoom=1.0)
+        pair.details["dense_inliers"] = np.array(counts)
 
     def _level_sides(self, size_b: tuple[int, int]) -> list[int]:
         full = max(size_b)
@@ -438,7 +530,7 @@ class CoarseToFineEstimator(PairwiseEstimator):
             reason = blank_reason(_resize(image, (self.patch, self.patch)), label, self.min_texture)
             if reason:
                 return PairResult(None, reason, pair.details)
-        self._global(pair)
+        (self._global_dense if self.global_stage == "dense" else self._global)(pair)
         pair.details["confidence_global"] = alignment_confidence(
             image_a, image_b, pair.H, self.score_side
         )[0]
