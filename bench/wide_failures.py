@@ -62,11 +62,15 @@ def main() -> None:
         rates = " | ".join(f"{f[(ov >= lo) & (ov < hi)].mean():.0%}" for lo, hi in bins)
         print(f"| {m} | {rates} |")
     every = np.array([all(failed[m][s] for m in args.methods) for s in seqs])
-    print(f"\nfailed by every one of {', '.join(args.methods)}: {int(every.sum())} pairs; median "
-          f"share of B inside A {np.median(ov[every]):.2f} (the other pairs: "
-          f"{np.median(ov[~every]):.2f})")
+    print(
+        f"\nfailed by every one of {', '.join(args.methods)}: {int(every.sum())} pairs; median "
+        f"share of B inside A {np.median(ov[every]):.2f} (the other pairs: "
+        f"{np.median(ov[~every]):.2f})"
+    )
     collection = collections.Counter(source[s].split("/")[0] for s in seqs)
-    hit = collections.Counter(source[s].split("/")[0] for s, e in zip(seqs, every, strict=True) if e)
+    hit = collections.Counter(
+        source[s].split("/")[0] for s, e in zip(seqs, every, strict=True) if e
+    )
     for name, n in collection.most_common():
         print(f"  {name}: {hit[name]} of its {n} pairs")
 

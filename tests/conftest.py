@@ -101,3 +101,10 @@ def tiny_module(kind: str = "regression", **net):
     from hdreg.models.base import build_module
 
     return build_module(tiny_model_config(kind, **net))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the warm interpreter that forks ``python train.py`` runs (tests/warm_python.py)."""
+    from .warm_python import shutdown
+
+    shutdown()

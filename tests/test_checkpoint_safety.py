@@ -18,6 +18,8 @@ from hdreg.models.checkpoint import load_net, read_checkpoint, resolve_checkpoin
 from hdreg.models.iterative import IterativeHomographyNet
 from hdreg.weights import export_weights, shipped
 
+from .warm_python import run_python
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -125,10 +127,9 @@ def test_the_exploit_through_the_commands_is_one_error_line(tmp_path):
             tmp_path,
         ),
         _cli(["weights", "export", "evil.ckpt", str(tmp_path / "w.pt")], tmp_path),
-        subprocess.run(
+        run_python(  # python evaluate.py ..., forked from a warm interpreter
             [
-                sys.executable,
-                str(ROOT / "evaluate.py"),
+                ROOT / "evaluate.py",
                 "benchmark=synthetic",
                 "benchmark.source=samples",
                 "benchmark.n=4",
@@ -137,8 +138,6 @@ def test_the_exploit_through_the_commands_is_one_error_line(tmp_path):
                 f"hydra.run.dir={tmp_path / 'ev'}",
             ],
             cwd=tmp_path,
-            capture_output=True,
-            text=True,
             timeout=180,
         ),
     ]
@@ -201,6 +200,8 @@ def test_a_directory_does_not_hide_a_shipped_model(tmp_path, monkeypatch):
     assert load_net("iterative").patch_size == 128
 
 
+# A fresh interpreter (slow): test_api's quick import check loads through load_net too.
+@pytest.mark.slow
 def test_load_net_needs_neither_lightning_nor_hydra():
     code = (
         "import sys, hdreg.models.checkpoint as c; c.load_net('iterative'); "

@@ -145,9 +145,23 @@ def test_argument_checks():
         CoarseToFineEstimator(net, grid=0)
 
 
-@pytest.mark.parametrize("method", [["--checkpoint", "wide"], ["--checkpoint", "iterative"],
-                                    ["--method", "sift"], []])  # fmt: skip
-@pytest.mark.parametrize("kind", ["black", "unrelated"])
+# `wide` alone on unrelated photos: the same estimate as test_unrelated_photos_fail_with_a_reason,
+# through the exit path that the other cases take; one of the slowest (the full-size network).
+SAME_AS_THE_API = pytest.mark.slow
+
+
+ALIGN_METHODS = {"wide": ["--checkpoint", "wide"], "iterative": ["--checkpoint", "iterative"],
+                 "sift": ["--method", "sift"], "default": []}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "method"),
+    [
+        pytest.param(kind, args, id=f"{kind}-{name}",
+                     marks=SAME_AS_THE_API if (kind, name) == ("unrelated", "wide") else ())
+        for kind in ("black", "unrelated") for name, args in ALIGN_METHODS.items()
+    ],
+)  # fmt: skip
 def test_align_exits_1_with_a_reason(tmp_path, capsys, method, kind):
     from hdreg.apps.cli import main
 
@@ -162,3 +176,25 @@ def test_align_exits_1_with_a_reason(tmp_path, capsys, method, kind):
     err = capsys.readouterr().err
     assert code == 1 and "failed:" in err, err
     assert not (tmp_path / "out" / "homography.json").exists()
+
+
+def test_dense_global_stage_matches_the_encoders_features_across_a_large_rotation(wide):
+    """``global_stage="dense"``: mutual nearest neighbours of the coarse encoder's features and
+    MAGSAC++ find a 100° rotation that the network alone never saw, to a few pixels at the global
+    stage; the refinement levels then take it under a pixel."""
+    from hdreg.estimators.coarse_to_fine import _Pair
+
+    dense = CoarseToFineEstimator(
+        wide.global_net, wide.refine_net, rotations=(0, 45, 90, 135, 180, 225, 270, 315),
+        levels=(256, 512), grid=5, ransac_threshold=1.5, global_stage="dense",
+    )  # fmt: skip
+    a, b, b_from_a = _render(100.0, 1.0)
+    pair = _Pair(a, b, np.eye(3), {})
+    dense._global_dense(pair)
+    assert pair.details["hypothesis_rotation"] in (225.0, 270.0)  # A' = A(G p): the other way
+    assert _corner_error(pair.H, b_from_a) < 8.0
+    est = dense.estimate([a], [b])
+    assert not est.failed[0], est.reasons[0]
+    assert _corner_error(est.H_a_from_b[0], b_from_a) < 1.0
+    with pytest.raises(ValueError, match="global_stage must be"):
+        CoarseToFineEstimator(wide.global_net, global_stage="sparse")

@@ -85,7 +85,8 @@ def server():
     """A local HTTP server with Range support, started and stopped by the test."""
     served = Served()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(served))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # polled every 10 ms (not 0.5 s): shutdown() waits for the next poll, at every teardown
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         yield served, f"http://127.0.0.1:{httpd.server_address[1]}"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from hdreg.training.schedules import one_cycle
 
 from .conftest import REPO, textured_image
 from .test_train_pipeline import TINY as PIPELINE_TINY
+from .warm_python import run_python
 
 # The pipeline tests' tiny network and sets, no worker processes: the run's logic is under test.
 TINY = [*PIPELINE_TINY, "evaluate_test=false"]
@@ -41,13 +41,13 @@ KILL_AT_2 = ["+callbacks.kill._target_=tests.fault_callbacks.KillAtStep", "+call
 
 
 def train(args: list[str], run_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` as a user runs it (no debug variables)."""
+    """``python train.py ARGS`` as a user runs it (no debug variables), in a process of its own
+    forked from a warm interpreter (tests/warm_python.py): its imports are paid once."""
     env = {k: v for k, v in os.environ.items() if k not in ("HDREG_DEBUG", "HYDRA_FULL_ERROR")}
     env["PYTHONWARNINGS"] = "ignore"
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    return run_python(
+        [REPO / "train.py", *args, f"hydra.run.dir={run_dir}"], env=env, timeout=timeout
+    )
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -75,18 +75,17 @@ def compose_train(overrides: list[str]):
 
 # -- checkpoints ---------------------------------------------------------------------------------
 KILL_DURING_SAVE = """
-import os, sys, time, torch
+import os, signal, sys, torch
 from hdreg.training.checkpointing import atomic_torch_save
 
 path = sys.argv[1]
 lightning = {"epoch": 0, "pytorch-lightning_version": "2.0.0", "optimizer_states": []}
 atomic_torch_save({"state_dict": {"w": torch.zeros(4)}, "global_step": 1, **lightning}, path)
 
-def stall(fd):  # the new checkpoint's bytes are written; the kill lands before the rename
-    print("written", flush=True)
-    time.sleep(120)
+def killed(fd):  # the new checkpoint's bytes are written; the kill lands before the rename
+    os.kill(os.getpid(), signal.SIGKILL)
 
-os.fsync = stall
+os.fsync = killed
 atomic_torch_save({"state_dict": {"w": torch.ones(4_000_000)}, "global_step": 2, **lightning}, path)
 """
 
@@ -94,17 +93,10 @@ atomic_torch_save({"state_dict": {"w": torch.ones(4_000_000)}, "global_step": 2,
 class TestAtomicCheckpoint:
     def test_kill_during_save_keeps_the_previous_checkpoint(self, tmp_path):
         path = tmp_path / "checkpoints" / "last.ckpt"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        proc = subprocess.Popen(
-            [sys.executable, "-c", KILL_DURING_SAVE, str(path)],
-            stdout=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
-        try:
-            assert proc.stdout.readline().strip() == "written"
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=60)
-        assert proc.returncode == -signal.SIGKILL
+        script = tmp_path / "kill_during_save.py"
+        script.write_text(KILL_DURING_SAVE)
+        proc = run_python([script, path], env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
         assert load(path)["global_step"] == 1  # the old checkpoint, whole
         staged = partial_path(path)
         assert staged.parent == path.parent and staged.stat().st_size > 8_000_000

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -16,6 +14,7 @@ from hdreg.evaluation.metrics import error_auc, summarize
 
 from .conftest import REPO
 from .fixtures import write_sequence
+from .warm_python import run_python
 
 
 class TestAUC:
@@ -109,10 +108,11 @@ class TestHPatchesPairs:
     def test_evaluate_py(self, hpatches_root, tmp_path):
         root, _ = hpatches_root
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "1"}
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "evaluate.py"), "benchmark=hpatches", f"benchmark.root={root}",
-             "methods=[identity,sift]", "progress=false", f"hydra.run.dir={tmp_path / 'run'}"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        proc = run_python(  # python evaluate.py ..., forked from a warm interpreter
+            [REPO / "evaluate.py", "benchmark=hpatches", f"benchmark.root={root}",
+             "methods=[identity,sift]", "progress=false", f"hydra.run.dir={tmp_path / 'run'}",
+             "num_workers=1"],  # no process pool: test_evaluation checks that it changes nothing
+            env=env, timeout=240,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "| AUC@1px | AUC@3px | AUC@5px |" in proc.stdout

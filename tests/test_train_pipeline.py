@@ -12,7 +12,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from hdreg.models.base import build_module
 from hdreg.training.job import train_from_config
 
 from .conftest import REPO
+from .warm_python import run_python
 
 CONFIGS = str(REPO / "hdreg" / "configs")
 # A tiny network and tiny fixed sets: the pipeline, not the accuracy, is under test.
@@ -71,11 +71,10 @@ def run_train(overrides: list[str], out_dir: Path) -> tuple[object, str]:
 
 
 def run_script(script: str, args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGS`` in a process of its own, forked from a warm interpreter
+    (tests/warm_python.py); the processes it starts (DDP's other ranks) start cold."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / script), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    proc = run_python([REPO / script, *args], env=env, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -314,7 +313,7 @@ class TestTraining:
         _, stdout = _run_job(
             "evaluate",
             ["benchmark.source=samples", "benchmark.n=8", "methods=[identity]",
-             f"checkpoints=[{ckpt}]", "progress=false"],
+             f"checkpoints=[{ckpt}]", "progress=false", "num_workers=1"],  # no process pool
             tmp_path, evaluate_from_config,
         )  # fmt: skip
         results = json.loads((tmp_path / "results.json").read_text())
@@ -454,11 +453,12 @@ class TestMethodRegistry:
         assert {"orb", "akaze", "brisk", "ecc", "sift"} <= set(method_names())
 
     def test_an_unknown_test_method_is_refused_in_one_line_before_training(self, tmp_path):
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "train.py"), "test_methods=[identity,nosuch]",
-             f"hydra.run.dir={tmp_path}"],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        # a cold start, as a user's: the one train.py run of the quick tests that is not forked
+        # from the warm interpreter (whatever the imports print would show here)
+        proc = run_python(
+            [REPO / "train.py", "test_methods=[identity,nosuch]", f"hydra.run.dir={tmp_path}"],
+            fresh=True,
+        )
         lines = [x for x in proc.stderr.splitlines() if x.strip()]
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("train.py: error: unknown method 'nosuch'")

@@ -42,8 +42,14 @@ import torch
 
 from hdreg.estimators._checks import check_float, check_gray_u8, check_int
 from hdreg.estimators.base import PairResult, PairwiseEstimator
-from hdreg.geometry import four_point_to_homography_ex, resize_matrix, sample_at, warp_grid
-from hdreg.geometry import inside_mask, transform_points
+from hdreg.geometry import (
+    four_point_to_homography_ex,
+    inside_mask,
+    resize_matrix,
+    sample_at,
+    transform_points,
+    warp_grid,
+)
 from hdreg.geometry_np import check_homography, normalize_homography, rect_corners
 
 __all__ = ["PhotometricAdapter", "photometric_agreement"]
@@ -77,7 +83,9 @@ def _loss(
     b_from_q = torch.tensor(
         [[stride, 0.0, 0.0], [0.0, stride, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64
     )
-    grid = warp_grid((H_a_from_b @ b_from_q)[None], (len(range(0, w, stride)), len(range(0, h, stride))))
+    grid = warp_grid(
+        (H_a_from_b @ b_from_q)[None], (len(range(0, w, stride)), len(range(0, h, stride)))
+    )
     warped = sample_at(a, grid)
     mask = inside_mask(grid, (a.shape[-1], a.shape[-2]))
     target = b[..., ::stride, ::stride]
@@ -213,7 +221,9 @@ class PhotometricAdapter(PairwiseEstimator):
         a, S_a = _level(image_a, self.levels[-1], 0.0)
         b, S_b = _level(image_b, self.levels[-1], 0.0)
         with torch.no_grad():
-            H0 = torch.from_numpy(S_a @ np.asarray(H_init_a_from_b, np.float64) @ np.linalg.inv(S_b))
+            H0 = torch.from_numpy(
+                S_a @ np.asarray(H_init_a_from_b, np.float64) @ np.linalg.inv(S_b)
+            )
             loss0 = float(_loss(a, b, H0, self.stride, self.eps)[0])
         details["adapt_loss_start"] = loss0
         if not best_loss < loss0:
@@ -246,7 +256,9 @@ class PhotometricAdapter(PairwiseEstimator):
         best_loss, best_delta, since_best, ran = float(start_loss), delta.detach().clone(), 0, 0
         for step in range(self.steps):
             for group in optimizer.param_groups:
-                group["lr"] = self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / self.steps)))
+                group["lr"] = self.lr * (
+                    0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / self.steps))
+                )
             H, valid = homography()
             if not valid:
                 break
@@ -269,9 +281,12 @@ class PhotometricAdapter(PairwiseEstimator):
                 H, valid = homography()
                 if valid:
                     loss, inside = _loss(a, b, H, self.stride, self.eps)
-                    if torch.isfinite(loss) and float(inside) >= self.min_overlap:
-                        if float(loss) < best_loss:
-                            best_loss, best_delta = float(loss), delta.detach().clone()
+                    if (
+                        torch.isfinite(loss)
+                        and float(inside) >= self.min_overlap
+                        and float(loss) < best_loss
+                    ):
+                        best_loss, best_delta = float(loss), delta.detach().clone()
         with torch.no_grad():
             H, _ = four_point_to_homography_ex(corners_b, start_points + best_delta)
         return H[0].numpy(), float(start_loss), best_loss, ran

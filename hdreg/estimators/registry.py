@@ -96,8 +96,9 @@ def parse_checkpoint_spec(text: str) -> MethodSpec:
 
     The whole ``text`` is the checkpoint when it is an existing file; else, when it ends in
     ``+<refinement>`` (or several: ``+adapt+ecc``), the part before is the checkpoint. A
-    ``+<suffix>`` that is not a known refinement after an existing file is an error; otherwise the checkpoint is resolved by
-    :func:`~hdreg.estimators.learned.resolve_checkpoint` (whose loader reports a missing file).
+    ``+<suffix>`` that is not a known refinement after an existing file is an error; otherwise
+    the checkpoint is resolved by :func:`~hdreg.estimators.learned.resolve_checkpoint` (whose
+    loader reports a missing file).
     """
     from hdreg.estimators.learned import resolve_checkpoint
 
@@ -175,8 +176,8 @@ def build_estimator(
 
     cache = built if built is not None else {}
     key: tuple = (spec.method, str(spec.checkpoint) if spec.checkpoint is not None else None)
-    if key + ("",) in cache:
-        estimator = cache[key + ("",)]
+    if (*key, "") in cache:
+        estimator = cache[(*key, "")]
     elif spec.checkpoint is not None:
         from hdreg.estimators.learned import load_checkpoint_estimator
 
@@ -190,15 +191,15 @@ def build_estimator(
     else:
         raise ValueError(f"spec {spec.text!r} names neither a method nor a checkpoint")
     if not (spec.checkpoint is not None and min_confidence is not None):
-        cache.setdefault(key + ("",), estimator)
+        cache.setdefault((*key, ""), estimator)
     if spec.refine is None:
         return estimator
     made = refiners if refiners is not None else {}
     done = ""
     for step in spec.refine.split("+"):
         done = f"{done}+{step}" if done else step
-        if key + (done,) in cache:
-            estimator = cache[key + (done,)]
+        if (*key, done) in cache:
+            estimator = cache[(*key, done)]
             continue
         if step not in made:
             refiner = make(step, **dict((refiner_overrides or {}).get(step, {})))
@@ -209,7 +210,7 @@ def build_estimator(
                 )
             made[step] = refiner
         estimator = RefinedEstimator(estimator, made[step])
-        cache[key + (done,)] = estimator
+        cache[(*key, done)] = estimator
     refined = estimator
     if spec.checkpoint is not None and min_confidence is not None:
         from hdreg.estimators.learned import ConfidenceGate

@@ -98,7 +98,9 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 
 
 def _refine_batch(
-    estimator: RefinedEstimator, images_a: list[np.ndarray], images_b: list[np.ndarray],
+    estimator: RefinedEstimator,
+    images_a: list[np.ndarray],
+    images_b: list[np.ndarray],
     start: Estimate,
 ) -> Estimate:
     """One batch of a refined estimator whose base was already run on it (``start``)."""
@@ -176,7 +178,9 @@ def evaluate(
         results = []
         for name, est in zip(names, estimators, strict=True):
             start = raw.get(id(est.base)) if isinstance(est, RefinedEstimator) else None
-            result, raw[id(est)] = _evaluate_one(name, est, pairs, batch_size, progress, pool, start)
+            result, raw[id(est)] = _evaluate_one(
+                name, est, pairs, batch_size, progress, pool, start
+            )
             results.append(result)
     finally:
         if pool is not None:
@@ -211,7 +215,9 @@ def _evaluate_one(
         details[sl] = out.details
         bar.update(sl.stop - sl.start)
     bar.close()
-    raw = Estimate(H.copy(), failed.copy(), seconds.copy(), list(reasons), [dict(d) for d in details])
+    raw = Estimate(
+        H.copy(), failed.copy(), seconds.copy(), list(reasons), [dict(d) for d in details]
+    )
     folded = ~failed & pairs.folds(H)
     for i in np.flatnonzero(folded):
         reasons[i] = "estimate folds the image (a corner maps through the horizon)"
