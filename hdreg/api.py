@@ -91,7 +91,7 @@ def to_gray_u8(image: Any, name: str = "image") -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _estimator(method: str, device: str) -> Any:
     from hdreg.config import method_names
-    from hdreg.estimators.learned import ALIGN_MIN_CONFIDENCE
+    from hdreg.estimators.base import ALIGN_MIN_CONFIDENCE
     from hdreg.estimators.registry import (
         build_estimator,
         parse_checkpoint_spec,

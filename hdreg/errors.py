@@ -108,9 +108,13 @@ def user_errors(program: str, exit_code: int = 2) -> Iterator[None]:
 def check_device(device: object, option: str = "device") -> None:
     """``ValueError`` naming ``option`` unless ``device`` is ``auto`` or a torch device
     (``cpu``, ``cuda``, ``cuda:1``, ...)."""
-    import torch  # here: the hdreg command imports this module before it needs torch
+    import re
 
-    if str(device) == "auto" or isinstance(device, torch.device):
+    if str(device) == "auto" or re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", str(device)):
+        return  # the common names, without importing torch (hdreg align --method sift needs none)
+    import torch
+
+    if isinstance(device, torch.device):
         return
     try:
         torch.device(str(device))

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hdreg.geometry_np import corner_distance  # one implementation for numpy and torch alike
+
 __all__ = [
     "corner_distance",
     "four_point_to_homography",
@@ -419,23 +421,6 @@ def is_convex(quads: Tensor) -> Tensor:
     nxt = edges.roll(-1, dims=1)
     cross = edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0]
     return (cross > 0).all(dim=1) | (cross < 0).all(dim=1)
-
-
-def corner_distance(points_pred, points_true):
-    """Per pair, the mean over the points of ``‖pred − true‖₂``: the corner error of
-    docs/conventions.md (its mean is the MACE). ``(..., K, 2)`` → ``(...)``.
-
-    The one implementation of that error: for torch tensors (validation, on offsets: the
-    corners cancel) and numpy arrays (:func:`hdreg.evaluation.metrics.corner_error`) alike.
-    Not meant for gradients (the square root has none at 0).
-
-    Example:
-        >>> c = patch_corners(torch.zeros(1, 2), 10)
-        >>> corner_distance(c + torch.tensor([3.0, 4.0]), c).tolist()
-        [5.0]
-    """
-    diff = points_pred - points_true
-    return ((diff * diff).sum(-1) ** 0.5).mean(-1)
 
 
 def invert_homography(H_a_from_b: Tensor) -> Tensor:

@@ -27,8 +27,6 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from hdreg.geometry import corner_distance
-
 __all__ = [
     "COND_MAX",
     "check_homography",
@@ -40,6 +38,7 @@ __all__ = [
     "normalize_homography",
     "project",
     "rect_corners",
+    "scale_matrix",
 ]
 
 # Condition number above which a 3×3 matrix is taken as singular (not a homography).
@@ -58,6 +57,39 @@ def rect_corners(
     w, h = size
     x0, y0 = top_left
     return np.array([[x0, y0], [x0 + w - 1, y0], [x0 + w - 1, y0 + h - 1], [x0, y0 + h - 1]], dtype)
+
+
+def corner_distance(points_pred, points_true):
+    """Per pair, the mean over the points of ``‖pred − true‖₂``: the corner error of
+    docs/conventions.md (its mean is the MACE). ``(..., K, 2)`` → ``(...)``.
+
+    The one implementation of that error, for numpy arrays (scoring:
+    :func:`hdreg.evaluation.metrics.corner_error`) and torch tensors (validation, on offsets: the
+    corners cancel; :mod:`hdreg.geometry` re-exports it) alike: plain arithmetic, no import of
+    either. Not meant for gradients (the square root has none at 0).
+
+    Example:
+        >>> c = rect_corners((10, 10))
+        >>> corner_distance(c + np.array([3.0, 4.0]), c).tolist()
+        5.0
+    """
+    diff = points_pred - points_true
+    return ((diff * diff).sum(-1) ** 0.5).mean(-1)
+
+
+def scale_matrix(size_from: tuple[int, int], size_to: tuple[int, int]) -> np.ndarray:
+    """``(3, 3)`` map from pixels of an image of ``size_from = (W, H)`` to those of its copy
+    resized to ``size_to`` (``cv2.resize``'s pixel-centre convention:
+    ``x' = (x + 0.5) · W'/W − 0.5``); the numpy twin of :func:`hdreg.geometry.resize_matrix`.
+
+    A homography between resized copies: ``scale_matrix(a, a2) @ H_a_from_b @
+    scale_matrix(b2, b)``.
+
+    >>> scale_matrix((4, 2), (8, 4)) @ np.array([1.5, 0.5, 1.0])
+    array([3.5, 1.5, 1. ])
+    """
+    sx, sy = size_to[0] / size_from[0], size_to[1] / size_from[1]
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
 
 
 def image_corners(sizes: Sequence[tuple[int, int]]) -> np.ndarray:

@@ -96,3 +96,21 @@ def test_import_and_load_need_neither_lightning_nor_hydra():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_align_with_a_keypoint_method_never_imports_torch(tmp_path):
+    """``hdreg align --method sift`` is OpenCV only: importing PyTorch would triple its time."""
+    rng = np.random.default_rng(0)
+    a = cv2.GaussianBlur(rng.integers(0, 255, (240, 320), dtype=np.uint8), (0, 0), 2)
+    cv2.imwrite(str(tmp_path / "a.png"), a)
+    cv2.imwrite(str(tmp_path / "b.png"), np.roll(a, 5, axis=1))
+    code = (
+        "import sys; from hdreg.apps.cli import main; "
+        f"code = main(['align', {str(tmp_path / 'a.png')!r}, {str(tmp_path / 'b.png')!r}, "
+        f"'--method', 'sift', '--out', {str(tmp_path / 'out')!r}]); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3]); "
+        "sys.exit(code or 'torch' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (tmp_path / "out" / "homography.json").exists()

@@ -35,7 +35,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from hdreg.config import method_names
 from hdreg.data.sources import load_gray
@@ -49,8 +48,7 @@ from hdreg.estimators.registry import (
     parse_checkpoint_spec,
     parse_method_spec,
 )
-from hdreg.geometry import rescale_homography
-from hdreg.geometry_np import normalize_homography
+from hdreg.geometry_np import normalize_homography, scale_matrix
 from hdreg.visualize import format_details, matches_image, overlay_image, warp_b_into_a
 
 __all__ = [
@@ -263,7 +261,7 @@ def make_estimator(
             f"{flags} only apply to the keypoint methods ({', '.join(KEYPOINT_METHODS)}), "
             f"not to {name!r}"
         )
-    from hdreg.estimators.learned import ALIGN_MIN_CONFIDENCE
+    from hdreg.estimators.base import ALIGN_MIN_CONFIDENCE
 
     estimator = build_estimator(
         spec, device=device, overrides=given, min_confidence=ALIGN_MIN_CONFIDENCE,
@@ -322,8 +320,7 @@ def _to_full_resolution(
     small_a, small_b = result.size_a, result.size_b
     full_a, full_b = (image_a.shape[1], image_a.shape[0]), (image_b.shape[1], image_b.shape[0])
     if result.H_a_from_b is not None:
-        H = torch.from_numpy(result.H_a_from_b)[None]
-        H = rescale_homography(H, small_a, full_a, small_b, full_b)[0].numpy()
+        H = scale_matrix(small_a, full_a) @ result.H_a_from_b @ scale_matrix(full_b, small_b)
         result.H_a_from_b = normalize_homography(H)
     for key, small, full in (("keypoints_a", small_a, full_a), ("keypoints_b", small_b, full_b)):
         if key in result.details:

@@ -41,6 +41,7 @@ import numpy as np
 from hdreg.geometry_np import check_homography, normalize_homography
 
 __all__ = [
+    "ALIGN_MIN_CONFIDENCE",
     "Estimate",
     "Estimator",
     "IdentityEstimator",
@@ -48,6 +49,10 @@ __all__ = [
     "PairwiseEstimator",
     "reportable",
 ]
+
+#: the confidence under which ``hdreg align`` and :func:`hdreg.estimate` report a learned
+#: estimate as failed (the evaluation reports every estimate, and the confidence beside it)
+ALIGN_MIN_CONFIDENCE = 0.2
 
 
 @dataclass

@@ -40,7 +40,12 @@ import numpy as np
 import torch
 
 from hdreg.estimators.base import PairResult, PairwiseEstimator
-from hdreg.geometry_np import check_homography, coverage_mask, normalize_homography
+from hdreg.geometry_np import (
+    check_homography,
+    coverage_mask,
+    normalize_homography,
+    scale_matrix,
+)
 
 __all__ = [
     "CoarseToFineEstimator",
@@ -55,14 +60,6 @@ __all__ = [
 
 #: robust fits of the residual: OpenCV's RANSAC, or MAGSAC++ (USAC)
 _ROBUST = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}
-
-
-def scale_matrix(size_from: tuple[int, int], size_to: tuple[int, int]) -> np.ndarray:
-    """``(3, 3)`` map from pixels of an image of ``size_from = (W, H)`` to those of its copy
-    resized to ``size_to`` (``cv2.resize``'s pixel-centre convention:
-    ``x' = (x + 0.5) · W'/W − 0.5``)."""
-    sx, sy = size_to[0] / size_from[0], size_to[1] / size_from[1]
-    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
 
 
 def _size(image: np.ndarray) -> tuple[int, int]:

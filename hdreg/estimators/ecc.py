@@ -9,7 +9,7 @@ correlation between ``template(p)`` and ``input(W p)``. With ``template = B`` an
 ECC is a local method, so it runs on an image pyramid, coarsest level first, escalating the
 motion model on the way (translation, affine, then homographies). The estimate is carried between
 levels exactly: a level-``k`` image is ``cv2.resize`` of the full image, whose pixel-centre map
-``S`` (:func:`hdreg.geometry.resize_matrix`) gives ``H_k = S_a · H · S_b⁻¹``; A and B each have
+``S`` (:func:`hdreg.geometry_np.scale_matrix`) gives ``H_k = S_a · H · S_b⁻¹``; A and B each have
 their own pyramid, so their sizes may differ. Why this schedule, with the measurements:
 docs/methods.md ("ECC").
 
@@ -35,13 +35,13 @@ import numpy as np
 
 from hdreg.estimators._checks import check_float, check_gray_u8, check_int
 from hdreg.estimators.base import PairResult, PairwiseEstimator
-from hdreg.geometry import resize_matrix
 from hdreg.geometry_np import (
     check_homography,
     coverage_mask,
     normalize_homography,
     project,
     rect_corners,
+    scale_matrix,
 )
 
 __all__ = ["COARSE_MOTIONS", "ECCEstimator"]
@@ -247,11 +247,11 @@ class ECCEstimator(PairwiseEstimator):
         for level in range(levels - 1, -1, -1):
             level_a, level_b = _level_size(size_a, level), _level_size(size_b, level)
             # INTER_AREA averages pixel blocks (anti-aliasing), and its pixel-centre map is the
-            # one resize_matrix gives: x' = (x + 0.5) · W'/W − 0.5.
+            # one scale_matrix gives: x' = (x + 0.5) · W'/W − 0.5.
             a = cv2.resize(image_a, level_a, interpolation=cv2.INTER_AREA) if level else image_a
             b = cv2.resize(image_b, level_b, interpolation=cv2.INTER_AREA) if level else image_b
-            S_a = resize_matrix(size_a, level_a).numpy()
-            S_b = resize_matrix(size_b, level_b).numpy()
+            S_a = scale_matrix(size_a, level_a)
+            S_b = scale_matrix(size_b, level_b)
             H_level = normalize_homography(S_a @ H_a_from_b @ np.linalg.inv(S_b))
             motion = self._motion(level, levels, H_level)
             entry: dict[str, Any] = {

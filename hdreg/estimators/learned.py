@@ -201,11 +201,6 @@ class ConfidenceGate(Estimator):
         return est
 
 
-#: the confidence under which ``hdreg align`` and :func:`hdreg.estimate` report a learned
-#: estimate as failed (the evaluation reports every estimate, and the confidence beside it)
-ALIGN_MIN_CONFIDENCE = 0.2
-
-
 def load_checkpoint_estimator(
     path: str | Path,
     device: str | torch.device = "auto",
