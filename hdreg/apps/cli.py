@@ -277,7 +277,10 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     if args.action == "export":
         if not args.checkpoint or not args.out:
             raise ValueError("usage: hdreg weights export CHECKPOINT OUT (a .ckpt from train.py)")
-        path = export_weights(args.checkpoint, args.out, estimator=args.estimator)
+        path = export_weights(
+            args.checkpoint, args.out, estimator=args.estimator,
+            iterations=args.iterations, fine_iterations=args.fine_iterations,
+        )  # fmt: skip
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, weights only)")
         return 0
     for w in shipped_weights().values():
@@ -307,6 +310,12 @@ def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
         help="export: record the whole-image estimator the weights stand for "
         "(hdreg/configs/estimator/NAME.yaml, e.g. wide)",
     )  # fmt: skip
+    for flag, what in (("--iterations", "coarse-scale"), ("--fine-iterations", "fine-scale")):
+        we.add_argument(
+            flag, type=int, metavar="N",
+            help=f"export: the iterative network's {what} iterations at inference (weight-tied, "
+            "so any count runs; default: as trained). Choose it on validation pairs.",
+        )  # fmt: skip
     we.set_defaults(func=_cmd_weights)
 
 

@@ -80,17 +80,42 @@ def estimator_config(name: str) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text()))
 
 
-def export_weights(checkpoint: str | Path, out: str | Path, estimator: str | None = None) -> Path:
+def export_weights(
+    checkpoint: str | Path,
+    out: str | Path,
+    estimator: str | None = None,
+    *,
+    iterations: int | None = None,
+    fine_iterations: int | None = None,
+) -> Path:
     """Write the weights-only copy of an hdreg checkpoint (its model config, weights and
     ``val_mace_best``; no optimizer, scheduler or loop state), atomically. Returns ``out``.
     ``estimator``: also record the whole-image estimator the file stands for
-    (``hdreg/configs/estimator/<estimator>.yaml``, e.g. ``wide``)."""
+    (``hdreg/configs/estimator/<estimator>.yaml``, e.g. ``wide``). ``iterations``,
+    ``fine_iterations``: the iteration counts an iterative network runs at inference (its
+    update is weight-tied, so any count runs; ``None``: as trained), written into the file's
+    network config."""
     from hdreg.estimators.learned import load_module, save_weights
 
     out = Path(out).expanduser()
     if out.is_dir():
         raise ValueError(f"{out} is a directory: give the weights file to write, e.g. {out}/w.pt")
     module = load_module(checkpoint)
+    counts = {"iterations": iterations, "fine_iterations": fine_iterations}
+    counts = {k: v for k, v in counts.items() if v is not None}
+    if counts:
+        net_config = module.hdreg_model.get("net", {})
+        for key, value in counts.items():
+            if key not in net_config:
+                raise ValueError(
+                    f"{checkpoint}: --{key.replace('_', '-')} applies to an iterative network; "
+                    f"this one is {net_config.get('_target_', 'unknown')}"
+                )
+            least = 1 if key == "iterations" else int(net_config[key] > 0)
+            if isinstance(value, bool) or int(value) != value or value < least:
+                raise ValueError(f"{key} must be a whole number >= {least}, got {value!r}")
+            net_config[key] = int(value)
+            setattr(module.net, key, int(value))
     extra = {"hdreg_estimator": estimator_config(estimator)} if estimator else {}
     if extra:
         from hdreg.models.checkpoint import check_estimator_config
