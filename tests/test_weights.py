@@ -13,7 +13,7 @@ from hdreg.estimators.learned import load_checkpoint_estimator, load_module, res
 from hdreg.geometry import patch_corners, transform_points
 from hdreg.weights import export_weights, shipped, shipped_weights
 
-SHIPPED = ["homographynet", "iterative", "wide"]
+SHIPPED = ["homographynet", "iterative", "unsupervised", "wide"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,9 @@ def test_every_shipped_file_is_listed():
         assert "python train.py" in w.command and w.data
 
 
-@pytest.mark.parametrize(("name", "max_share"), [("homographynet", 0.6), ("iterative", 0.15)])
+@pytest.mark.parametrize(
+    ("name", "max_share"), [("homographynet", 0.6), ("iterative", 0.15), ("unsupervised", 0.15)]
+)
 def test_loads_by_name_and_beats_the_identity(name, max_share, held_out_pairs):
     bench = held_out_pairs
     estimator = load_checkpoint_estimator(name, device="cpu")
@@ -77,3 +79,22 @@ def test_cli_lists_and_exports(tmp_path, capsys):
     assert (tmp_path / "h.pt").is_file()
     assert hdreg_main(["weights", "export"]) == 2  # names what is missing, no traceback
     assert "usage: hdreg weights export" in capsys.readouterr().err
+
+
+def test_export_sets_the_inference_iterations_of_an_iterative_network(tmp_path):
+    from hdreg.models.checkpoint import load_net
+
+    out = export_weights("iterative", tmp_path / "it6.pt", iterations=6, fine_iterations=2)
+    net, trained = load_net(out), load_net("iterative")
+    assert (net.iterations, net.fine_iterations) == (6, 2)
+    assert (trained.iterations, trained.fine_iterations) == (4, 3)
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in net.state_dict().items())
+    a, b = torch.rand(2, 1, 1, 128, 128).unbind(0)
+    with torch.no_grad():
+        assert net(a, b)["offsets_all"].shape[0] == 8
+        assert torch.equal(net(a, b)["offsets"], trained(a, b, 6, 2)["offsets"])
+    with pytest.raises(ValueError, match="applies to an iterative network"):
+        export_weights("homographynet", tmp_path / "h.pt", iterations=6)
+    with pytest.raises(ValueError, match="iterations must be a whole number >= 1"):
+        export_weights("iterative", tmp_path / "x.pt", iterations=0)
+    assert not (tmp_path / "h.pt").exists() and not (tmp_path / "x.pt").exists()
