@@ -45,12 +45,11 @@ from hdreg.estimators.base import PairResult, PairwiseEstimator
 from hdreg.geometry import (
     four_point_to_homography_ex,
     inside_mask,
-    resize_matrix,
     sample_at,
     transform_points,
     warp_grid,
 )
-from hdreg.geometry_np import check_homography, normalize_homography, rect_corners
+from hdreg.geometry_np import check_homography, normalize_homography, rect_corners, scale_matrix
 
 __all__ = ["PhotometricAdapter", "photometric_agreement"]
 
@@ -69,7 +68,7 @@ def _level(image: np.ndarray, side: int, blur: float) -> tuple[torch.Tensor, np.
     small = small.astype(np.float32) / 255.0
     if blur > 0:
         small = cv2.GaussianBlur(small, (0, 0), blur)
-    S = resize_matrix((w, h), size).numpy()
+    S = scale_matrix((w, h), size)
     return torch.from_numpy(small.astype(np.float64))[None, None], S
 
 

@@ -371,15 +371,14 @@ class CoarseToFineEstimator(PairwiseEstimator):
         f = self.dense_side / max(_size(pair.b))
         size_b = (max(32, round(pair.b.shape[1] * f)), max(32, round(pair.b.shape[0] * f)))
         b = _resize(pair.b, size_b)
-        # A at the same scale, rotated about B-sized canvas centre by each hypothesis
-        size_a = (max(32, round(pair.a.shape[1] * f)), max(32, round(pair.a.shape[0] * f)))
-        a = _resize(pair.a, size_a)
+        # A at B's scale (smaller if it would not fit), centred on a square canvas of B's longer
+        # side, rotated about the canvas centre by each hypothesis
         side = max(size_b)
+        fa = min(f, side / pair.a.shape[1], side / pair.a.shape[0])
+        h_a, w_a = pair.a.shape
+        a = _resize(pair.a, (max(8, round(w_a * fa)), max(8, round(h_a * fa))))
+        ya, xa = (side - a.shape[0]) // 2, (side - a.shape[1]) // 2
         canvas_a = np.zeros((side, side), np.uint8)
-        ya, xa = (side - size_a[1]) // 2, (side - size_a[0]) // 2
-        if size_a[0] > side or size_a[1] > side:  # A larger than the canvas: fit it
-            a = _resize(a, (min(side, size_a[0]), min(side, size_a[1])))
-            ya, xa = (side - a.shape[0]) // 2, (side - a.shape[1]) // 2
         canvas_a[ya : ya + a.shape[0], xa : xa + a.shape[1]] = a
         canvas_from_a = np.array([[1.0, 0, xa], [0, 1, ya], [0, 0, 1]]) @ scale_matrix(
             _size(pair.a), _size(a)

@@ -114,8 +114,7 @@ def export_weights(
             least = 1 if key == "iterations" else int(net_config[key] > 0)
             if isinstance(value, bool) or int(value) != value or value < least:
                 raise ValueError(f"{key} must be a whole number >= {least}, got {value!r}")
-            net_config[key] = int(value)
-            setattr(module.net, key, int(value))
+            net_config[key] = int(value)  # the file's config; its weights are the same
     extra = {"hdreg_estimator": estimator_config(estimator)} if estimator else {}
     if extra:
         from hdreg.models.checkpoint import check_estimator_config
