@@ -44,6 +44,8 @@ def main() -> None:
     failed: dict[str, dict[str, bool]] = collections.defaultdict(dict)
     with args.pairs_csv.open() as f:
         for row in csv.DictReader(f):
+            if row["reason"].startswith("skipped: "):  # not scored: no error to count
+                continue
             bad = row["failed"] == "1" or float(row["error"]) > args.max_error
             failed[row["method"]][row["group"]] = bad
     missing = [m for m in args.methods if m not in failed]

@@ -193,17 +193,21 @@ class TestRealPairs:
 
 class TestImplausibleGroundTruth:
     @pytest.mark.parametrize("w_at_corner", [0.0, -1.0])  # to infinity, behind the camera
-    def test_a_corner_of_a_at_infinity_or_behind_is_refused(self, tmp_path, w_at_corner):
-        write_sequence(tmp_path / "seq", "hpatches")  # 320x240 images
+    def test_a_corner_of_a_at_infinity_or_behind_is_scored_on_the_part_in_view(
+        self, tmp_path, w_at_corner
+    ):
+        truth = write_sequence(tmp_path / "seq", "hpatches")  # 320x240 images
         # w = 1 + a*x + b*y equals w_at_corner at the bottom-right corner (319, 239)
         a = (w_at_corner - 1) / 2 / 319
         b = (w_at_corner - 1) / 2 / 239
-        h_file = write_matrix(
-            tmp_path / "seq" / "H_1_2", np.array([[1, 0, 0], [0, 1, 0], [a, b, 1]])
-        )
-        with pytest.raises(ValueError, match="to infinity or behind the camera") as info:
-            real_pairs(str(tmp_path))
-        assert str(h_file) in str(info.value) and "[319.0, 239.0]" in str(info.value)
+        H = np.array([[1, 0, 0], [0, 1, 0], [a, b, 1]])
+        write_matrix(tmp_path / "seq" / "H_1_2", H)
+        pairs = real_pairs(str(tmp_path))  # not an error: the other pairs, and this one, count
+        assert pairs.ids == ["seq/1-2", "seq/1-3", "seq/1-4"] and not pairs.skipped
+        assert pairs.clipped.tolist() == [True, False, False]
+        exact = np.linalg.inv(np.stack([H, *truth[1:]]))
+        np.testing.assert_allclose(pairs.errors(exact), 0, atol=1e-6)
+        assert not pairs.folds(exact).any()
 
     def test_an_image_b_far_smaller_than_its_ground_truth_is_named(self, tmp_path):
         write_sequence(tmp_path / "seq", "hpatches")

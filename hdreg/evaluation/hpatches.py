@@ -22,7 +22,7 @@ import torch
 
 from hdreg.data.pairs import check_ground_truth, find_real_pairs
 from hdreg.data.sources import load_gray, resize_gray
-from hdreg.evaluation.benchmarks import EvalPairs
+from hdreg.evaluation.benchmarks import EvalPairs, in_pair_order, load_real_pairs
 from hdreg.geometry import rescale_homography
 
 __all__ = [
@@ -60,27 +60,19 @@ def hpatches_pairs(
     short side is ``short_side`` (0 keeps full resolution), without the sequences named in
     ``exclude``.
 
-    Warns when the pairs found are not the protocol's 540 (e.g. a partial copy), so that a
-    figure on a subset is never mistaken for the published protocol.
+    A pair whose ground truth or images cannot be used is skipped, with the reason
+    (:attr:`EvalPairs.skipped`). Warns when the pairs scored are not the protocol's 540 (e.g. a
+    partial copy), so that a figure on a subset is never mistaken for the published protocol.
     """
     if short_side < 0:
         raise ValueError(f"short_side must be >= 0 (0 = full resolution), got {short_side}")
-    pairs = find_real_pairs(root)
+    found = find_real_pairs(root, keep_unusable=True)
     excluded = set(exclude)
-    kept = [p for p in pairs if Path(p.sequence).name not in excluded]
+    kept = [p for p in found if Path(p.sequence).name not in excluded]
     if not kept:
         raise ValueError(
             f"no pairs left under {root} once the sequences {', '.join(sorted(excluded))} are "
             "left out"
-        )
-    sequences = sorted({p.sequence for p in kept})
-    if len(kept) != PROTOCOL_PAIRS:
-        warnings.warn(
-            f"{root}: {len(kept)} pairs in {len(sequences)} sequences, while the HPatches protocol "
-            f"has {PROTOCOL_PAIRS} pairs in {PROTOCOL_SEQUENCES} sequences; the figures are for "
-            "this subset only",
-            UserWarning,
-            stacklevel=2,
         )
 
     def load(path: Path) -> tuple[np.ndarray, tuple[int, int]]:
@@ -90,21 +82,35 @@ def hpatches_pairs(
             return full, size
         return resize_gray(full, short_side_size(size, short_side)), size
 
-    cache: dict[Path, tuple[np.ndarray, tuple[int, int]]] = {}  # a sequence's reference image
-    images_a, images_b, H_true, sizes_a, sizes_b = [], [], [], [], []
-    for p in kept:
-        if p.path_a not in cache:
-            cache[p.path_a] = load(p.path_a)
-        a, size_a = cache[p.path_a]
-        b, size_b = load(p.path_b)
-        sizes_a.append(size_a)
-        sizes_b.append(size_b)
-        images_a.append(a)
-        images_b.append(b)
-        H = torch.from_numpy(np.asarray(p.H_b_from_a, np.float64))[None]
-        new_a, new_b = (a.shape[1], a.shape[0]), (b.shape[1], b.shape[0])
-        H_true.append(rescale_homography(H, size_b, new_b, size_a, new_a)[0].numpy())
-    check_ground_truth(kept, sizes_a, sizes_b)  # at full resolution, as the H files are
+    loaded, skipped = load_real_pairs(kept, load)
+    H_true = []
+    for x in loaded:
+        H = torch.from_numpy(np.asarray(x.pair.H_b_from_a, np.float64))[None]
+        new_a = (x.image_a.shape[1], x.image_a.shape[0])
+        new_b = (x.image_b.shape[1], x.image_b.shape[0])
+        H_true.append(rescale_homography(H, x.size_b, new_b, x.size_a, new_a)[0].numpy())
+    usable = [x.pair for x in loaded]
+    # at full resolution, as the H files are
+    check_ground_truth(usable, [x.size_a for x in loaded], [x.size_b for x in loaded])
     resized = f"short side {short_side} px" if short_side else "full resolution"
-    name = f"HPatches protocol ({len(sequences)} sequences, {resized}) under {root}"
-    return EvalPairs.from_real(name, kept, images_a, images_b, np.stack(H_true))
+    sequences = sorted({p.sequence for p in kept})
+    pairs = EvalPairs.from_real(
+        f"HPatches protocol ({len(sequences)} sequences, {resized}) under {root}",
+        usable,
+        [x.image_a for x in loaded],
+        [x.image_b for x in loaded],
+        np.array(H_true).reshape(-1, 3, 3),
+        skipped,
+    )
+    pairs.skipped = in_pair_order(pairs.skipped, kept)
+    if len(pairs) != PROTOCOL_PAIRS:
+        scored = sorted(set(pairs.groups))
+        left_out = f" ({len(pairs.skipped)} skipped)" if pairs.skipped else ""
+        warnings.warn(
+            f"{root}: {len(pairs)} pairs in {len(scored)} sequences{left_out}, while the HPatches "
+            f"protocol has {PROTOCOL_PAIRS} pairs in {PROTOCOL_SEQUENCES} sequences; the figures "
+            "are for this subset only",
+            UserWarning,
+            stacklevel=2,
+        )
+    return pairs

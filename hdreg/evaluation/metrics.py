@@ -7,7 +7,9 @@ points land in):
 * synthetic patches: the corners of patch B, mapped into A (``H_a_from_b``); the true positions
   are ``corners + offsets`` (the four-point label, docs/conventions.md). Its mean is the MACE.
 * real pairs (HPatches style): the corners of image A mapped into image B by the estimated
-  ``H_b_from_a = H_a_from_b⁻¹`` and by the ground truth, in pixels of B.
+  ``H_b_from_a = H_a_from_b⁻¹`` and by the ground truth, in pixels of B. When the ground truth
+  sends a corner of A behind the camera, the vertices of the part of A that lands inside B take
+  the corners' place (:meth:`hdreg.evaluation.benchmarks.EvalPairs.from_real`).
 """
 
 from __future__ import annotations
@@ -36,25 +38,46 @@ SUMMARY_KEYS = (
 
 
 def corner_error(
-    H_dst_from_src: np.ndarray, points_src: np.ndarray, points_dst_true: np.ndarray
+    H_dst_from_src: np.ndarray,
+    points_src: np.ndarray,
+    points_dst_true: np.ndarray,
+    counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per pair, the mean distance between ``points_src`` mapped by the estimate and their true
     positions ``points_dst_true`` (:func:`hdreg.geometry.corner_distance` of
     :func:`hdreg.geometry_np.project`). Shapes ``(N, 3, 3)``, ``(N, K, 2)``, ``(N, K, 2)`` →
-    ``(N,)``. A non-finite estimate scores ``inf``.
+    ``(N,)``; ``counts (N,)``, when given: the mean is over the first ``counts[i]`` points of
+    pair ``i`` (the others pad). A non-finite estimate scores ``inf``.
 
-    Example (a hand-computed case): the identity against a 3-4-5 shift of every corner is 5 px.
+    Example (a hand-computed case): the identity against a 3-4-5 shift of every corner is 5 px;
+    of a triangle's three vertices (a fourth point pads) only one moving 6 px gives 2 px.
 
     >>> c = np.array([[[0, 0], [9, 0], [9, 9], [0, 9]]], float)
     >>> corner_error(np.eye(3)[None], c, c + [3, 4]).tolist()
     [5.0]
+    >>> corner_error(np.eye(3)[None], c, c + [[0, 0], [0, 6], [0, 0], [50, 0]], [3]).tolist()
+    [2.0]
     """
     pred = project(H_dst_from_src, points_src)
     true = np.asarray(points_dst_true, np.float64)
     if true.shape != pred.shape:
         raise ValueError(f"points_dst_true has shape {true.shape}, expected {pred.shape}")
     with np.errstate(invalid="ignore", over="ignore"):
-        dist = corner_distance(pred, true)
+        if counts is None:
+            dist = corner_distance(pred, true)
+        else:
+            counts = np.asarray(counts)
+            if (
+                counts.shape != pred.shape[:1]
+                or not ((counts >= 1) & (counts <= pred.shape[1])).all()
+            ):
+                raise ValueError(
+                    f"counts must be {pred.shape[0]} integers in [1, {pred.shape[1]}], got {counts}"
+                )
+            diff = pred - true
+            each = (diff * diff).sum(-1) ** 0.5
+            used = np.arange(pred.shape[1]) < counts[:, None]
+            dist = np.where(used, each, 0.0).sum(-1) / counts
     return np.where(np.isnan(dist), np.inf, dist)
 
 

@@ -38,11 +38,13 @@ def _refinement_line(name: str, details: list[dict]) -> str | None:
 
 def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> str:
     """The Markdown summary table (one row per method), plus, for real pairs, the corner error of
-    every pair (one column per method) when ``per_pair`` (default: real pairs, at most 200)."""
+    every pair (one column per method) when ``per_pair`` (default: real pairs, at most 200).
+    Pairs the set skipped are counted in the title and listed with their reasons."""
     pairs = result.pairs
     auc = pairs.kind == "real"  # the AUC columns of the real-pair protocols (HPatches)
+    skipped = f" (skipped {len(pairs.skipped)})" if pairs.skipped else ""
     lines = [
-        f"Corner error (px) on {len(pairs)} {pairs.kind} pairs: {pairs.name}",
+        f"Corner error (px) on {len(pairs)} {pairs.kind} pairs{skipped}: {pairs.name}",
         "",
         "| method | MACE | median | <1px | <3px | <5px | <10px | failed | ms/pair |"
         + (" AUC@1px | AUC@3px | AUC@5px |" if auc else ""),
@@ -69,6 +71,19 @@ def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> s
             "AUC@t px: area under the share-of-pairs-vs-error curve from 0 to t, divided by t, "
             "in % (docs/conventions.md)."
         )
+    if pairs.skipped:
+        listed = "; ".join(f"{s.id} ({s.reason})" for s in pairs.skipped[:10])
+        more = f"; and {len(pairs.skipped) - 10} more" if len(pairs.skipped) > 10 else ""
+        lines.append(
+            f"Skipped {len(pairs.skipped)} pair(s) whose ground truth or images cannot be used "
+            f"(not scored; `reason` in pairs.csv): {listed}{more}."
+        )
+    if pairs.clipped is not None and pairs.clipped.any():
+        ids = ", ".join(pairs.ids[i] for i in np.flatnonzero(pairs.clipped))
+        lines.append(
+            "Scored on the part of image A that lands inside B, the ground truth sending a corner "
+            f"of A behind the camera (docs/conventions.md): {ids}."
+        )
     for m in result.methods:
         if (line := _refinement_line(m.name, m.details)) is not None:
             lines.append(line)
@@ -82,6 +97,8 @@ def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> s
                 _fmt_err(m.errors[i]) + (" (failed)" if m.failed[i] else "") for m in result.methods
             ]
             lines.append(f"| {pid} | " + " | ".join(cells) + " |")
+        for sk in pairs.skipped:
+            lines.append(f"| {sk.id} | " + " | ".join("skipped" for _ in names) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +137,9 @@ def plot_cumulative_errors(result: EvaluationResult, path: Path, *, x_max: float
 
 def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Path]:
     """Write ``results.md``, ``results.csv``, ``pairs.csv``, ``results.json`` and the plot into
-    ``out_dir`` (created if needed); returns the paths by kind."""
+    ``out_dir`` (created if needed); returns the paths by kind. ``pairs.csv`` also lists each
+    skipped pair, for every method, with an empty error, failure flag and time, and the reason
+    (``skipped: ...``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -146,6 +165,8 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
                     m.name, pid, result.pairs.groups[i], f"{m.errors[i]:.6g}", int(m.failed[i]),
                     f"{1e3 * m.seconds[i]:.4g}", m.reasons[i], _details_json(details[i]),
                 ])  # fmt: skip
+            for sk in result.pairs.skipped:
+                w.writerow([m.name, sk.id, sk.group, "", "", "", f"skipped: {sk.reason}", ""])
     summaries = {
         m.name: {k: (int(m.summary[k]) if k == "n" else m.summary[k]) for k in SUMMARY_KEYS}
         for m in result.methods
