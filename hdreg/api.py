@@ -16,123 +16,91 @@ top-left pixel; ``b_from_a`` maps pixel coordinates of image A into image B
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from hdreg.estimators.base import Result
+from hdreg.estimators.downsize import DEFAULT_MAX_SIDE
+from hdreg.images import to_gray_u8
 
 __all__ = ["Result", "estimate", "load", "to_gray_u8"]
 
 
-@dataclass(frozen=True)
-class Result:
-    """The homography between two images.
-
-    Attributes:
-        b_from_a: ``(3, 3)`` float64, maps pixels of A into B (the identity when failed).
-        a_from_b: ``(3, 3)`` float64, its inverse.
-        failed: the method found no homography it trusts; ``reason`` says why.
-        reason: ``""`` unless failed.
-        details: what the method reports (matches and inliers, confidence, correlation, …).
-        method: the method spec that ran.
-        seconds: wall time of the estimate.
-    """
-
-    b_from_a: np.ndarray
-    a_from_b: np.ndarray
-    failed: bool
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
-    method: str = ""
-    seconds: float = 0.0
-
-
-def to_gray_u8(image: Any, name: str = "image") -> np.ndarray:
-    """An image as hdreg's estimators take it: ``(H, W)`` uint8 grayscale.
-
-    Accepts a numpy array as OpenCV reads it (``(H, W)``, ``(H, W, 1)``, BGR ``(H, W, 3)`` or
-    BGRA ``(H, W, 4)``; uint8, uint16, or float in [0, 1]) or a PIL image (any mode).
-    ``ValueError`` naming ``name`` for anything else.
-    """
-    import cv2
-
-    if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
-        return np.asarray(image.convert("L"), dtype=np.uint8).copy()
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array or a PIL image, got {type(image).__name__}")
-    x = image
-    if x.ndim == 3 and x.shape[2] == 1:
-        x = x[:, :, 0]
-    if x.ndim == 3 and x.shape[2] in (3, 4):
-        code = cv2.COLOR_BGR2GRAY if x.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
-        if np.issubdtype(x.dtype, np.floating):
-            x = x.astype(np.float32)
-        elif x.dtype not in (np.uint8, np.uint16):
-            raise ValueError(
-                f"{name} has dtype {x.dtype}: expected uint8, uint16 or float in [0, 1]"
-            )
-        x = cv2.cvtColor(np.ascontiguousarray(x), code)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {x.shape}")
-    if min(x.shape) < 8:
-        raise ValueError(f"{name} is {x.shape[1]}×{x.shape[0]} pixels: at least 8×8 is needed")
-    if x.dtype == np.uint8:
-        return np.ascontiguousarray(x)
-    if x.dtype == np.uint16:
-        return (x.astype(np.float32) / 257.0).round().astype(np.uint8)
-    if np.issubdtype(x.dtype, np.floating):
-        if not np.isfinite(x).all():
-            raise ValueError(f"{name} has non-finite values")
-        return (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    raise ValueError(f"{name} has dtype {x.dtype}: expected uint8, uint16 or float in [0, 1]")
+def _file_identity(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced or rewritten: device, inode, size, times (ns)."""
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @functools.lru_cache(maxsize=8)
-def _estimator(method: str, device: str) -> Any:
-    from hdreg.config import method_names
+def _built(spec: Any, device: str, identity: tuple[int, ...]) -> Any:
+    """The estimator of a parsed spec; ``identity`` (of its checkpoint file) is part of the cache
+    key only, so that a replaced file is read again."""
     from hdreg.estimators.base import ALIGN_MIN_CONFIDENCE
-    from hdreg.estimators.registry import (
-        build_estimator,
-        parse_checkpoint_spec,
-        parse_method_spec,
-    )
+    from hdreg.estimators.registry import build_estimator
 
-    base = method.partition("+")[0]
-    if base in method_names():
-        spec = parse_method_spec(method, method_names())
-    else:
-        spec = parse_checkpoint_spec(method)
     return build_estimator(spec, device=device, min_confidence=ALIGN_MIN_CONFIDENCE)
 
 
-def estimate(image_a: Any, image_b: Any, method: str = "sift", *, device: str = "auto") -> Result:
+def _estimator(method: Any, device: str) -> Any:
+    """The estimator of ``method``, built once per method, device and checkpoint file: a
+    checkpoint is known by its absolute path and the file's identity, not by the spec's text
+    (a relative path after ``os.chdir``, or a file replaced since, is another estimator)."""
+    from dataclasses import replace
+
+    from hdreg.estimators.registry import parse_spec
+
+    spec = parse_spec(method)
+    identity: tuple[int, ...] = ()
+    if spec.checkpoint is not None:
+        spec = replace(spec, checkpoint=Path(os.path.abspath(spec.checkpoint)))
+        identity = _file_identity(spec.checkpoint)
+    return _built(spec, device, identity)
+
+
+def estimate(
+    image_a: Any,
+    image_b: Any,
+    method: str | os.PathLike[str] = "sift",
+    *,
+    device: str = "auto",
+    max_side: int | None = DEFAULT_MAX_SIDE,
+) -> Result:
     """The homography between two images, by any method hdreg has.
 
     Args:
-        image_a, image_b: numpy arrays as OpenCV reads them (8/16-bit, gray or colour) or PIL
-            images; sizes may differ.
+        image_a, image_b: numpy arrays as OpenCV reads them (gray, BGR or BGRA; uint8, uint16
+            including 12-bit data, or float in [0, 1]) or PIL images; sizes may differ. The
+            rules: docs/conventions.md, "Image input" (:mod:`hdreg.images`).
         method: a method (``"sift"``, ``"ecc"``, ``"orb"``, … : ``hdreg/configs/method/``), a
             shipped model (``"wide"``, ``"iterative"``: ``hdreg weights``) or a checkpoint
             path, optionally refined (``"sift+ecc"``, ``"wide+ecc"``).
-        device: for learned methods: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"`` (used by learned
+            methods; checked for every method).
+        max_side: images whose longer side exceeds it are estimated on copies downsized to it
+            (as ``hdreg align --max-side``, same default); the homography is always that of the
+            full-resolution images. ``None`` or 0: always at full resolution.
 
     Returns:
         a :class:`Result`. A learned method whose estimate is not trustworthy (blank photos,
         unrelated photos: confidence under the threshold ``hdreg align`` uses) is ``failed``.
+
+    Raises:
+        ValueError: an unknown method, device or ``max_side``, or an image hdreg cannot take
+            (naming it: ``image_a`` or ``image_b``).
     """
-    a = to_gray_u8(image_a, "image_a")
-    b = to_gray_u8(image_b, "image_b")
-    estimator = _estimator(str(method), str(device))
-    est = estimator.estimate([a], [b])
-    a_from_b = np.asarray(est.H_a_from_b[0], np.float64)
-    a_from_b = a_from_b / a_from_b[2, 2]
-    b_from_a = np.linalg.inv(a_from_b)
-    details = est.details[0] if est.details else {}
-    return Result(
-        b_from_a, a_from_b, bool(est.failed[0]), est.reasons[0] if est.failed[0] else "",
-        dict(details), str(method), float(est.seconds[0]),
-    )  # fmt: skip
+    from hdreg.errors import check_device
+    from hdreg.estimators.downsize import Downsized, check_max_side
+    from hdreg.images import gray_pair
+
+    check_device(device)
+    max_side = check_max_side(max_side)
+    a, b = gray_pair(image_a, image_b)
+    estimator = _estimator(method, str(device))
+    if max_side is not None:
+        estimator = Downsized(estimator, max_side)
+    return Result.from_estimate(estimator.estimate([a], [b]), 0, str(os.fspath(method)))
 
 
 def load(name_or_path: str | Path, device: str = "cpu") -> Any:

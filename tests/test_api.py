@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import hdreg
-from hdreg.api import to_gray_u8
 
 
 def _pair():
@@ -23,36 +22,15 @@ def _pair():
     return a, b, b_from_a
 
 
-class TestImages:
-    def test_bgr_16bit_float_and_pil_become_the_same_gray(self):
-        from PIL import Image
-
-        a = _pair()[0]
-        gray = cv2.cvtColor(a, cv2.COLOR_BGR2GRAY)
-        assert np.array_equal(to_gray_u8(a), gray)
-        assert np.abs(to_gray_u8(a.astype(np.uint16) * 257).astype(int) - gray).max() <= 1
-        assert np.abs(to_gray_u8(a / 255.0).astype(int) - gray).max() <= 1
-        pil = Image.fromarray(cv2.cvtColor(a, cv2.COLOR_BGR2RGB))
-        assert np.abs(to_gray_u8(pil).astype(int) - gray).max() <= 1
-
-    @pytest.mark.parametrize(
-        ("image", "match"),
-        [("a.png", "numpy array or a PIL image"), (np.zeros((4, 4), np.uint8), "at least 8"),
-         (np.zeros((9, 9, 2), np.uint8), "must be"), (np.zeros((9, 9), np.int64), "dtype")],
-    )  # fmt: skip
-    def test_bad_images_are_named(self, image, match):
-        with pytest.raises(ValueError, match=match):
-            hdreg.estimate(image, np.zeros((64, 64), np.uint8), method="identity")
-
-
 class TestEstimate:
     def test_sift_on_opencv_images(self):
         a, b, b_from_a = _pair()
         r = hdreg.estimate(a, b, method="sift")
         assert not r.failed and r.reason == ""
         np.testing.assert_allclose(r.b_from_a, b_from_a, atol=0.05)
-        np.testing.assert_allclose(r.a_from_b @ r.b_from_a, np.eye(3), atol=1e-9)
-        assert r.a_from_b[2, 2] == 1.0
+        product = r.a_from_b @ r.b_from_a  # inverses up to scale: both end in 1
+        np.testing.assert_allclose(product / product[2, 2], np.eye(3), atol=1e-9)
+        assert r.a_from_b[2, 2] == 1.0 and r.b_from_a[2, 2] == 1.0
         assert r.details["inliers"] > 50
 
     @pytest.mark.parametrize("method", ["iterative+ecc", "ecc"])
@@ -76,9 +54,102 @@ class TestEstimate:
             assert r.failed and r.reason, method
             np.testing.assert_array_equal(r.b_from_a, np.eye(3))
 
-    def test_unknown_method_names_the_registry(self):
-        with pytest.raises((ValueError, FileNotFoundError), match="nosuch"):
-            hdreg.estimate(np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), "nosuch")
+
+def _constant_checkpoint(path, shift: float):
+    """A tiny network that answers the same offsets for every pair (0: the identity)."""
+    from hdreg.estimators.learned import save_weights
+
+    from .conftest import tiny_module
+
+    module = tiny_module()
+    with torch.no_grad():
+        module.net.regressor[-1].weight.zero_()
+        module.net.regressor[-1].bias.fill_(shift)
+    return save_weights(module, path)
+
+
+def _smooth():
+    from .conftest import textured_image
+
+    return cv2.GaussianBlur(textured_image(240, 320, seed=5), (0, 0), 3)
+
+
+class TestMethodsAndDevices:
+    @pytest.mark.parametrize("method", ["siftt", None, "", "siftt+ecc", 3])
+    def test_unknown_method_lists_methods_and_shipped_models(self, method):
+        """'siftt' and None used to say "checkpoint ... does not exist" and list nothing."""
+        image = np.zeros((64, 64), np.uint8)
+        with pytest.raises(ValueError) as info:
+            hdreg.estimate(image, image, method)
+        message = str(info.value)
+        assert message.startswith(f"unknown method {method!r}: valid methods are ")
+        assert "sift, sift_magsac" in message and "shipped models: " in message
+        assert "iterative" in message and "wide" in message
+        assert "or the path of an existing checkpoint file" in message
+
+    def test_a_folder_is_not_a_checkpoint(self, tmp_path):
+        image = np.zeros((64, 64), np.uint8)
+        with pytest.raises(ValueError, match=f"checkpoint {tmp_path} is a folder"):
+            hdreg.estimate(image, image, str(tmp_path))
+
+    @pytest.mark.parametrize("method", ["identity", "sift", "iterative"])
+    def test_an_unknown_device_is_refused_for_every_method(self, method):
+        """device="gpu" used to be accepted silently by the classical methods."""
+        image = np.zeros((64, 64), np.uint8)
+        with pytest.raises(ValueError, match="device 'gpu' is not a device: expected auto"):
+            hdreg.estimate(image, image, method, device="gpu")
+
+
+class TestCachedNetworks:
+    def test_a_replaced_checkpoint_is_read_again(self, tmp_path):
+        """The networks were cached by the method string: a replaced file kept its old answer."""
+        image = _smooth()
+        path = _constant_checkpoint(tmp_path / "m.pt", 0.0)
+        first = hdreg.estimate(image, image, str(path), device="cpu")
+        np.testing.assert_allclose(first.b_from_a, np.eye(3), atol=1e-6)
+        _constant_checkpoint(tmp_path / "m.pt", 0.05)  # the same path, other weights
+        second = hdreg.estimate(image, image, str(path), device="cpu")
+        assert np.abs(second.b_from_a[:2, 2]).min() > 1.0
+        hdreg.api._built.cache_clear()
+        fresh = hdreg.estimate(image, image, str(path), device="cpu")
+        np.testing.assert_array_equal(second.b_from_a, fresh.b_from_a)
+
+    def test_a_relative_path_follows_the_working_directory(self, tmp_path, monkeypatch):
+        image = _smooth()
+        for name, shift in (("zero", 0.0), ("shift", 0.05)):
+            (tmp_path / name).mkdir()
+            _constant_checkpoint(tmp_path / name / "m.pt", shift)
+        monkeypatch.chdir(tmp_path / "zero")
+        zero = hdreg.estimate(image, image, "m.pt", device="cpu")
+        monkeypatch.chdir(tmp_path / "shift")
+        shift = hdreg.estimate(image, image, "m.pt", device="cpu")
+        np.testing.assert_allclose(zero.b_from_a, np.eye(3), atol=1e-6)
+        assert np.abs(shift.b_from_a[:2, 2]).min() > 1.0
+
+
+class TestResult:
+    def test_both_directions_end_in_one(self):
+        """b_from_a was the plain inverse of a_from_b: its [2, 2] entry was 1.0006, not 1."""
+        from hdreg.estimators.base import Estimate, Result
+
+        H_a_from_b = np.array([[1.1, 0.05, 4.0], [-0.02, 0.95, -3.0], [3e-4, -2e-4, 1.0]])
+        est = Estimate(2 * H_a_from_b[None], np.zeros(1, bool), np.ones(1), [""])
+        r = Result.from_estimate(est, 0, "x")
+        assert r.a_from_b[2, 2] == 1.0 and r.b_from_a[2, 2] == 1.0
+        np.testing.assert_allclose(r.a_from_b, H_a_from_b, rtol=1e-12)
+        product = r.b_from_a @ r.a_from_b
+        np.testing.assert_allclose(product / product[2, 2], np.eye(3), atol=1e-12)
+
+    def test_to_json(self):
+        import json
+
+        a, b, _ = _pair()
+        r = hdreg.estimate(a, b, method="sift")
+        out = json.loads(json.dumps(r.to_json()))
+        assert out["method"] == "sift" and out["failed"] is False and out["reason"] == ""
+        np.testing.assert_allclose(out["b_from_a"], r.b_from_a)
+        assert out["details"]["inliers"] == r.details["inliers"]
+        assert "keypoints_a" not in out["details"]
 
 
 def test_load_returns_the_plain_network():

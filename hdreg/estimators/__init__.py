@@ -6,6 +6,8 @@
   (keypoints + robust fitting, and intensity-based ECC);
 - :mod:`~hdreg.estimators.learned`: a trained network as an estimator;
 - :mod:`~hdreg.estimators.refinement`: ``<method>+ecc`` on top of any estimator;
+- :mod:`~hdreg.estimators.downsize`: any estimator on downsized copies of large images
+  (``max_side``);
 - :mod:`~hdreg.estimators.registry`: method names (``hdreg/configs/method/``) and specs
   (``sift+ecc``, ``iterative+ecc``) → estimators.
 

@@ -5,7 +5,8 @@ free — and returns an :class:`Estimate`: per pair ``H_a_from_b`` (maps B's pix
 ``failed`` flag with its reason, the wall time and a dict of details. A failed pair carries the
 identity, which is how the evaluation scores it. Classical methods work pair by pair
 (:class:`PairwiseEstimator`); learned models batch (``hdreg.models``); any estimator can be
-refined (:class:`hdreg.estimators.refinement.RefinedEstimator`).
+refined (:class:`hdreg.estimators.refinement.RefinedEstimator`). :class:`Result` is one pair's
+answer as the Python API gives it (:func:`hdreg.estimate`).
 
 Details (``Estimate.details[i]``, a dict per pair): entries whose value is a string, a number or
 a bool are *reportable* (:func:`reportable`): reports and ``homography.json`` show them as they
@@ -47,6 +48,7 @@ __all__ = [
     "IdentityEstimator",
     "PairResult",
     "PairwiseEstimator",
+    "Result",
     "reportable",
 ]
 
@@ -113,6 +115,57 @@ def reportable(details: dict[str, Any]) -> dict[str, str | int | float | bool | 
         elif isinstance(value, float):
             out[key] = value if math.isfinite(value) else None
     return out
+
+
+@dataclass(frozen=True)
+class Result:
+    """The homography between two images: one pair of an :class:`Estimate`.
+
+    Attributes:
+        b_from_a: ``(3, 3)`` float64, maps pixels of A into B (the identity when failed).
+        a_from_b: ``(3, 3)`` float64, its inverse. Both are divided by their ``[2, 2]`` entry.
+        failed: the method found no homography it trusts; ``reason`` says why.
+        reason: ``""`` unless failed.
+        details: what the method reports (matches and inliers, confidence, correlation, …).
+        method: the method spec that ran.
+        seconds: wall time of the estimate.
+
+    >>> image = np.zeros((8, 8), np.uint8)
+    >>> result = Result.from_estimate(IdentityEstimator().estimate([image], [image]), 0, "identity")
+    >>> result.failed, result.to_json()["b_from_a"][2]
+    (False, [0.0, 0.0, 1.0])
+    """
+
+    b_from_a: np.ndarray
+    a_from_b: np.ndarray
+    failed: bool
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+    method: str = ""
+    seconds: float = 0.0
+
+    @classmethod
+    def from_estimate(cls, estimate: Estimate, index: int = 0, method: str = "") -> Result:
+        """Pair ``index`` of ``estimate`` (whose ``H_a_from_b`` it inverts and normalises)."""
+        a_from_b = normalize_homography(np.asarray(estimate.H_a_from_b[index], np.float64))
+        b_from_a = normalize_homography(np.linalg.inv(a_from_b))
+        failed = bool(estimate.failed[index])
+        return cls(
+            b_from_a, a_from_b, failed, estimate.reasons[index] if failed else "",
+            dict(estimate.details[index]), str(method), float(estimate.seconds[index]),
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready values: matrices as nested lists, the reportable details."""
+        return {
+            "method": self.method,
+            "failed": self.failed,
+            "reason": self.reason,
+            "b_from_a": self.b_from_a.tolist(),
+            "a_from_b": self.a_from_b.tolist(),
+            "seconds": self.seconds,
+            "details": reportable(self.details),
+        }
 
 
 def _first_line(message: str) -> str:

@@ -123,7 +123,14 @@ class HomographyNetEstimator(Estimator):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
-        offsets = self.predict_offsets(images_a, images_b).double()
+        # A pair with NaN or inf pixels is failed, and the network sees zeros in its place: the
+        # network would answer such input with offsets that look like an estimate.
+        unusable = [_non_finite_reason(a, b) for a, b in zip(images_a, images_b, strict=True)]
+        blank = np.zeros((self.patch_size, self.patch_size), np.uint8)
+        net_a = [blank if why else x for x, why in zip(images_a, unusable, strict=True)]
+        net_b = [blank if why else x for x, why in zip(images_b, unusable, strict=True)]
+        offsets = self.predict_offsets(net_a, net_b).double()
+        finite = torch.isfinite(offsets).all(dim=(1, 2)).cpu().numpy()
         p = self.patch_size
         H_patch, valid = offsets_to_homography(offsets, p)
         H_patch = H_patch.cpu()
@@ -135,6 +142,10 @@ class HomographyNetEstimator(Estimator):
             H[i] = rescale_homography(H_patch[i : i + 1], (p, p), size_a, (p, p), size_b)[0].numpy()
         failed = ~valid.cpu().numpy()
         reasons = ["degenerate four-point prediction" if f else "" for f in failed]
+        for i, why in enumerate(unusable):
+            if why or not finite[i]:
+                failed[i] = True
+                reasons[i] = why or "the network predicted non-finite offsets"
         details: list[dict[str, Any]] = [{} for _ in range(n)]
         for i, (a, b) in enumerate(zip(images_a, images_b, strict=True)):
             reason = self._check_pair(a, b, H[i], details[i]) if not failed[i] else None
@@ -143,6 +154,14 @@ class HomographyNetEstimator(Estimator):
         H[failed] = np.eye(3)
         seconds = np.full(n, (time.perf_counter() - t0) / n)
         return Estimate(H, failed, seconds, reasons, details)
+
+
+def _non_finite_reason(image_a: np.ndarray, image_b: np.ndarray) -> str:
+    """Why a pair cannot be estimated: a float image with NaN or inf pixels (``""``: it can)."""
+    for label, image in (("A", image_a), ("B", image_b)):
+        if np.issubdtype(np.asarray(image).dtype, np.floating) and not np.isfinite(image).all():
+            return f"image {label} has non-finite pixels (NaN or inf)"
+    return ""
 
 
 def load_module(path: str | Path, device: str | torch.device = "cpu") -> Any:

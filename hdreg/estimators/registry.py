@@ -12,7 +12,9 @@ estimators:
 * a *checkpoint* spec is a checkpoint (a path, or a name that
   :func:`hdreg.estimators.learned.resolve_checkpoint` resolves), optionally followed by
   ``+<refinement>``. No guessing: when the whole spec is an existing file it is the checkpoint,
-  whatever '+' its name holds; otherwise a final ``+<known refinement>`` is the refinement.
+  whatever '+' its name holds; otherwise a final ``+<known refinement>`` is the refinement;
+* :func:`parse_spec` takes either (what :func:`hdreg.estimate` is given) and refuses anything
+  else with one error that lists what is valid.
 
 Example:
     >>> parse_method_spec("sift+ecc", ["sift", "ecc"])
@@ -21,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ __all__ = [
     "build_estimator",
     "parse_checkpoint_spec",
     "parse_method_spec",
+    "parse_spec",
 ]
 
 # Refinements a spec may end in ('+ecc', '+adapt', chained: '+adapt+ecc'): each is a method
@@ -128,6 +132,48 @@ def parse_checkpoint_spec(text: str) -> MethodSpec:
     if plus and Path(base).expanduser().is_file():
         _check_refine(suffix, text)
     return MethodSpec(text, None, resolve_checkpoint(text), None)
+
+
+def _unknown(spec: object) -> ValueError:
+    """The error for a spec that is neither a method, nor a shipped model, nor a file."""
+    from hdreg.config import method_names
+    from hdreg.weights import shipped_weights
+
+    return ValueError(
+        f"unknown method {spec!r}: valid methods are {', '.join(method_names())}; shipped "
+        f"models: {', '.join(sorted(shipped_weights()))}; or the path of an existing checkpoint "
+        f"file; each optionally followed by +{' or +'.join(REFINEMENTS)}"
+    )
+
+
+def parse_spec(spec: str | os.PathLike[str]) -> MethodSpec:
+    """Any spec a user may name: a method (``"sift"``, ``"sift+ecc"``), a shipped model
+    (``"wide"``, ``"iterative+ecc"``) or an existing checkpoint file (``"runs/m.ckpt+ecc"``).
+
+    ``ValueError`` for anything else, listing the valid methods and shipped models (or saying
+    that the path is a folder).
+
+    >>> parse_spec("iterative+ecc").refine
+    'ecc'
+    >>> parse_spec("siftt")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown method 'siftt': valid methods are adapt, akaze, ...
+    """
+    from hdreg.config import method_names
+
+    if not isinstance(spec, str | os.PathLike) or not str(os.fspath(spec)).strip():
+        raise _unknown(spec)
+    text = str(os.fspath(spec))
+    names = method_names()
+    if text.partition("+")[0] in names:
+        return parse_method_spec(text, names)
+    parsed = parse_checkpoint_spec(text)
+    if parsed.checkpoint is not None and parsed.checkpoint.is_file():
+        return parsed
+    if parsed.checkpoint is not None and parsed.checkpoint.is_dir():
+        raise ValueError(f"checkpoint {parsed.checkpoint} is a folder, not a checkpoint file")
+    raise _unknown(text)
 
 
 def _instantiate(params: Any, **overrides: Any) -> Any:

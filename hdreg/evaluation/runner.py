@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ def _init_worker() -> None:
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    # Ctrl-C reaches every process of the terminal's group: the calling process stops the run
+    # (and the pool); a worker ends with it instead of printing a KeyboardInterrupt of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _estimate_batch(
@@ -134,7 +138,15 @@ def _run(
             fn, *args = job(sl)
             yield sl, fn(*args)
         return
-    futures = [pool.submit(*job(sl)) for sl in batches]
+    # The workers start here: with Ctrl-C blocked meanwhile (it waits, then stops this process),
+    # they inherit the block and never print a KeyboardInterrupt, even while starting up.
+    sigmask = getattr(signal, "pthread_sigmask", None)  # POSIX
+    blocked = sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if sigmask else None
+    try:
+        futures = [pool.submit(*job(sl)) for sl in batches]
+    finally:
+        if sigmask:
+            sigmask(signal.SIG_SETMASK, blocked)
     for sl, future in zip(batches, futures, strict=True):
         yield sl, future.result()
 
@@ -155,10 +167,15 @@ def evaluate(
     ``fail_rate``. Pairs are processed in batches of ``batch_size`` (learned models batch them;
     classical methods loop), always in the same order, so results are reproducible.
     ``num_workers`` (an int, or ``"auto"``: every core) > 1 runs the batches of classical
-    methods on that many worker processes, with the same results.
+    methods on that many worker processes, with the same results. Pairs the set skipped
+    (``pairs.skipped``) are not run; the report lists them.
     """
     if len(pairs) == 0:
-        raise ValueError(f"{pairs.name}: no pairs to evaluate")
+        why = "; ".join(f"{s.id}: {s.reason}" for s in pairs.skipped[:5])
+        raise ValueError(
+            f"{pairs.name}: no pairs to evaluate"
+            + (f" (all {len(pairs.skipped)} skipped: {why})" if pairs.skipped else "")
+        )
     names = unique_names(list(names) if names is not None else [e.name for e in estimators])
     if len(names) != len(estimators):
         raise ValueError(f"{len(names)} names for {len(estimators)} estimators")

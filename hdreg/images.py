@@ -1,0 +1,151 @@
+"""The one rule that turns an image a user holds into what hdreg's estimators take.
+
+Estimators take ``(H, W) uint8`` grayscale arrays (docs/conventions.md, "Image input").
+:func:`to_gray_u8` converts one image, :func:`gray_pair` the two images of a pair:
+
+- ``uint8``: as it is;
+- ``uint16``: divided by ``2^k − 1`` and multiplied by 255, for the smallest bit depth
+  ``k ∈ 8..16`` whose ``2^k − 1`` covers the largest colour value (:func:`bit_depth`): 12-bit
+  data (0..4095) and full-range 16-bit data both fill 0..255. The two images of a pair share
+  the depth of the larger maximum of the two, so that their brightness keeps its relation (ECC
+  and the learned models compare intensities);
+- float: values in [0, 1] (a rounding tolerance of ``FLOAT_TOLERANCE`` is clipped away); anything
+  else is refused, naming the range found;
+- gray ``(H, W)`` or ``(H, W, 1)``, BGR ``(H, W, 3)``, BGRA ``(H, W, 4)`` (alpha ignored), as
+  OpenCV reads them; a PIL image of any mode (16-bit and float modes by the rules above).
+
+Example:
+    >>> import numpy as np
+    >>> twelve_bit = np.array([[0, 2048, 4095]] * 8, np.uint16).repeat(3, axis=1)
+    >>> to_gray_u8(twelve_bit)[0, ::3].tolist()
+    [0, 128, 255]
+    >>> to_gray_u8(np.full((8, 8), 255.0), "image_a")
+    Traceback (most recent call last):
+    ...
+    ValueError: image_a is float with values up to 255: expected [0, 1]; divide by 255 or pass uint8
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FLOAT_TOLERANCE", "MIN_SIDE", "bit_depth", "gray_pair", "to_gray_u8"]
+
+#: how far outside [0, 1] a float image may stray (rounding) before it is refused
+FLOAT_TOLERANCE = 1e-3
+#: the smallest width and height an estimator is given
+MIN_SIDE = 8
+
+_PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def bit_depth(top: int) -> int:
+    """The smallest ``k ∈ 8..16`` with ``2^k − 1 >= top``: the bit depth of ``uint16`` data
+    whose largest value is ``top``, the depth it is scaled from.
+
+    >>> bit_depth(4095), bit_depth(4096), bit_depth(300), bit_depth(0), bit_depth(65535)
+    (12, 13, 9, 8, 16)
+    """
+    return min(max(8, int(top).bit_length()), 16)
+
+
+def _array(image: Any, name: str) -> np.ndarray:
+    """``image`` as a numpy array (a PIL image by its mode: 16-bit modes as uint16, ``F`` as
+    float32, 32-bit ``I`` as uint16 when its values fit, anything else through ``L``)."""
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
+        if image.mode in _PIL_16BIT:
+            return np.asarray(image).astype(np.uint16)
+        if image.mode == "F":
+            return np.asarray(image, dtype=np.float32)
+        if image.mode == "I":
+            x = np.asarray(image)
+            if x.size and (x.min() < 0 or x.max() > 65535):
+                raise ValueError(
+                    f"{name} is a PIL image of mode I with values from {x.min()} to {x.max()}: "
+                    "expected 0..65535"
+                )
+            return x.astype(np.uint16)
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array or a PIL image, got {type(image).__name__}")
+    return image
+
+
+def _check_float_range(x: np.ndarray, name: str) -> None:
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} has non-finite values (NaN or inf): expected floats in [0, 1]")
+    low, high = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if high > 1.0 + FLOAT_TOLERANCE:
+        raise ValueError(
+            f"{name} is float with values up to {high:g}: expected [0, 1]; divide by 255 or "
+            "pass uint8"
+        )
+    if low < -FLOAT_TOLERANCE:
+        raise ValueError(f"{name} is float with values down to {low:g}: expected [0, 1]")
+
+
+def _gray(image: Any, name: str) -> tuple[np.ndarray, int]:
+    """``(H, W)`` grayscale of the input's own dtype (uint8, uint16 or float32), checked, and
+    its largest colour value (alpha left out) for :func:`bit_depth`."""
+    import cv2
+
+    x = _array(image, name)
+    if x.ndim == 3 and x.shape[2] == 1:
+        x = x[:, :, 0]
+    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] not in (3, 4)):
+        raise ValueError(f"{name} must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {x.shape}")
+    colour = x[:, :, :3] if x.ndim == 3 else x  # alpha left out
+    if np.issubdtype(x.dtype, np.floating):
+        _check_float_range(colour, name)
+        x = x.astype(np.float32, copy=False)  # what cv2.cvtColor takes
+    elif x.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{name} has dtype {x.dtype}: expected uint8, uint16 or float in [0, 1]")
+    if min(x.shape[:2]) < MIN_SIDE:
+        raise ValueError(
+            f"{name} is {x.shape[1]}×{x.shape[0]} pixels: at least {MIN_SIDE}×{MIN_SIDE} is needed"
+        )
+    top = int(colour.max(initial=0)) if x.dtype == np.uint16 else 0
+    if x.ndim == 3:
+        code = cv2.COLOR_BGR2GRAY if x.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        x = cv2.cvtColor(np.ascontiguousarray(x), code)
+    return x, top
+
+
+def _to_u8(x: np.ndarray, bits: int) -> np.ndarray:
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if x.dtype == np.uint16:
+        scale = 255.0 / (2**bits - 1)
+        return np.clip(np.rint(x.astype(np.float32) * scale), 0, 255).astype(np.uint8)
+    return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_gray_u8(image: Any, name: str = "image") -> np.ndarray:
+    """One image as hdreg's estimators take it: ``(H, W)`` uint8 grayscale (the rules of the
+    module docstring; a ``uint16`` image is scaled from its own :func:`bit_depth`).
+
+    ``ValueError`` naming ``name`` for anything else: another dtype or shape, a float image
+    outside [0, 1] or with NaN, a side under ``MIN_SIDE`` pixels. Use :func:`gray_pair` for the
+    two images of a pair.
+    """
+    x, top = _gray(image, name)
+    return _to_u8(x, bit_depth(top))
+
+
+def gray_pair(
+    image_a: Any, image_b: Any, names: tuple[str, str] = ("image_a", "image_b")
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two images of a pair as :func:`to_gray_u8` converts them, except that ``uint16``
+    images share one bit depth: that of the larger maximum of the two (scaling each by its own
+    would change their relative brightness).
+
+    >>> a = np.full((8, 8), 4095, np.uint16)
+    >>> b = np.full((8, 8), 1000, np.uint16)
+    >>> [int(x[0, 0]) for x in gray_pair(a, b)]
+    [255, 62]
+    """
+    (a, top_a), (b, top_b) = _gray(image_a, names[0]), _gray(image_b, names[1])
+    bits = bit_depth(max(top_a, top_b))
+    return _to_u8(a, bits), _to_u8(b, bits)
