@@ -6,7 +6,8 @@
     python evaluate.py ... 'checkpoints=[outputs/train/.../checkpoints/best.ckpt]'
 
 Writes results.md, results.csv, pairs.csv, results.json and corner_error_cdf.png into the run
-directory (``hydra.run.dir=...`` chooses it). The same as ``hdreg evaluate``.
+directory (``hydra.run.dir=...`` chooses it; one that holds an earlier evaluation's results is
+refused unless ``overwrite=true``). The same as ``hdreg evaluate``.
 Configuration: hdreg/configs/evaluate.yaml.
 """
 

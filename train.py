@@ -6,7 +6,8 @@
     python train.py ckpt_path=outputs/train/<run>/checkpoints/last.ckpt   # resume
 
 Each run writes checkpoints/, tensorboard/ and test/ (the test-split table) into its run
-directory (``hydra.run.dir=...`` chooses it). The same as ``hdreg train``.
+directory (``hydra.run.dir=...`` chooses it; one that holds an earlier run is refused, except to
+resume that run from its own checkpoints/last.ckpt). The same as ``hdreg train``.
 Configuration: hdreg/configs/train.yaml.
 """
 

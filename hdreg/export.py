@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hdreg.files import atomic_write
 from hdreg.models.checkpoint import load_net  # the network of a shipped name or a checkpoint
+from hdreg.weights import check_output_is_not_input
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -31,6 +33,7 @@ __all__ = [
     "OffsetsOnly",
     "OnnxCheck",
     "check_onnx",
+    "check_output_is_not_input",
     "export_onnx",
     "load_net",
     "max_opset",
@@ -110,30 +113,26 @@ def export_onnx(
     model = OffsetsOnly(net.cpu().eval()).eval()
     g = torch.Generator().manual_seed(0)
     example = (torch.rand(batch, 1, p, p, generator=g), torch.rand(batch, 1, p, p, generator=g))
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            # the tracer's notes on Python ints: the shapes they concern are fixed (P, cells)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            # constant folding skips strided slices (the corner reorder): nothing to act on
-            warnings.filterwarnings("ignore", message="Constant folding")
-            torch.onnx.export(
-                model,
-                example,
-                str(tmp),
-                input_names=["patch_a", "patch_b"],
-                output_names=["offsets"],
-                dynamic_axes={"patch_a": {0: "batch"}, "patch_b": {0: "batch"},
-                              "offsets": {0: "batch"}},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )  # fmt: skip
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # staged under a name of its own, then renamed over out
+    with atomic_write(out) as tmp, warnings.catch_warnings(), torch.no_grad():
+        # the tracer's notes on Python ints: the shapes they concern are fixed (P, cells)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        # constant folding skips strided slices (the corner reorder): nothing to act on
+        warnings.filterwarnings("ignore", message="Constant folding")
+        torch.onnx.export(
+            model,
+            example,
+            str(tmp),
+            input_names=["patch_a", "patch_b"],
+            output_names=["offsets"],
+            dynamic_axes={"patch_a": {0: "batch"}, "patch_b": {0: "batch"},
+                          "offsets": {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )  # fmt: skip
     return out
 
 

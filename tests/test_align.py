@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hdreg.apps.align import OUTPUT_FILES, make_estimator
+from hdreg.apps.align import OUTPUT_FILES, RECORD_FILE, make_estimator
 from hdreg.apps.cli import main
 from hdreg.config import compose_config
 from hdreg.data.pairs import read_homography_file
@@ -222,7 +222,7 @@ class TestAlign:
         expected = (corners((400, 300)) + 0.5) / 1.25 - 0.5
         np.testing.assert_allclose(project(a_from_b, corners((400, 300))), expected, atol=1.0)
         assert cv2.imread(str(out_dir / "b_warped_to_a.png")).shape[:2] == (240, 320)
-        assert set(OUTPUT_FILES) == {p.name for p in out_dir.iterdir()}
+        assert {*OUTPUT_FILES, RECORD_FILE} == {p.name for p in out_dir.iterdir()}
 
     def test_options_change_only_their_parameter_of_the_method_config(self):
         _, est = make_estimator("orb", ratio=0.6, robust="magsac")

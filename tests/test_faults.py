@@ -24,7 +24,7 @@ from hdreg.training.checkpointing import (
     AtomicCheckpointIO,
     FiniteModelCheckpoint,
     check_checkpoint,
-    partial_path,
+    staged_checkpoints,
 )
 from hdreg.training.schedules import one_cycle
 
@@ -98,7 +98,7 @@ class TestAtomicCheckpoint:
         proc = run_python([script, path], env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-4000:]
         assert load(path)["global_step"] == 1  # the old checkpoint, whole
-        staged = partial_path(path)
+        (staged,) = staged_checkpoints(path)
         assert staged.parent == path.parent and staged.stat().st_size > 8_000_000
         assert check_checkpoint(path) == path  # resuming from it works ...
         assert not staged.exists()  # ... and clears the orphaned partial file

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -39,6 +40,7 @@ import numpy as np
 from hdreg.config import method_names
 from hdreg.data.sources import load_gray
 from hdreg.estimators import Estimator, reportable
+from hdreg.estimators.downsize import DEFAULT_MAX_SIDE, Downsized, check_max_side
 from hdreg.estimators.features import DETECTORS
 from hdreg.estimators.refinement import alignment_correlation
 from hdreg.estimators.registry import (
@@ -48,6 +50,7 @@ from hdreg.estimators.registry import (
     parse_checkpoint_spec,
     parse_method_spec,
 )
+from hdreg.files import atomic_write
 from hdreg.geometry_np import normalize_homography, scale_matrix
 from hdreg.visualize import format_details, matches_image, overlay_image, warp_b_into_a
 
@@ -55,9 +58,11 @@ __all__ = [
     "KEYPOINT_METHODS",
     "METHODS",
     "OUTPUT_FILES",
+    "RECORD_FILE",
     "AlignResult",
     "align",
     "align_images",
+    "check_out_dir",
     "earlier_outputs",
     "make_estimator",
     "write_alignment",
@@ -70,11 +75,11 @@ DEFAULT_CHECKPOINT, DEFAULT_REFINE = "wide", "ecc"
 #: the method configs (the registry, hdreg/configs/method/) and "model" for --checkpoint
 METHODS = (*method_names(), "model")
 # Everything write_alignment may write; files of an earlier run that this run does not write are
-# removed, so that a folder never shows a stale homography next to a failed run.
+# removed (only those the earlier run wrote, by RECORD_FILE), so that a folder shows one result.
 OUTPUT_FILES = ("homography.json", "b_warped_to_a.png", "overlay.png", "matches.png")
-# `hdreg align` estimates on copies whose longer side is at most this (--max-side; 0: never).
-DEFAULT_MAX_SIDE = 2000
-MIN_MAX_SIDE = 64
+#: beside the outputs: the files the last run wrote and their SHA-256, so that a later run
+#: removes only files hdreg wrote and nobody changed since
+RECORD_FILE = ".hdreg-align.json"
 
 CONVENTION = (
     "pixel coordinates (x, y), (0, 0) = centre of the top-left pixel; "
@@ -279,11 +284,14 @@ def align_images(
     refine: str | None = None,
 ) -> AlignResult:
     """Estimate ``H_a_from_b`` for one pair of ``(H, W) uint8`` images with ``estimator`` (built
-    by :func:`make_estimator`; ``method`` and ``refine`` only name it in the result)."""
+    by :func:`make_estimator`; ``method`` and ``refine`` only name it in the result). Behind a
+    :class:`~hdreg.estimators.downsize.Downsized` guard, ``correlation`` and ``overlap`` are
+    measured on the copies the estimate was made on."""
     t0 = time.perf_counter()
     estimate = estimator.estimate([image_a], [image_b])
     seconds = time.perf_counter() - t0
     failed = bool(estimate.failed[0])
+    details = estimate.details[0]
     result = AlignResult(
         method or estimator.name,
         refine,
@@ -292,42 +300,18 @@ def align_images(
         None if failed else normalize_homography(estimate.H_a_from_b[0]),
         seconds,
         (estimate.reasons[0] or "failed") if failed else None,
-        details=estimate.details[0],
+        details=details,
     )
+    if "matched_size_a" in details:
+        result.matched_sizes = (details.pop("matched_size_a"), details.pop("matched_size_b"))
     if result.H_a_from_b is not None:
-        result.correlation, result.overlap = alignment_correlation(
-            image_a, image_b, result.H_a_from_b
-        )
-    return result
-
-
-def _downsized(image: np.ndarray, max_side: int) -> np.ndarray:
-    """``image`` resized (area) so that its longer side is ``max_side``, or itself if smaller."""
-    h, w = image.shape
-    if not max_side or max(h, w) <= max_side:
-        return image
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def _to_full_resolution(
-    result: AlignResult, image_a: np.ndarray, image_b: np.ndarray
-) -> AlignResult:
-    """``result``, estimated on downsized copies, expressed for the full images ``image_a`` and
-    ``image_b``: the homography rescaled (``cv2.resize``'s pixel-centre convention) and the
-    keypoints moved to full-resolution pixels."""
-    small_a, small_b = result.size_a, result.size_b
-    full_a, full_b = (image_a.shape[1], image_a.shape[0]), (image_b.shape[1], image_b.shape[0])
-    if result.H_a_from_b is not None:
-        H = scale_matrix(small_a, full_a) @ result.H_a_from_b @ scale_matrix(full_b, small_b)
-        result.H_a_from_b = normalize_homography(H)
-    for key, small, full in (("keypoints_a", small_a, full_a), ("keypoints_b", small_b, full_b)):
-        if key in result.details:
-            ratio = np.asarray(full, np.float64) / np.asarray(small, np.float64)
-            result.details[key] = (np.asarray(result.details[key]) + 0.5) * ratio - 0.5
-    result.matched_sizes = (small_a, small_b)
-    result.image_a, result.image_b = image_a, image_b
+        a, b, H_a_from_b = image_a, image_b, result.H_a_from_b
+        if result.matched_sizes is not None and isinstance(estimator, Downsized):
+            a, b = estimator.shrink(image_a), estimator.shrink(image_b)
+            small_a, small_b = result.matched_sizes
+            H_a_from_b = scale_matrix(result.size_a, small_a) @ H_a_from_b
+            H_a_from_b = normalize_homography(H_a_from_b @ scale_matrix(small_b, result.size_b))
+        result.correlation, result.overlap = alignment_correlation(a, b, H_a_from_b)
     return result
 
 
@@ -351,13 +335,11 @@ def align(
     error: the result is ``failed`` with a ``reason``.
 
     A photo whose longer side exceeds ``max_side`` pixels is estimated on a copy downsized to
-    that side (keypoints, ECC and the model need no more, and full-resolution SIFT on a 48 MP
-    photo takes gigabytes); the homography is rescaled to full resolution. ``max_side=0``
-    always works at full resolution."""
-    if max_side and max_side < MIN_MAX_SIDE:
-        raise ValueError(
-            f"--max-side must be 0 (full resolution) or at least {MIN_MAX_SIDE} px, got {max_side}"
-        )
+    that side (:class:`~hdreg.estimators.downsize.Downsized`, as in :func:`hdreg.estimate`:
+    keypoints, ECC and the model need no more, and full-resolution SIFT on a 48 MP photo takes
+    gigabytes); the homography is rescaled to full resolution. ``max_side=0`` always works at
+    full resolution."""
+    max_side = check_max_side(max_side, option="--max-side")
     spec = _spec(method, checkpoint, refine, adapt)
     if spec.checkpoint is not None and not spec.checkpoint.is_file():
         # Before decoding possibly large images: the cheapest error first.
@@ -373,10 +355,9 @@ def align(
         robust=robust,
         reproj_threshold=reproj_threshold,
     )
-    small_a, small_b = _downsized(image_a, max_side), _downsized(image_b, max_side)
-    result = align_images(small_a, small_b, estimator, method=name, refine=spec.refine)
-    if small_a is not image_a or small_b is not image_b:
-        result = _to_full_resolution(result, image_a, image_b)
+    if max_side is not None:
+        estimator = Downsized(estimator, max_side)
+    result = align_images(image_a, image_b, estimator, method=name, refine=spec.refine)
     result.path_a, result.path_b = str(path_a), str(path_b)
     result.checkpoint = None if spec.checkpoint is None else str(spec.checkpoint)
     return result
@@ -396,8 +377,52 @@ def _json_text(obj: dict[str, Any]) -> str:
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"could not write {path}")
+    with atomic_write(path, durable=False) as tmp:  # the staging name keeps the extension
+        if not cv2.imwrite(str(tmp), image):
+            raise OSError(f"could not write {path}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _written_before(out: Path) -> dict[str, str]:
+    """``{name: sha256}`` of the outputs the last run wrote into ``out`` (:data:`RECORD_FILE`)."""
+    try:
+        record = json.loads((out / RECORD_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if k in OUTPUT_FILES and isinstance(v, str)}
+
+
+def _remove_stale(out: Path, written: list[Path]) -> None:
+    """Remove the outputs of the last run into ``out`` that this run did not write again, if
+    hdreg wrote them and they are unchanged; then record what this run wrote."""
+    for name, digest in _written_before(out).items():
+        stale = out / name
+        if stale not in written and stale.is_file() and _sha256(stale) == digest:
+            stale.unlink()
+    record = {"written_by": "hdreg align", "files": {p.name: _sha256(p) for p in written}}
+    with atomic_write(out / RECORD_FILE, durable=False) as tmp:
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a folder path; ``ValueError`` for an empty one (it would mean the current
+    folder), ``NotADirectoryError`` for a file."""
+    if not str(out_dir).strip():
+        raise ValueError("--out is empty: give the folder to write the alignment into")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output folder {out} exists and is not a folder")
+    return out
 
 
 def write_alignment(result: AlignResult, out_dir: str | Path) -> list[Path]:
@@ -405,15 +430,15 @@ def write_alignment(result: AlignResult, out_dir: str | Path) -> list[Path]:
 
     Success: ``homography.json``, ``b_warped_to_a.png`` (B in A's frame, A's size),
     ``overlay.png`` (:func:`hdreg.visualize.overlay_image`) and, for keypoint methods,
-    ``matches.png``; files named in ``OUTPUT_FILES`` that this run does not write (a
-    ``matches.png`` of an earlier keypoint run) are removed, so that the folder shows one result.
-    Failure: nothing is removed. ``matches.png`` (keypoint methods) is written for diagnosis
-    only into a folder that holds no earlier output (:func:`earlier_outputs`), so that a failed
-    run never mixes with, or destroys, an earlier result.
+    ``matches.png``; the files of the previous run that this run does not write (a
+    ``matches.png`` of an earlier keypoint run) are removed, so that the folder shows one result
+    — only those hdreg wrote and nobody changed since (:data:`RECORD_FILE`): a file hdreg did not
+    write is never deleted. Failure: nothing is removed. ``matches.png`` (keypoint methods) is
+    written for diagnosis only into a folder that holds no earlier output
+    (:func:`earlier_outputs`), so that a failed run never mixes with, or destroys, an earlier
+    result. Each file is written whole (staged, then renamed). An empty ``out_dir`` is refused.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output folder {out} exists and is not a folder")
+    out = check_out_dir(out_dir)
     if result.failed and earlier_outputs(out):
         return []
     out.mkdir(parents=True, exist_ok=True)
@@ -431,12 +456,11 @@ def write_alignment(result: AlignResult, out_dir: str | Path) -> list[Path]:
         _imwrite(out / "b_warped_to_a.png", warped)
         _imwrite(out / "overlay.png", overlay_image(result.image_a, warped, covered))
         path = out / "homography.json"
-        path.write_text(_json_text(result.to_json()))
+        with atomic_write(path, durable=False) as tmp:
+            tmp.write_text(_json_text(result.to_json()))
         written += [out / "b_warped_to_a.png", out / "overlay.png", path]
-    if not result.failed:
-        for name in OUTPUT_FILES:
-            if (stale := out / name) not in written and stale.is_file():
-                stale.unlink()
+    if written:  # (a failed run writes only into a folder without earlier outputs)
+        _remove_stale(out, written)
     return written
 
 

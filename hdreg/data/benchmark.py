@@ -31,10 +31,12 @@ import numpy as np
 
 from hdreg.data.sources import ImageSet
 from hdreg.data.synthetic import DeToneProtocol, SyntheticPairs
+from hdreg.files import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
     "SyntheticBenchmark",
+    "cannot_write",
     "make_synthetic_benchmark",
     "read_synthetic_benchmark",
     "read_synthetic_benchmarks",
@@ -182,7 +184,8 @@ def write_synthetic_benchmark(bench: SyntheticBenchmark, path: str | Path) -> Pa
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"benchmark files end in .npz, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"benchmark output {path} is a folder: give the .npz file to write")
     arrays = {
         "patch_a": bench.patch_a,
         "patch_b": bench.patch_b,
@@ -196,10 +199,27 @@ def write_synthetic_benchmark(bench: SyntheticBenchmark, path: str | Path) -> Pa
         "image_size": np.asarray(bench.image_size, np.int64),
         **bench.extra,
     }
-    tmp = path.with_name(path.name + ".tmp.npz")
-    _savez_reproducible(tmp, arrays)
-    tmp.replace(path)  # a crash mid-write never leaves a truncated benchmark behind
+    try:  # staged beside it and renamed: a crash mid-write never leaves a truncated benchmark
+        with atomic_write(path) as tmp:
+            _savez_reproducible(tmp, arrays)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        raise cannot_write(path, exc, "benchmark") from None
     return path
+
+
+def cannot_write(path: str | Path, exc: OSError, what: str) -> ValueError:
+    """The one-line error for an output ``path`` that the OS refused (``exc``): a file where a
+    folder of its path should be, or the OS's reason (permission denied, disk full, ...)."""
+    path = Path(path)
+    reason = exc.strerror or str(exc)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                reason = f"{parent} is a file, not a folder"
+            break
+    return ValueError(f"cannot write {what} {path}: {reason}")
 
 
 def _savez_reproducible(path: Path, arrays: dict[str, np.ndarray]) -> None:

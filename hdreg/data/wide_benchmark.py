@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hdreg.data.benchmark import cannot_write
 from hdreg.data.sources import ImageSource, load_gray, no_usable_image, warn_skipped
 from hdreg.data.synthetic import STREAMS, pair_rng
 from hdreg.data.wide import WideProtocol, check_photo, sample_wide_pair
@@ -110,8 +111,11 @@ def write_wide_benchmark(
     photos = _usable_photos(source, protocol)
     stream = STREAMS["benchmark"]
     entries: list[dict[str, str]] = [{} for _ in range(n)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise cannot_write(out, exc, "benchmark folder") from None
     try:
         for k, rel in enumerate(photos):  # each photo decoded once, all of its pairs in turn
             indices = range(k, n, len(photos))

@@ -13,12 +13,11 @@
 
 from __future__ import annotations
 
-import contextlib
+import glob
 import logging
 import math
 import os
-import pickle
-import zipfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +26,20 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from hdreg.files import STAGING_MARK, atomic_write
+from hdreg.models.checkpoint import load_torch_file
+
 __all__ = [
-    "PARTIAL_SUFFIX",
     "AtomicCheckpointIO",
     "FiniteModelCheckpoint",
     "atomic_torch_save",
     "check_checkpoint",
     "check_same_model",
-    "partial_path",
+    "staged_checkpoints",
 ]
 
 log = logging.getLogger(__name__)
 
-#: a checkpoint being written is ``.<name>.partial`` in the destination folder
-PARTIAL_SUFFIX = ".partial"
 #: what Lightning reads to resume a run
 RESUME_KEYS = (
     "state_dict",
@@ -51,38 +50,41 @@ RESUME_KEYS = (
 )
 
 
-def partial_path(path: str | Path) -> Path:
-    """Where the checkpoint for ``path`` is staged while it is written (same folder)."""
+def staged_checkpoints(path: str | Path) -> list[Path]:
+    """The staging files of saves to ``path`` still on disk beside it (a save in progress, or
+    one whose process was killed): ``.<stem>.<pid>-<random>.partial<suffix>``
+    (:func:`hdreg.files.staging_path`), and ``.<name>.partial`` of older hdreg versions."""
     path = Path(path)
-    return path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+    pattern = f".{glob.escape(path.stem)}.*-*{STAGING_MARK}{glob.escape(path.suffix)}"
+    legacy = path.with_name(f".{path.name}{STAGING_MARK}")
+    return sorted(path.parent.glob(pattern)) + ([legacy] if legacy.is_file() else [])
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _writer_gone(staged: Path) -> bool:
+    """True when the process that staged ``staged`` no longer runs (its pid is in the name)."""
+    found = re.search(rf"\.(\d+)-[0-9a-f]+{re.escape(STAGING_MARK)}", staged.name)
+    if found is None:
+        return True  # an older hdreg's name: no writer of this version
+    pid = int(found.group(1))
+    if pid == os.getpid() or os.name == "nt":  # (os.kill would end the process there)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` so that ``path`` is either its old content or the complete
-    new one, whenever the process dies: staged in :func:`partial_path` (same folder, hence same
-    filesystem), flushed to disk, then renamed over ``path``."""
+    new one, whenever the process dies: staged under a name of its own in the same folder (pid
+    and a random part: two writers never share one), flushed to disk, then renamed over ``path``
+    (:func:`hdreg.files.atomic_write`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
     return path
 
 
@@ -134,32 +136,16 @@ def check_checkpoint(path: str | Path, option: str = "ckpt_path") -> Path:
     """``path`` if it is a readable PyTorch checkpoint with Lightning's training state; else
     ``FileNotFoundError`` / ``ValueError`` naming ``option`` and the file, in one line.
 
-    A staged file of an interrupted save (:func:`partial_path`) beside it is removed."""
+    Staged files of interrupted saves beside it (:func:`staged_checkpoints`) whose process is
+    gone are removed."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{option}={path}: no such checkpoint file")
-    stale = partial_path(path)
-    if stale.is_file():
-        log.info("removing %s, left by a save that was interrupted", stale)
-        stale.unlink(missing_ok=True)
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"{option}={path} is an empty file (0 bytes), not a checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (
-        RuntimeError,
-        OSError,
-        EOFError,
-        ValueError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-    ) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
-            f"{option}={path} is corrupt or truncated ({size} bytes), not a readable PyTorch "
-            f"checkpoint: {first}"
-        ) from exc
+    for stale in staged_checkpoints(path):
+        if _writer_gone(stale):
+            log.info("removing %s, left by a save that was interrupted", stale)
+            stale.unlink(missing_ok=True)
+    ckpt = load_torch_file(path, f"{option}={path}", mmap=True)
     missing = [k for k in RESUME_KEYS if k not in ckpt] if isinstance(ckpt, dict) else []
     if not isinstance(ckpt, dict) or missing:
         what = f" (no {', '.join(repr(k) for k in missing)})" if missing else ""

@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Shipped", "export_weights", "shipped", "shipped_for_path", "shipped_weights"]
+__all__ = [
+    "Shipped",
+    "check_output_is_not_input",
+    "export_weights",
+    "shipped",
+    "shipped_for_path",
+    "shipped_weights",
+]
 
 _DIR = Path(__file__).resolve().parent
 
@@ -80,6 +88,44 @@ def estimator_config(name: str) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text()))
 
 
+def _input_file(spec: str | Path) -> Path | None:
+    """The file a checkpoint spec names (a path, else a shipped name), if there is one."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    found = shipped_weights().get(str(spec))
+    return found.path if found else None
+
+
+def check_output_is_not_input(
+    out: str | Path, source: str | Path, what: str = "checkpoint"
+) -> None:
+    """``ValueError`` when ``out`` is the very file ``source`` names (a path or a shipped name):
+    the same resolved path, or the same file under another name (a link).
+
+    >>> check_output_is_not_input("copy.pt", "iterative")  # another file: nothing to say
+    >>> try:
+    ...     check_output_is_not_input(shipped("iterative").path, "iterative")
+    ... except ValueError:
+    ...     print("refused")
+    refused
+    """
+    src = _input_file(source)
+    if src is None:
+        return
+    out = Path(out).expanduser()
+    same = out.resolve() == src.resolve()
+    if not same and out.exists():
+        with contextlib.suppress(OSError):
+            same = os.path.samefile(out, src)
+    if same:
+        named = "" if str(out) == str(source) else f" ({source}, the same file)"
+        raise ValueError(
+            f"output {out} is the {what} it is exported from{named}: give another output file "
+            f"(writing it would replace the {what})"
+        )
+
+
 def export_weights(
     checkpoint: str | Path,
     out: str | Path,
@@ -100,6 +146,7 @@ def export_weights(
     out = Path(out).expanduser()
     if out.is_dir():
         raise ValueError(f"{out} is a directory: give the weights file to write, e.g. {out}/w.pt")
+    check_output_is_not_input(out, checkpoint)
     module = load_module(checkpoint)
     counts = {"iterations": iterations, "fine_iterations": fine_iterations}
     counts = {k: v for k, v in counts.items() if v is not None}
@@ -120,21 +167,12 @@ def export_weights(
         from hdreg.models.checkpoint import check_estimator_config
 
         check_estimator_config(extra["hdreg_estimator"])
-    tmp = out.with_name(f".{out.name}.tmp")
+    from hdreg.files import atomic_write
+
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_weights(module, tmp, extra)
-        tmp.replace(out)
+        with atomic_write(out) as tmp:  # staged under a name of its own, then renamed
+            save_weights(module, tmp, extra)
     except OSError as exc:
-        _remove(tmp)
         reason = exc.strerror or type(exc).__name__
         raise ValueError(f"cannot write {out}: {reason}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
     return out
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
