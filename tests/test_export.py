@@ -79,7 +79,7 @@ def test_check_flag_prints_difference(tmp_path, capsys):
     ("args", "message"),
     [
         (["no_such_model", "{tmp}/x.onnx"], "checkpoint no_such_model does not exist"),
-        (["{tmp}/bad.ckpt", "{tmp}/x.onnx"], "bad.ckpt is not a readable PyTorch checkpoint"),
+        (["{tmp}/bad.ckpt", "{tmp}/x.onnx"], "bad.ckpt is not an hdreg checkpoint"),
         (["homographynet", "{tmp}"], "is a directory; give the .onnx file to write"),
         (["homographynet", "{tmp}/file.txt/x.onnx"], "cannot create the folder of"),
         (["homographynet", "{tmp}/x.onnx", "--opset", "13"], f"--opset must be in [{MIN_OPSET}, "),

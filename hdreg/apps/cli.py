@@ -8,10 +8,12 @@ applications :mod:`hdreg.apps.train` and :mod:`hdreg.apps.evaluate`.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -127,6 +129,29 @@ def _cmd_make_protocol_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_os_errors(command: Callable[[argparse.Namespace], int]):
+    """``command`` with an ``OSError`` (an ``--out`` that exists, or cannot be created or
+    written) turned into a one-line user error: its own message, or the OS's reason and the path
+    (``--out`` when the file is ``--out``, beside it or one of its folders)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except OSError as exc:
+            if exc.filename is None:
+                raise ValueError(str(exc)) from exc
+            from hdreg.data.benchmark import cannot_write
+
+            out, name = Path(args.out).absolute(), Path(exc.filename).absolute()
+            if name.parent == out.parent or name == out or name in out.parents:
+                raise cannot_write(args.out, exc, "--out") from exc
+            raise ValueError(f"{exc.filename}: {exc.strerror}") from exc
+
+    return run
+
+
+@_one_line_os_errors
 def _cmd_make_benchmark(args: argparse.Namespace) -> int:
     from hdreg.data.benchmark import make_synthetic_benchmark, write_synthetic_benchmark
 
@@ -147,12 +172,7 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
             raise ValueError(f"{name} goes with --protocol (use --n for the number of pairs)")
     if args.n is None:
         args.n = args.default_n
-    from hdreg.data.sources import (
-        load_images,
-        min_source_side,
-        resolve_source,
-        split_by_image,
-    )
+    from hdreg.data.sources import images_of_split, load_images, min_source_side, resolve_source
     from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter
 
     jitter = PhotometricJitter.from_spec(args.jitter)
@@ -162,9 +182,7 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
         source, protocol.image_size, min_side=min_source_side(protocol.patch_size, protocol.rho)
     )
     if args.split != "all":
-        fractions = tuple(float(f) for f in args.split_fractions)
-        idx = split_by_image(images.groups, fractions, args.split_seed)
-        images = images.subset(idx[("train", "val", "test").index(args.split)])
+        images = images_of_split(images, args.split, args.split_fractions, args.split_seed)
     t0 = time.perf_counter()
     bench = make_synthetic_benchmark(
         images, args.n, args.seed, protocol, full_images=args.full_images
@@ -180,10 +198,11 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_align(args: argparse.Namespace) -> int:
-    from hdreg.apps.align import align, earlier_outputs, write_alignment
+    from hdreg.apps.align import align, check_out_dir, earlier_outputs, write_alignment
     from hdreg.errors import check_device
 
     check_device(args.device, option="--device")  # before decoding possibly large images
+    check_out_dir(args.out)  # an empty --out would write into the current folder
     result = align(
         args.image_a,
         args.image_b,
@@ -320,8 +339,15 @@ def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from hdreg.export import check_onnx, export_onnx, load_net, require_onnx
+    from hdreg.export import (
+        check_onnx,
+        check_output_is_not_input,
+        export_onnx,
+        load_net,
+        require_onnx,
+    )
 
+    check_output_is_not_input(args.out, args.checkpoint)  # never overwrite what is exported
     try:
         require_onnx()
     except ModuleNotFoundError as exc:
@@ -549,8 +575,17 @@ def _run_hydra_app(command: str, overrides: Sequence[str]) -> int:
         app.main()
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    except KeyboardInterrupt:  # Ctrl-C outside the job (which reports its own): while starting
+        from hdreg.errors import debug_enabled
+
+        if debug_enabled():
+            raise
+        print(f"hdreg {command}: interrupted", file=sys.stderr, flush=True)
+        return 130
     finally:
         sys.argv = saved
+        if (run_dir := sys.modules.get("hdreg.apps.run_dir")) is not None:
+            run_dir.release_run_dirs()  # the run has ended, however it ended
     return 0
 
 

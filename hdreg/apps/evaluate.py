@@ -3,24 +3,37 @@ files out.
 
 This is the one place of the evaluation path that reads a config: it instantiates the benchmark
 and the estimators, then hands plain objects to :func:`hdreg.evaluation.runner.evaluate`.
+The run directory is claimed before Hydra writes into it (:mod:`hdreg.apps.run_dir`); the report
+lands in it whole or not at all, and Ctrl-C ends the run with one line and exit code 130.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
+from hdreg.apps.hydra_app import hydra_app
 from hdreg.estimators import Estimator
 from hdreg.estimators.registry import build_estimator, parse_checkpoint_spec, parse_method_spec
 from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
 
 __all__ = ["build_estimators", "check_method_specs", "evaluate_from_config", "main"]
+
+#: exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it)
+INTERRUPTED_EXIT_CODE = 130
 
 
 def check_method_specs(methods: Any, method_params: Any) -> list:
@@ -73,17 +86,59 @@ def evaluate_from_config(cfg: DictConfig) -> dict[str, dict[str, float]]:
         progress=cfg.progress,
         num_workers=cfg.get("num_workers", 1),
     )
-    write_report(result, out_dir)
+    write_report_whole(result, out_dir)
     print(format_table(result))
     print(f"report written to {out_dir}")
     return result.summaries()
 
 
-@hydra.main(version_base="1.3", config_path="pkg://hdreg.configs", config_name="evaluate")
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C back until the block ends (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)  # Python's own handler: KeyboardInterrupt, now
+
+
+def write_report_whole(result: Any, out_dir: str | Path) -> list[Path]:
+    """:func:`hdreg.evaluation.report.write_report` into ``out_dir`` so that an interrupted or
+    failed run leaves no half-written report: the files are written into a staging folder inside
+    ``out_dir``, then renamed into place (``results.json`` last) with Ctrl-C held back. Returns
+    the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report.", suffix=".partial", dir=out))
+    try:
+        write_report(result, staging)
+        files = sorted(staging.iterdir(), key=lambda p: (p.name == "results.json", p.name))
+        with _interrupts_held():
+            for path in files:
+                os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out / path.name for path in files]
+
+
+@hydra_app("evaluate")
 def main(cfg: DictConfig) -> dict:
     """``hdreg evaluate [overrides]``: score methods on one benchmark
     (hdreg/configs/evaluate.yaml)."""
-    from hdreg.errors import program_name, user_errors
+    from hdreg.errors import debug_enabled, program_name, user_errors
 
-    with user_errors(program_name("evaluate")):  # one line for bad input; HDREG_DEBUG=1: traceback
-        return evaluate_from_config(cfg)
+    program = program_name("evaluate")
+    try:
+        with user_errors(program):  # one line for bad input; HDREG_DEBUG=1: traceback
+            return evaluate_from_config(cfg)
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        print(f"{program}: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_EXIT_CODE) from None

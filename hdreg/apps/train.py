@@ -3,13 +3,14 @@ job (:func:`hdreg.training.job.train_from_config`), configured by ``hdreg/config
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
+
+from hdreg.apps.hydra_app import hydra_app
 
 __all__ = ["main"]
 
 
-@hydra.main(version_base="1.3", config_path="pkg://hdreg.configs", config_name="train")
+@hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
     """Train as the composed config says; returns the best ``val/mace`` (for sweeps)."""
     from hdreg.errors import program_name, user_errors

@@ -34,6 +34,7 @@ __all__ = [
     "coco_source",
     "decode_resized",
     "folder_source",
+    "images_of_split",
     "load_gray",
     "load_images",
     "min_source_side",
@@ -236,6 +237,8 @@ def load_gray(path: str | Path) -> np.ndarray:
     (truncated files included).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"image file {path} is a folder, not an image file")
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
@@ -417,3 +420,37 @@ def split_by_image(
     for i, g in enumerate(groups):
         out[assign[g]].append(i)
     return out
+
+
+#: the splits of :func:`split_by_image`, in the order of its fractions
+SPLITS = ("train", "val", "test")
+
+
+def images_of_split(
+    images: ImageSet,
+    split: str,
+    fractions: Sequence[float],
+    seed: int,
+    *,
+    options: tuple[str, str] = ("--split", "--split-fractions"),
+) -> ImageSet:
+    """The images of ``split`` (train, val or test) of :func:`split_by_image`. ``ValueError``
+    naming the split and the ``options`` that set the split and the fractions (``--split``,
+    ``--split-fractions``, or ``benchmark.split``, ``benchmark.split_fractions``) when
+    ``fractions`` give the split no share, so that it would hold no image."""
+    split_option, fractions_option = options
+    if split not in SPLITS:
+        raise ValueError(f"{split_option} must be all, train, val or test, got {split!r}")
+    fractions = tuple(float(f) for f in fractions)
+    idx = split_by_image(images.groups, fractions, seed)  # refuses fractions that are no split
+    k = SPLITS.index(split)
+    if fractions[k] <= 0:
+        if fractions_option.startswith("--"):
+            given = f"{fractions_option} {' '.join(f'{f:g}' for f in fractions)}"
+        else:
+            given = f"{fractions_option}=[{', '.join(f'{f:g}' for f in fractions)}]"
+        raise ValueError(
+            f"split {split!r} has fraction 0 in {given} (train, val, test), so it holds no "
+            f"images: give {split} a positive share there, or choose another {split_option}"
+        )
+    return images.subset(idx[k])
