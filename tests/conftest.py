@@ -3,10 +3,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` runs N worker processes on N cores: each computes on one thread (its
+    # subprocesses too). Two workers whose OpenMP thread pools each span every core spin against
+    # each other: two training tests of 10 s each took 250 s side by side.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 import cv2
 import numpy as np
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # in case torch was imported before the variables above were set
 
 REPO = Path(__file__).resolve().parents[1]
 # Tests that need real downloaded data read it from the folder this variable names (`.ci/run`
