@@ -26,10 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from hdreg.data.cache import load_cached_images
-from hdreg.data.sources import load_images, resolve_source
-from hdreg.data.synthetic import DeToneProtocol, SyntheticPairs, worker_init_fn
-from hdreg.data.torch_generator import TorchPairGenerator
+from hdreg.apps.protocols import detone_protocol
+from hdreg.data.decoding import load_images
+from hdreg.data.seeding import worker_init_fn
+from hdreg.data.sources import resolve_source
+from hdreg.data.synthetic.detone import DeToneProtocol, SyntheticPairs
+from hdreg.data.synthetic.detone_torch import TorchPairGenerator
+from hdreg.training.image_cache import load_cached_images
 
 
 def _sync(device: torch.device) -> None:
@@ -76,7 +79,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     worker_init_fn(0)  # the single-process figure is per core too
-    protocol = DeToneProtocol.default(jitter=bool(args.jitter))
+    protocol = detone_protocol(jitter=bool(args.jitter))
     source = resolve_source(args.source)
     t0 = time.perf_counter()
     if args.cache:

@@ -31,9 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hdreg.apps.protocols import detone_protocol
 from hdreg.config import method_estimator
-from hdreg.data.benchmark import make_synthetic_benchmark
-from hdreg.data.sources import load_images, resolve_source
+from hdreg.data.benchmarks.synthetic import make_synthetic_benchmark
+from hdreg.data.decoding import load_images
+from hdreg.data.sources import resolve_source
 from hdreg.geometry import four_point_to_homography_ex, patch_corners
 from hdreg.models.homographynet import HomographyNet
 from hdreg.models.iterative import IterativeHomographyNet
@@ -143,7 +145,8 @@ def bench_onnx(name: str, patches_a, patches_b, args) -> dict:
     """PyTorch and onnxruntime pairs/s of shipped network ``name`` on the CPU, per batch size."""
     import onnxruntime as ort
 
-    from hdreg.export import export_onnx, load_net
+    from hdreg.models.checkpoint import load_net
+    from hdreg.models.onnx import export_onnx
 
     net = load_net(name)
     out: dict = {"params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3)}
@@ -215,7 +218,12 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     images = load_images(resolve_source(args.source))
-    bench = make_synthetic_benchmark(images, max(args.pairs, max(args.batch_sizes)), seed=0)
+    bench = make_synthetic_benchmark(
+        images,
+        max(args.pairs, max(args.batch_sizes)),
+        0,
+        detone_protocol(image_size=images.image_size),
+    )
     result: dict = {
         "benchmark": "models",
         "device": (
@@ -237,7 +245,7 @@ def main() -> None:
     if args.onnx and device.type != "cpu":
         parser.error("--onnx times onnxruntime's CPU provider: use it with --device cpu")
     if args.onnx:
-        from hdreg.export import require_onnx
+        from hdreg.models.onnx import require_onnx
 
         require_onnx()
     for name in args.onnx:

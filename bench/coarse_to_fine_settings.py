@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from hdreg.data.pairs import find_real_pairs
+from hdreg.data.real.pairs import find_real_pairs
 from hdreg.estimators.coarse_to_fine import CoarseToFineEstimator
 from hdreg.geometry_np import project, rect_corners
 from hdreg.models.checkpoint import load_net

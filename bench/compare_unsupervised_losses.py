@@ -32,8 +32,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from hdreg.data.sources import load_images, sample_source
-from hdreg.data.synthetic import DeToneProtocol, SyntheticPairs
+from hdreg.apps.protocols import detone_protocol
+from hdreg.data.decoding import load_images
+from hdreg.data.sources import sample_source
+from hdreg.data.synthetic.detone import SyntheticPairs
 from hdreg.models.base import HomographyModule, build_module
 from hdreg.models.losses import TRANSFORMS, SequencePhotometric
 
@@ -87,7 +89,7 @@ def train_one(transform: str, args: argparse.Namespace) -> dict:
 
 def landscape(args: argparse.Namespace) -> dict:
     images = load_images(sample_source()).images
-    ds = SyntheticPairs(images, DeToneProtocol.default(), seed=3, length=32, with_full_image=True)
+    ds = SyntheticPairs(images, detone_protocol(), seed=3, length=32, with_full_image=True)
     b = HomographyModule.to_float(next(iter(DataLoader(ds, batch_size=32))))
     g = torch.Generator().manual_seed(0)
     direction = torch.nn.functional.normalize(torch.randn(32, 4, 2, generator=g), dim=-1)

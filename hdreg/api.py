@@ -34,19 +34,20 @@ def _file_identity(path: Path) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _built(spec: Any, device: str, identity: tuple[int, ...]) -> Any:
-    """The estimator of a parsed spec; ``identity`` (of its checkpoint file) is part of the cache
-    key only, so that a replaced file is read again."""
+def _built(spec: Any, device: str, max_side: int | None, identity: tuple[int, ...]) -> Any:
+    """The estimator of a parsed spec (:func:`hdreg.estimators.registry.resolve`);
+    ``identity`` (of its checkpoint file) is part of the cache key only, so that a replaced file
+    is read again."""
     from hdreg.estimators.base import ALIGN_MIN_CONFIDENCE
-    from hdreg.estimators.registry import build_estimator
+    from hdreg.estimators.registry import resolve
 
-    return build_estimator(spec, device=device, min_confidence=ALIGN_MIN_CONFIDENCE)
+    return resolve(spec, device=device, max_side=max_side, min_confidence=ALIGN_MIN_CONFIDENCE)
 
 
-def _estimator(method: Any, device: str) -> Any:
-    """The estimator of ``method``, built once per method, device and checkpoint file: a
-    checkpoint is known by its absolute path and the file's identity, not by the spec's text
-    (a relative path after ``os.chdir``, or a file replaced since, is another estimator)."""
+def _estimator(method: Any, device: str, max_side: int | None) -> Any:
+    """The estimator of ``method``, built once per method, device, ``max_side`` and checkpoint
+    file: a checkpoint is known by its absolute path and the file's identity, not by the spec's
+    text (a relative path after ``os.chdir``, or a file replaced since, is another estimator)."""
     from dataclasses import replace
 
     from hdreg.estimators.registry import parse_spec
@@ -56,7 +57,7 @@ def _estimator(method: Any, device: str) -> Any:
     if spec.checkpoint is not None:
         spec = replace(spec, checkpoint=Path(os.path.abspath(spec.checkpoint)))
         identity = _file_identity(spec.checkpoint)
-    return _built(spec, device, identity)
+    return _built(spec, device, max_side, identity)
 
 
 def estimate(
@@ -90,16 +91,14 @@ def estimate(
         ValueError: an unknown method, device or ``max_side``, or an image hdreg cannot take
             (naming it: ``image_a`` or ``image_b``).
     """
-    from hdreg.errors import check_device
-    from hdreg.estimators.downsize import Downsized, check_max_side
+    from hdreg.device import check_device
+    from hdreg.estimators.downsize import check_max_side
     from hdreg.images import gray_pair
 
     check_device(device)
     max_side = check_max_side(max_side)
     a, b = gray_pair(image_a, image_b)
-    estimator = _estimator(method, str(device))
-    if max_side is not None:
-        estimator = Downsized(estimator, max_side)
+    estimator = _estimator(method, str(device), max_side)
     return Result.from_estimate(estimator.estimate([a], [b]), 0, str(os.fspath(method)))
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 __all__ = [
     "USER_ERRORS",
     "TrainingDiverged",
-    "check_device",
     "debug_enabled",
     "program_name",
     "user_error_message",
@@ -103,22 +102,3 @@ def user_errors(program: str, exit_code: int = 2) -> Iterator[None]:
         print(f"{program}: error: {message}", file=sys.stderr, flush=True)
         code = 1 if isinstance(_root_user_error(exc), TrainingDiverged) else exit_code
         raise SystemExit(code) from None
-
-
-def check_device(device: object, option: str = "device") -> None:
-    """``ValueError`` naming ``option`` unless ``device`` is ``auto`` or a torch device
-    (``cpu``, ``cuda``, ``cuda:1``, ...)."""
-    import re
-
-    if str(device) == "auto" or re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", str(device)):
-        return  # the common names, without importing torch (hdreg align --method sift needs none)
-    import torch
-
-    if isinstance(device, torch.device):
-        return
-    try:
-        torch.device(str(device))
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(
-            f"{option} {device!r} is not a device: expected auto, cpu, cuda or cuda:<index>"
-        ) from None

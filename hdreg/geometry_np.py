@@ -33,12 +33,16 @@ __all__ = [
     "corner_distance",
     "coverage_mask",
     "folds",
+    "four_point_homography",
     "image_corners",
     "is_convex",
     "normalize_homography",
     "project",
     "rect_corners",
     "scale_matrix",
+    "scale_size",
+    "scaled_size",
+    "zncc",
 ]
 
 # Condition number above which a 3×3 matrix is taken as singular (not a homography).
@@ -90,6 +94,65 @@ def scale_matrix(size_from: tuple[int, int], size_to: tuple[int, int]) -> np.nda
     """
     sx, sy = size_to[0] / size_from[0], size_to[1] / size_from[1]
     return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1.0]])
+
+
+def scale_size(size: tuple[int, int], factor: float, *, min_side: int = 1) -> tuple[int, int]:
+    """``size = (W, H)`` times ``factor``, each side rounded to the nearest pixel and at least
+    ``min_side``: the size to give ``cv2.resize`` to scale an image by ``factor``.
+
+    >>> scale_size((640, 480), 0.5), scale_size((10, 2000), 0.05, min_side=8)
+    ((320, 240), (8, 100))
+    """
+    return max(min_side, round(size[0] * factor)), max(min_side, round(size[1] * factor))
+
+
+def scaled_size(size: tuple[int, int], longer_side: float, *, min_side: int = 1) -> tuple[int, int]:
+    """``size = (W, H)`` scaled by one factor so that its longer side is ``longer_side``, each
+    side rounded to the nearest pixel and at least ``min_side`` (:func:`scale_size`).
+
+    >>> scaled_size((4000, 3000), 1000), scaled_size((10, 2000), 100, min_side=8)
+    ((1000, 750), (8, 100))
+    """
+    return scale_size(size, longer_side / max(size), min_side=min_side)
+
+
+def four_point_homography(points_src: np.ndarray, points_dst: np.ndarray) -> np.ndarray:
+    """The ``(3, 3)`` float64 homography ``H_dst_from_src`` (bottom-right entry 1) taking four
+    points ``(4, 2)`` to four others: the 8×8 linear system of ``cv2.getPerspectiveTransform``,
+    solved in float64 (``numpy.linalg.LinAlgError`` when three points are collinear).
+    The numpy twin of :func:`hdreg.geometry.four_point_to_homography`.
+
+    >>> src = rect_corners((128, 128))
+    >>> project(four_point_homography(src, src + 3.0), src)[0].tolist()
+    [3.0, 3.0]
+    """
+    src = np.asarray(points_src, np.float64).reshape(4, 2)
+    dst = np.asarray(points_dst, np.float64).reshape(4, 2)
+    a = np.zeros((8, 8))
+    b = np.zeros(8)
+    for i, ((x, y), (u, v)) in enumerate(zip(src, dst, strict=True)):
+        a[2 * i] = [x, y, 1, 0, 0, 0, -u * x, -u * y]
+        a[2 * i + 1] = [0, 0, 0, x, y, 1, -v * x, -v * y]
+        b[2 * i], b[2 * i + 1] = u, v
+    return np.append(np.linalg.solve(a, b), 1.0).reshape(3, 3)
+
+
+def zncc(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Zero-mean normalized cross-correlation of two equally shaped arrays (over ``mask`` when
+    given): in [-1, 1], invariant to gain and offset; NaN when either is flat or empty there.
+
+    >>> x = np.arange(16.0).reshape(4, 4)
+    >>> zncc(x, 3 * x + 7), zncc(x, -x), zncc(x, np.ones((4, 4)))
+    (1.0, -1.0, nan)
+    """
+    u = np.asarray(x if mask is None else x[mask], np.float64).ravel()
+    v = np.asarray(y if mask is None else y[mask], np.float64).ravel()
+    if u.size == 0:
+        return float("nan")
+    u = u - u.mean()
+    v = v - v.mean()
+    denom = np.sqrt(float(u @ u) * float(v @ v))
+    return float(u @ v / denom) if denom > 1e-12 else float("nan")
 
 
 def image_corners(sizes: Sequence[tuple[int, int]]) -> np.ndarray:

@@ -11,8 +11,13 @@ Estimators take ``(H, W) uint8`` grayscale arrays (docs/conventions.md, "Image i
   and the learned models compare intensities);
 - float: values in [0, 1] (a rounding tolerance of ``FLOAT_TOLERANCE`` is clipped away); anything
   else is refused, naming the range found;
-- gray ``(H, W)`` or ``(H, W, 1)``, BGR ``(H, W, 3)``, BGRA ``(H, W, 4)`` (alpha ignored), as
-  OpenCV reads them; a PIL image of any mode (16-bit and float modes by the rules above).
+- gray ``(H, W)`` or ``(H, W, 1)``, BGR ``(H, W, 3)``, BGRA ``(H, W, 4)``, as OpenCV reads
+  them; a PIL image of any mode (16-bit and float modes by the rules above);
+- transparency (BGRA, PIL ``RGBA``/``LA``/``PA``, a palette with a transparent colour) is
+  composited over white, what image viewers show: an 8-bit image exactly as PIL's
+  ``alpha_composite`` and ``convert("L")`` do, so that an RGBA file read by
+  :func:`hdreg.data.decoding.load_gray` and the same pixels passed as a BGRA array give one gray
+  image; ``uint16`` and float images in floating point, alpha a share of its dtype's range.
 
 Example:
     >>> import numpy as np
@@ -30,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["FLOAT_TOLERANCE", "MIN_SIDE", "bit_depth", "gray_pair", "to_gray_u8"]
 
@@ -39,6 +45,7 @@ FLOAT_TOLERANCE = 1e-3
 MIN_SIDE = 8
 
 _PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_PIL_ALPHA = ("RGBA", "LA", "PA")
 
 
 def bit_depth(top: int) -> int:
@@ -67,10 +74,20 @@ def _array(image: Any, name: str) -> np.ndarray:
                     "expected 0..65535"
                 )
             return x.astype(np.uint16)
-        return np.asarray(image.convert("L"), dtype=np.uint8)
+        return _pil_gray(image)
     if not isinstance(image, np.ndarray):
         raise ValueError(f"{name} must be a numpy array or a PIL image, got {type(image).__name__}")
     return image
+
+
+def _pil_gray(image: Image.Image) -> np.ndarray:
+    """An 8-bit PIL image (any mode but the 16-bit, ``I`` and ``F`` ones) as ``(H, W) uint8``,
+    transparency composited over white."""
+    if image.mode in _PIL_ALPHA or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 def _check_float_range(x: np.ndarray, name: str) -> None:
@@ -86,9 +103,11 @@ def _check_float_range(x: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} is float with values down to {low:g}: expected [0, 1]")
 
 
-def _gray(image: Any, name: str) -> tuple[np.ndarray, int]:
-    """``(H, W)`` grayscale of the input's own dtype (uint8, uint16 or float32), checked, and
-    its largest colour value (alpha left out) for :func:`bit_depth`."""
+def _gray(image: Any, name: str, min_side: int = MIN_SIDE) -> tuple[np.ndarray, int, Any]:
+    """``(H, W)`` grayscale of the input's own dtype (uint8, uint16 or float32), checked; its
+    largest colour value (alpha left out) for :func:`bit_depth`; and the alpha of a ``uint16``
+    or float BGRA image as a float32 share in [0, 1] (None otherwise: an 8-bit BGRA image is
+    composited here, as a PIL ``RGBA`` image)."""
     import cv2
 
     x = _array(image, name)
@@ -102,18 +121,31 @@ def _gray(image: Any, name: str) -> tuple[np.ndarray, int]:
         x = x.astype(np.float32, copy=False)  # what cv2.cvtColor takes
     elif x.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{name} has dtype {x.dtype}: expected uint8, uint16 or float in [0, 1]")
-    if min(x.shape[:2]) < MIN_SIDE:
+    if min(x.shape[:2]) < min_side:
         raise ValueError(
-            f"{name} is {x.shape[1]}×{x.shape[0]} pixels: at least {MIN_SIDE}×{MIN_SIDE} is needed"
+            f"{name} is {x.shape[1]}×{x.shape[0]} pixels: at least {min_side}×{min_side} is needed"
         )
     top = int(colour.max(initial=0)) if x.dtype == np.uint16 else 0
+    alpha = None
+    if x.ndim == 3 and x.shape[2] == 4:
+        if x.dtype == np.uint8:  # the rule of an RGBA file, bit for bit
+            rgba = np.ascontiguousarray(x[:, :, [2, 1, 0, 3]])
+            return _pil_gray(Image.fromarray(rgba, "RGBA")), top, None
+        alpha = x[:, :, 3].astype(np.float32)
+        if x.dtype == np.uint16:
+            alpha /= 65535.0
+        alpha = np.clip(np.nan_to_num(alpha, nan=1.0), 0.0, 1.0)  # no range check: a share
+        x = np.ascontiguousarray(x[:, :, :3])
     if x.ndim == 3:
-        code = cv2.COLOR_BGR2GRAY if x.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
-        x = cv2.cvtColor(np.ascontiguousarray(x), code)
-    return x, top
+        x = cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_BGR2GRAY)
+    return x, top, alpha
 
 
-def _to_u8(x: np.ndarray, bits: int) -> np.ndarray:
+def _to_u8(x: np.ndarray, bits: int, alpha: Any = None) -> np.ndarray:
+    if alpha is not None:  # over white, as a share of the full range
+        share = x.astype(np.float32) / (2**bits - 1) if x.dtype == np.uint16 else x
+        share = np.clip(share, 0.0, 1.0) * alpha + (1.0 - alpha)
+        return np.rint(share * 255.0).astype(np.uint8)
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if x.dtype == np.uint16:
@@ -122,16 +154,17 @@ def _to_u8(x: np.ndarray, bits: int) -> np.ndarray:
     return np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def to_gray_u8(image: Any, name: str = "image") -> np.ndarray:
+def to_gray_u8(image: Any, name: str = "image", *, min_side: int = MIN_SIDE) -> np.ndarray:
     """One image as hdreg's estimators take it: ``(H, W)`` uint8 grayscale (the rules of the
     module docstring; a ``uint16`` image is scaled from its own :func:`bit_depth`).
 
     ``ValueError`` naming ``name`` for anything else: another dtype or shape, a float image
-    outside [0, 1] or with NaN, a side under ``MIN_SIDE`` pixels. Use :func:`gray_pair` for the
-    two images of a pair.
+    outside [0, 1] or with NaN, a side under ``min_side`` pixels (``MIN_SIDE``; the image
+    loaders, which check sizes themselves, pass 1). Use :func:`gray_pair` for the two images of
+    a pair.
     """
-    x, top = _gray(image, name)
-    return _to_u8(x, bit_depth(top))
+    x, top, alpha = _gray(image, name, min_side)
+    return _to_u8(x, bit_depth(top), alpha)
 
 
 def gray_pair(
@@ -146,6 +179,6 @@ def gray_pair(
     >>> [int(x[0, 0]) for x in gray_pair(a, b)]
     [255, 62]
     """
-    (a, top_a), (b, top_b) = _gray(image_a, names[0]), _gray(image_b, names[1])
+    (a, top_a, alpha_a), (b, top_b, alpha_b) = _gray(image_a, names[0]), _gray(image_b, names[1])
     bits = bit_depth(max(top_a, top_b))
-    return _to_u8(a, bits), _to_u8(b, bits)
+    return _to_u8(a, bits, alpha_a), _to_u8(b, bits, alpha_b)

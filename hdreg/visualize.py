@@ -1,8 +1,9 @@
 """Pictures and one-line texts that show whether an estimate is right.
 
-Synthetic pairs: quadrilaterals on patch A, difference images (:func:`pair_panel`). Real pairs
-(``hdreg align``): B warped into A's frame, a false-colour overlay, the inlier matches. Images are
-``(H, W) uint8`` gray, ``(H, W, 3) uint8`` colour; homographies are named by direction
+Synthetic pairs: quadrilaterals on patch A, difference images (:func:`pair_panel`, from
+:mod:`hdreg.models.panel`). Real pairs (``hdreg align``): B warped into A's frame, a
+false-colour overlay, the inlier matches. Images are ``(H, W) uint8`` gray, ``(H, W, 3) uint8``
+colour; homographies are named by direction
 (``H_b_from_a`` maps pixel coordinates of A into B); sizes are ``(width, height)``.
 
 Example:
@@ -20,7 +21,8 @@ import cv2
 import numpy as np
 
 from hdreg.estimators import reportable
-from hdreg.geometry_np import coverage_mask
+from hdreg.geometry_np import coverage_mask, scale_size
+from hdreg.models.panel import GREEN, RED, draw_quad, pair_panel, to_rgb
 
 __all__ = [
     "GREEN",
@@ -40,78 +42,6 @@ __all__ = [
 # drawn (an evenly spread subset): beyond that the picture is a solid mesh.
 MATCHES_MAX_WIDTH = 1600
 MATCHES_MAX_LINES = 200
-
-GREEN = (40, 200, 40)  # RGB
-RED = (230, 40, 40)
-
-
-def to_rgb(gray: np.ndarray) -> np.ndarray:
-    """``(H, W) uint8`` → ``(H, W, 3) uint8``."""
-    return np.repeat(np.asarray(gray, np.uint8)[..., None], 3, axis=-1)
-
-
-def draw_quad(
-    rgb: np.ndarray, quad: np.ndarray, color: tuple[int, int, int], thickness: int = 1
-) -> np.ndarray:
-    """Draw the closed quadrilateral ``quad (4, 2)`` (pixel coordinates, sub-pixel accurate)."""
-    shift = 4  # OpenCV draws at 1/16 px with shift=4
-    pts = np.round(np.asarray(quad, np.float64) * (1 << shift)).astype(np.int32)
-    cv2.polylines(rgb, [pts.reshape(-1, 1, 2)], True, color, thickness, cv2.LINE_AA, shift)
-    return rgb
-
-
-def pair_panel(
-    patch_a: np.ndarray,
-    patch_b: np.ndarray,
-    corners: np.ndarray,
-    offsets_true: np.ndarray,
-    offsets_pred: np.ndarray,
-    warped_a: np.ndarray,
-    inside: np.ndarray | None = None,
-    *,
-    margin: int = 40,
-    scale: int = 2,
-) -> np.ndarray:
-    """One row ``[A with quads | B | |A warped − B|]`` as an ``(h, w, 3) uint8`` image.
-
-    Args:
-        patch_a, patch_b: ``(P, P) uint8``.
-        corners: ``(4, 2)`` patch B's corners in patch A's frame (``(0, 0), (P−1, 0), …``).
-        offsets_true, offsets_pred: ``(4, 2)``; where patch B's corners lie in A: the true
-            (green) and predicted (red) quadrilaterals ``corners + offsets`` are drawn on A.
-        warped_a: ``(P, P) uint8``: patch A warped onto B's grid by the predicted ``H_a_from_b``.
-        inside: optional ``(P, P) bool``: where that warp sampled inside patch A; elsewhere the
-            difference is undefined and drawn blue.
-        margin: gray border around every tile (pixels of the P-frame), so that quadrilaterals
-            reaching outside patch A (offsets up to ±ρ) stay visible.
-        scale: upscaling of the tiles (thin lines stay visible).
-    """
-    p = patch_a.shape[0]
-    side = (p + 2 * margin) * scale
-
-    def tile(gray: np.ndarray) -> np.ndarray:
-        padded = cv2.copyMakeBorder(
-            gray, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=128
-        )
-        return to_rgb(cv2.resize(padded, (side, side), interpolation=cv2.INTER_NEAREST))
-
-    # Pixel (x, y) of the P-frame lies at (x + margin + 0.5) * scale - 0.5 in the tile.
-    def to_tile(q: np.ndarray) -> np.ndarray:
-        return (np.asarray(q, np.float64) + margin + 0.5) * scale - 0.5
-
-    a = tile(patch_a)
-    draw_quad(a, to_tile(corners + offsets_true), GREEN, 2)
-    draw_quad(a, to_tile(corners + offsets_pred), RED, 2)
-    b = tile(patch_b)
-    d = tile(cv2.absdiff(warped_a, patch_b))
-    if inside is not None:
-        outside = np.pad(~inside, margin, constant_values=False)
-        outside = cv2.resize(
-            outside.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST
-        )
-        d[outside.astype(bool)] = (40, 60, 140)
-    gap = np.full((side, 4, 3), 255, np.uint8)
-    return np.concatenate([a, gap, b, gap, d], axis=1)
 
 
 def format_details(details: dict[str, Any]) -> str:
@@ -178,8 +108,7 @@ def matches_image(
     (ha, wa), (hb, wb) = image_a.shape[:2], image_b.shape[:2]
     gap = 8
     scale = min(1.0, MATCHES_MAX_WIDTH / (wa + gap + wb))
-    size_a = (max(1, round(wa * scale)), max(1, round(ha * scale)))
-    size_b = (max(1, round(wb * scale)), max(1, round(hb * scale)))
+    size_a, size_b = scale_size((wa, ha), scale), scale_size((wb, hb), scale)
     canvas = np.full((max(size_a[1], size_b[1]), size_a[0] + gap + size_b[0], 3), 255, np.uint8)
     canvas[: size_a[1], : size_a[0]] = _bgr(
         cv2.resize(image_a, size_a, interpolation=cv2.INTER_AREA)

@@ -12,7 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hdreg.data.sources import load_gray, resize_gray, sample_source
+from hdreg.data.decoding import load_gray, resize_gray
+from hdreg.data.sources import sample_source
 
 # Photos of scikit-image that keypoint detectors find plenty of texture in.
 TEXTURED = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "brick.png", "gravel.png")

@@ -10,7 +10,7 @@ from hdreg.apps.align import _spec
 from hdreg.config import method_estimator
 from hdreg.estimators.adapt import PhotometricAdapter, photometric_agreement
 from hdreg.estimators.refinement import RefinedEstimator
-from hdreg.estimators.registry import build_estimator, parse_checkpoint_spec, parse_method_spec
+from hdreg.estimators.registry import parse_checkpoint_spec, parse_method_spec, resolve
 from hdreg.geometry_np import rect_corners
 
 from .conftest import textured_image
@@ -111,14 +111,14 @@ class TestAdaptSpecs:
             parse_method_spec("sift+adapt+foo", ["sift"])
 
     def test_build_chains_the_refiners(self):
-        est = build_estimator(parse_method_spec("sift+adapt+ecc", ["sift"]))
+        est = resolve(parse_method_spec("sift+adapt+ecc", ["sift"]))
         assert isinstance(est, RefinedEstimator) and est.refiner.name == "ecc"
         assert isinstance(est.base, RefinedEstimator) and est.base.refiner.name == "adapt"
         assert est.base.base.name == "sift" and est.name == "sift+adapt+ecc"
 
     def test_each_refiner_of_a_chain_leaves_its_verdict(self, pair):
         a, b = pair
-        est = build_estimator(parse_method_spec("sift+adapt+ecc", ["sift"]))
+        est = resolve(parse_method_spec("sift+adapt+ecc", ["sift"]))
         details = est.estimate([a], [b]).details[0]
         assert {"adapt_kept", "ecc_kept"} <= set(details)
         assert details["refined_by"] == "ecc"  # the refine_* keys are the last refiner's

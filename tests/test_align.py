@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from hdreg.apps.align import OUTPUT_FILES, RECORD_FILE, make_estimator
+from hdreg.apps.align import OUTPUT_FILES, RECORD_FILE, _keypoint_overrides, _spec
 from hdreg.apps.cli import main
 from hdreg.config import compose_config
-from hdreg.data.pairs import read_homography_file
+from hdreg.data.real.pairs import read_homography_file
+from hdreg.estimators.registry import resolve
 from hdreg.visualize import overlay_image, warp_b_into_a
 
 from .conftest import oxford_sequence, textured_image, tiny_module
@@ -25,7 +26,7 @@ from .conftest import oxford_sequence, textured_image, tiny_module
 def write_tiny_checkpoint(path: Path) -> Path:
     """An untrained, tiny supervised HomographyNet in the weights-only format ``load_module``
     reads (its regression head starts at zero offsets, so it answers the identity)."""
-    from hdreg.estimators.learned import save_weights
+    from hdreg.models.checkpoint import save_weights
 
     return save_weights(tiny_module(), path)
 
@@ -198,7 +199,7 @@ class TestAlign:
             return real(name, **kw)
 
         monkeypatch.setattr(hdreg.config, "method_estimator", edited)
-        _, est = make_estimator("sift", refine="ecc")
+        est = resolve(_spec("sift", None, "ecc"))
         assert est.name == "sift+ecc"
         assert (est.refiner.refine_levels, est.refiner.iterations) == (3, 7)
         assert est.base.ratio == real("sift").ratio
@@ -225,7 +226,8 @@ class TestAlign:
         assert {*OUTPUT_FILES, RECORD_FILE} == {p.name for p in out_dir.iterdir()}
 
     def test_options_change_only_their_parameter_of_the_method_config(self):
-        _, est = make_estimator("orb", ratio=0.6, robust="magsac")
+        spec = _spec("orb", None, None)
+        est = resolve(spec, overrides=_keypoint_overrides(spec, ratio=0.6, robust="magsac"))
         config = compose_config("method/orb")
         assert (est.detector, est.ratio, est.robust) == ("orb", 0.6, "magsac")
         assert est.reproj_threshold == config.reproj_threshold != 0.6

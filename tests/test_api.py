@@ -41,7 +41,7 @@ class TestEstimate:
         np.testing.assert_allclose(r.b_from_a[:2, 2], b_from_a[:2, 2], atol=0.5)
 
     def test_a_checkpoint_path(self, tmp_path):
-        from hdreg.weights import export_weights
+        from hdreg.models.checkpoint import export_weights
 
         path = export_weights("iterative", tmp_path / "mine.pt")
         a, b, _ = _pair()
@@ -57,7 +57,7 @@ class TestEstimate:
 
 def _constant_checkpoint(path, shift: float):
     """A tiny network that answers the same offsets for every pair (0: the identity)."""
-    from hdreg.estimators.learned import save_weights
+    from hdreg.models.checkpoint import save_weights
 
     from .conftest import tiny_module
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import skimage.data
 
+from hdreg.apps.protocols import detone_protocol
 from hdreg.config import method_estimator
-from hdreg.data.synthetic import DeToneProtocol, generate_pair
+from hdreg.data.synthetic.detone import generate_pair
 from hdreg.estimators import ECCEstimator, IdentityEstimator
 from hdreg.geometry import resize_matrix
 
@@ -68,7 +69,7 @@ def detone_pair(rho: float, seed: int, image: np.ndarray | None = None) -> dict[
     """A DeTone pair of 128×128 patches and its true ``H_a_from_b`` (key ``"H"``)."""
     pair = generate_pair(
         photo() if image is None else image,
-        DeToneProtocol.default(rho=rho),
+        detone_protocol(rho=rho),
         np.random.default_rng(seed),
     )
     c = corners(128, 128)

@@ -14,10 +14,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import hdreg.data.cache as cache_module
-from hdreg.data.cache import MappedImages, cache_key, load_cached_images
-from hdreg.data.sources import folder_source, load_images
-from hdreg.data.synthetic import DeToneProtocol, SyntheticPairs, single_threaded_opencv
+import hdreg.training.image_cache as cache_module
+from hdreg.apps.protocols import detone_protocol
+from hdreg.data.decoding import load_images
+from hdreg.data.seeding import single_threaded_opencv
+from hdreg.data.sources import folder_source
+from hdreg.data.synthetic.detone import SyntheticPairs
+from hdreg.files import STAGING_MARK, staging_path
+from hdreg.training.image_cache import cache_key, load_cached_images
+from hdreg.training.mapped_images import MappedImages
 
 from .conftest import textured_image
 
@@ -48,6 +53,10 @@ def _assert_same(cached, mem) -> None:
 
 def _data_files(cache_dir: Path) -> list[str]:
     return sorted(p.name for p in cache_dir.iterdir() if p.suffix == ".npy")
+
+
+def _staging_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if STAGING_MARK in p.name)
 
 
 class TestCache:
@@ -121,7 +130,7 @@ class TestCache:
         mem, mem_messages = _user_warnings(lambda: load_images(src, SIZE))
         assert messages == mem_messages
         _assert_same(cached, mem)
-        assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+        assert _staging_files(tmp_path) == []
 
         _no_decoding(monkeypatch)
         again, messages_again = _user_warnings(lambda: load_cached_images(src, SIZE, tmp_path))
@@ -136,7 +145,7 @@ class TestCache:
             warnings.simplefilter("ignore")
             load_cached_images(src, SIZE, tmp_path / "cache", workers=1)
         assert _data_files(tmp_path / "cache") == []
-        assert not list((tmp_path / "cache").glob("*.tmp-*"))
+        assert _staging_files(tmp_path / "cache") == []
 
     def test_interrupted_build_leaves_no_cache(self, image_folder, tmp_path, monkeypatch):
         src = folder_source(image_folder)
@@ -155,11 +164,26 @@ class TestCache:
             load_cached_images(src, SIZE, cache_dir, workers=1)
         assert _data_files(cache_dir) == [] and not list(cache_dir.glob("*.json"))
         monkeypatch.setattr(cache_module, "_decode", real)
-        # a dead builder's temp file and a corrupt index are cleaned up / ignored
-        (cache_dir / f"{cache_module._base_name(src, SIZE)}.tmp-999999.npy").write_bytes(b"x")
-        (cache_dir / f"{cache_module._base_name(src, SIZE)}.json").write_text("{not json")
+        # a dead builder's staging file and a corrupt index are cleaned up / ignored
+        base = cache_module._base_name(src, SIZE)
+        staging_path(cache_dir / f"{base}-0123456789abcdef.npy").write_bytes(b"x")
+        (cache_dir / f"{base}.json").write_text("{not json")
         _assert_same(load_cached_images(src, SIZE, cache_dir, workers=1), load_images(src, SIZE))
-        assert len(_data_files(cache_dir)) == 1 and not list(cache_dir.glob("*.tmp-*"))
+        assert len(_data_files(cache_dir)) == 1 and _staging_files(cache_dir) == []
+
+    def test_staging_files_of_killed_builders_are_removed(self, image_folder, tmp_path):
+        """Leftovers of builds killed while writing the data (also while dropping the rows of
+        unreadable files) or the index go at the next build; another size's stay."""
+        src = folder_source(image_folder)
+        base = cache_module._base_name(src, SIZE)
+        data = staging_path(tmp_path / f"{base}-0123456789abcdef.npy")
+        leftovers = [data, staging_path(data), staging_path(tmp_path / f"{base}.json")]
+        w, h = SIZE
+        other = staging_path(tmp_path / f"{base[: -len(f'{w}x{h}')]}{w}x{h}0-0123456789abcdef.npy")
+        for path in [*leftovers, other]:
+            path.write_bytes(b"x")
+        _assert_same(load_cached_images(src, SIZE, tmp_path, workers=1), load_images(src, SIZE))
+        assert _staging_files(tmp_path) == [other.name]
 
 
 class TestMappedImages:
@@ -188,7 +212,7 @@ class TestMappedImages:
 
     def test_pickles_by_path(self, mapped):
         cached, mem = mapped
-        protocol = DeToneProtocol.default(image_size=SIZE, patch_size=64, rho=16)
+        protocol = detone_protocol(image_size=SIZE, patch_size=64, rho=16)
         lazy = SyntheticPairs(cached.subset([2, 1]).images, protocol, seed=0, length=4)
         in_memory = SyntheticPairs(mem.images[[2, 1]], protocol, seed=0, length=4)
         blob = pickle.dumps(lazy)
@@ -205,7 +229,7 @@ class TestMappedImages:
 
 class TestWorkers:
     def _items(self, images, num_workers, *, with_full_image=False, context=None):
-        protocol = DeToneProtocol.default(image_size=SIZE, patch_size=64, rho=16)
+        protocol = detone_protocol(image_size=SIZE, patch_size=64, rho=16)
         ds = SyntheticPairs(
             images, protocol, seed=3, length=16, flips=True, with_full_image=with_full_image
         )

@@ -13,10 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from hdreg.estimators.learned import load_module
-from hdreg.models.checkpoint import load_net, read_checkpoint, resolve_checkpoint
+from hdreg.models.checkpoint import (
+    export_weights,
+    load_module,
+    load_net,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from hdreg.models.iterative import IterativeHomographyNet
-from hdreg.weights import export_weights, shipped
+from hdreg.weights import shipped
 
 from .warm_python import run_python
 

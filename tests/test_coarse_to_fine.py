@@ -4,6 +4,7 @@ matched from unrelated photos, failures with reasons on blank input."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import cv2
@@ -11,15 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from hdreg.estimators.coarse_to_fine import (
-    CoarseToFineEstimator,
-    _centre_transform,
-    alignment_confidence,
-    scale_matrix,
-)
+from hdreg.estimators.coarse_to_fine import CoarseToFineEstimator, _centre_transform, scale_matrix
+from hdreg.estimators.confidence import alignment_confidence, zncc_masked
 from hdreg.estimators.learned import load_checkpoint_estimator
 from hdreg.geometry import resize_matrix
 from hdreg.geometry_np import project, rect_corners
+from hdreg.models.checkpoint import read_checkpoint
+from hdreg.weights import estimator_config
 
 W, H = 640, 480
 
@@ -92,10 +91,44 @@ class TestHelpers:
         assert good[0] > 0.8 and good[2] > 0.6
         assert bad[0] < 0.5 * good[0]
 
+    def test_masked_correlation_is_zero_where_undefined(self):
+        rng = np.random.default_rng(1)
+        x, y = rng.normal(size=(2, 12, 12)).astype(np.float32)
+        mask = np.zeros((12, 12), bool)
+        mask[2:8, 3:9] = True
+        expected = np.corrcoef(x[mask].astype(np.float64), y[mask].astype(np.float64))[0, 1]
+        assert zncc_masked(x, y, mask) == pytest.approx(expected, abs=1e-12)
+        assert zncc_masked(x, np.ones_like(y), mask) == 0.0  # flat: no evidence, not NaN
+        mask[:] = False
+        mask[0, :10] = True  # under 16 pixels
+        assert zncc_masked(x, y, mask) == 0.0
+
 
 class TestShippedWide:
     def test_loads_by_name_as_the_whole_estimator(self, wide):
         assert isinstance(wide, CoarseToFineEstimator) and wide.name == "wide"
+
+    def test_settings_are_the_config_over_the_constructor_defaults(self):
+        """hdreg/configs/estimator/wide.yaml lists only what differs from the defaults: with
+        them it gives exactly the settings the shipped file carries."""
+        defaults = {
+            k: list(p.default) if isinstance(p.default, tuple) else p.default
+            for k, p in inspect.signature(CoarseToFineEstimator).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        config = estimator_config("wide")
+        # (``name`` is the file's label in tables, whatever the constructor's default)
+        repeated = {k for k, v in config.items() if k != "name" and defaults.get(k, v) == v}
+        assert not repeated - {"kind", "refine"}
+        shipped = read_checkpoint("wide").meta["hdreg_estimator"]
+        assert {**{k: defaults[k] for k in shipped if k in defaults}, **config} == shipped
+
+    def test_patch_homography_is_opencvs_four_point_solve(self, wide):
+        offsets = np.random.default_rng(2).uniform(-30, 30, (4, 2))
+        c = rect_corners((wide.patch, wide.patch), dtype=np.float32)
+        cv = cv2.getPerspectiveTransform(c, (c + offsets).astype(np.float32))
+        np.testing.assert_allclose(wide._patch_homography(offsets), cv, rtol=1e-5, atol=1e-6)
+        assert wide._patch_homography(-rect_corners((wide.patch, wide.patch))) is None
 
     @pytest.mark.slow
     def test_recovers_a_large_rotation_and_zoom_to_under_a_pixel(self, wide):

@@ -11,8 +11,9 @@ from hydra.utils import instantiate
 
 from hdreg.apps.cli import main
 from hdreg.config import compose_config
-from hdreg.data.benchmark import read_synthetic_benchmark, read_synthetic_benchmarks
-from hdreg.data.coco_protocol import write_coco_test2017
+from hdreg.data.benchmarks import coco_test
+from hdreg.data.benchmarks.coco_test import write_coco_test2017
+from hdreg.data.benchmarks.synthetic import read_synthetic_benchmark, read_synthetic_benchmarks
 
 from .fixtures import write_photo_folder
 
@@ -61,7 +62,7 @@ class TestCocoTest2017:
             and y0.max() <= 240 - 128 - 32
         )
         # the label is right: patch B is image A sampled at H_a_from_b
-        from hdreg.data.sources import load_gray, resize_gray
+        from hdreg.data.decoding import load_gray, resize_gray
 
         image = resize_gray(load_gray(photos / bench.sources[0]), (320, 240))
         c = bench.corners[0]
@@ -161,6 +162,21 @@ class TestShardRuns:
         ):
             write_coco_test2017(src, out, shard_size=2)
         assert {p.name: sha256(p) for p in out.parent.iterdir()} == before
+
+    def test_an_interrupted_commit_leaves_no_staged_shard(self, photos, tmp_path, monkeypatch):
+        """Stopped once every shard is written but before they are put in place: the earlier
+        run stays as it was and no hidden staged shard is left behind."""
+        out = tmp_path / "t.npz"
+        write_coco_test2017(photos, out, limit=4, shard_size=2)
+        before = {p.name: sha256(p) for p in tmp_path.iterdir()}
+
+        def interrupted(out):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(coco_test, "_earlier_shards", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            write_coco_test2017(photos, out, limit=4, shard_size=1, seed=1)
+        assert {p.name: sha256(p) for p in tmp_path.iterdir()} == before
 
     def test_an_unreadable_only_image_is_named(self, tmp_path, capsys):
         src = tmp_path / "src"

@@ -3,35 +3,35 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
-from hdreg.data.benchmark import (
+import hdreg.data as hdreg_data
+from hdreg.apps.protocols import detone_protocol
+from hdreg.data.benchmarks.synthetic import (
     make_synthetic_benchmark,
     read_synthetic_benchmark,
     write_synthetic_benchmark,
 )
+from hdreg.data.decoding import load_gray, load_images
+from hdreg.data.seeding import single_threaded_opencv
 from hdreg.data.sources import (
     SAMPLE_IMAGES,
     coco_source,
     folder_source,
-    load_gray,
-    load_images,
     resolve_source,
     sample_source,
-    split_by_image,
 )
-from hdreg.data.synthetic import (
-    DeToneProtocol,
-    PhotometricJitter,
-    SyntheticPairs,
-    single_threaded_opencv,
-)
+from hdreg.data.splits import split_by_image
+from hdreg.data.synthetic.detone import PhotometricJitter, SyntheticPairs
 from hdreg.geometry import four_point_to_homography, inside_mask, warp_grid, warp_perspective
+from hdreg.images import gray_pair, to_gray_u8
 
 from .conftest import textured_image
 from .fixtures import CAMERA_FRAMES, COLLECTION_PHOTOS, write_photo_folder
@@ -64,6 +64,21 @@ class TestSources:
             out = load_gray(tmp_path / name)
             assert out.dtype == np.uint8 and out.shape == (40, 50), name
             assert np.abs(out.astype(int) - gray).max() <= 1, name
+
+    def test_rgba_file_and_its_array_give_one_gray_image(self, tmp_path):
+        """The loader composited RGBA over white while hdreg.estimate ignored alpha."""
+        bgra = cv2.cvtColor(textured_image(40, 50), cv2.COLOR_GRAY2BGRA)
+        bgra[:, :, 0] //= 2  # colour, so that the gray weights matter
+        bgra[:, :, 3] = np.linspace(0, 255, 50).astype(np.uint8)[None, :]  # transparent ramp
+        cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
+        from_file = load_gray(tmp_path / "rgba.png")
+        as_array = cv2.imread(str(tmp_path / "rgba.png"), cv2.IMREAD_UNCHANGED)  # BGRA
+        np.testing.assert_array_equal(to_gray_u8(as_array), from_file)
+        with Image.open(tmp_path / "rgba.png") as pil:
+            np.testing.assert_array_equal(to_gray_u8(pil), from_file)
+        pair = gray_pair(as_array, as_array)  # what hdreg.estimate turns its inputs into
+        np.testing.assert_array_equal(pair[0], from_file)
+        assert (from_file[:, 0] == 255).all()  # fully transparent: white
 
     def test_bad_files_skipped_with_one_warning(self, image_folder):
         (image_folder / "notes.txt").write_text("not an image")
@@ -148,14 +163,14 @@ class TestSplits:
 class TestProtocol:
     def test_validation_messages(self):
         with pytest.raises(ValueError, match="exceeds the image height 240"):
-            DeToneProtocol.default(image_size=(320, 240), patch_size=128, rho=60)
+            detone_protocol(image_size=(320, 240), patch_size=128, rho=60)
         with pytest.raises(ValueError, match="rho must be"):
-            DeToneProtocol.default(rho=float("nan"))
+            detone_protocol(rho=float("nan"))
         with pytest.raises(ValueError, match="patch_size must be an integer"):
-            DeToneProtocol.default(patch_size=4)
+            detone_protocol(patch_size=4)
         with pytest.raises(ValueError, match="jitter gamma"):
             PhotometricJitter.from_spec({"gamma": -1})
-        DeToneProtocol.default(rho=45)  # Nguyen et al.'s range fits 320x240
+        detone_protocol(rho=45)  # Nguyen et al.'s range fits 320x240
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +182,7 @@ class TestGenerator:
     def test_label_self_consistent(self, sample_images):
         """A warped by the stored offsets reproduces B (the label's direction is right)."""
         ds = SyntheticPairs(
-            sample_images, DeToneProtocol.default(), seed=3, length=16, with_full_image=True
+            sample_images, detone_protocol(), seed=3, length=16, with_full_image=True
         )
         batch = next(iter(DataLoader(ds, batch_size=16)))
         corners = batch["corners"]
@@ -183,9 +198,7 @@ class TestGenerator:
         )
 
     def test_offsets_and_positions_distribution(self, sample_images):
-        ds = SyntheticPairs(
-            sample_images, DeToneProtocol.default(), seed=0, length=3000, stream="val"
-        )
+        ds = SyntheticPairs(sample_images, detone_protocol(), seed=0, length=3000, stream="val")
         offsets = np.stack([ds.pair(i)[1]["offsets"] for i in range(3000)])
         tl = np.stack([ds.pair(i)[1]["top_left"] for i in range(3000)])
         assert offsets.min() >= -32 and offsets.max() <= 32
@@ -196,7 +209,7 @@ class TestGenerator:
         assert abs(np.linalg.norm(offsets, axis=-1).mean() - 24.49) < 0.4
 
     def test_deterministic_across_workers(self, sample_images):
-        ds = SyntheticPairs(sample_images, DeToneProtocol.default(), seed=7, length=24)
+        ds = SyntheticPairs(sample_images, detone_protocol(), seed=7, length=24)
         one = next(iter(DataLoader(ds, batch_size=24, num_workers=0)))
         single_threaded_opencv()  # before forking workers, as the DataModule does
         two = torch.utils.data.default_collate(
@@ -212,20 +225,16 @@ class TestGenerator:
         )
         for key in one:
             assert torch.equal(one[key], two[key]), key
-        shifted = SyntheticPairs(
-            sample_images, DeToneProtocol.default(), seed=7, length=4, start=20
-        )
+        shifted = SyntheticPairs(sample_images, detone_protocol(), seed=7, length=4, start=20)
         assert torch.equal(shifted[0]["patch_b"], ds[20]["patch_b"])
-        other = SyntheticPairs(
-            sample_images, DeToneProtocol.default(), seed=7, length=24, stream="test"
-        )
+        other = SyntheticPairs(sample_images, detone_protocol(), seed=7, length=24, stream="test")
         assert not torch.equal(other[0]["offsets"], ds[0]["offsets"])
 
     def test_jitter_independent_on_a_and_b(self, sample_images):
-        plain = SyntheticPairs(sample_images, DeToneProtocol.default(), seed=1, length=8)
+        plain = SyntheticPairs(sample_images, detone_protocol(), seed=1, length=8)
         jit = SyntheticPairs(
             sample_images,
-            DeToneProtocol.default(jitter=PhotometricJitter.from_spec(True)),
+            detone_protocol(jitter=PhotometricJitter.from_spec(True)),
             seed=1,
             length=8,
         )
@@ -241,19 +250,17 @@ class TestGenerator:
 
     def test_wrong_images(self):
         with pytest.raises(ValueError, match="images are 100x80 but the protocol expects 320x240"):
-            SyntheticPairs(
-                np.zeros((2, 80, 100), np.uint8), DeToneProtocol.default(), seed=0, length=1
-            )
+            SyntheticPairs(np.zeros((2, 80, 100), np.uint8), detone_protocol(), seed=0, length=1)
 
 
 class TestBenchmarkFile:
     def test_round_trip_and_patch_consistency(self, tmp_path, sample_images):
-        from hdreg.data.sources import ImageSet
+        from hdreg.data.decoding import ImageSet
 
         images = ImageSet(
             sample_images, [f"{i}.png" for i in range(len(sample_images))], [], tmp_path
         )
-        bench = make_synthetic_benchmark(images, 32, seed=5)
+        bench = make_synthetic_benchmark(images, 32, 5, detone_protocol())
         path = write_synthetic_benchmark(bench, tmp_path / "b.npz")
         back = read_synthetic_benchmark(path)
         for key in ("patch_a", "patch_b", "offsets", "corners", "sources"):
@@ -307,7 +314,7 @@ class TestBenchmarkFile:
             main(["make-benchmark", "--out", str(out), "--jitter", "brightness"])
 
     def test_reader_errors(self, tmp_path, sample_images):
-        from hdreg.data.sources import ImageSet
+        from hdreg.data.decoding import ImageSet
 
         with pytest.raises(FileNotFoundError, match="does not exist"):
             read_synthetic_benchmark(tmp_path / "nope.npz")
@@ -318,7 +325,7 @@ class TestBenchmarkFile:
         with pytest.raises(ValueError, match=r"missing key.*patch_a"):
             read_synthetic_benchmark(tmp_path / "other.npz")
         images = ImageSet(sample_images[:3], ["a", "b", "c"], [], tmp_path)
-        bench = make_synthetic_benchmark(images, 4, seed=0)
+        bench = make_synthetic_benchmark(images, 4, 0, detone_protocol())
         arrays = {
             "patch_a": bench.patch_a, "patch_b": bench.patch_b, "offsets": bench.offsets.astype(np.float64),
             "corners": bench.corners, "sources": bench.sources, "rho": 32.0, "patch_size": 128,
@@ -336,3 +343,11 @@ class TestBenchmarkFile:
         arrays["extra_key"] = np.arange(3)
         np.savez(tmp_path / "extra.npz", **arrays)
         assert "extra_key" in read_synthetic_benchmark(tmp_path / "extra.npz").extra
+
+
+def test_data_package_never_composes_hydra_configs():
+    """Library code takes plain values: only the applications compose the configs."""
+    root = Path(hdreg_data.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert "compose_config" not in text and "hydra" not in text, path

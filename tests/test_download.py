@@ -16,15 +16,9 @@ import numpy as np
 import pytest
 
 from hdreg.apps.cli import main
-from hdreg.data.download import (
-    DATASETS,
-    Archive,
-    Dataset,
-    DownloadError,
-    download_dataset,
-    format_dataset_list,
-)
-from hdreg.data.pairs import find_real_pairs
+from hdreg.data.real.catalogue import DATASETS, Archive, Dataset, format_dataset_list
+from hdreg.data.real.download import DownloadError, download_dataset
+from hdreg.data.real.pairs import find_real_pairs
 
 
 @dataclass
@@ -194,6 +188,35 @@ class TestDownload:
         assert served.requests[-1] == ("hpatches-sequences-release.tar.gz", f"bytes={have}-")
         assert (tmp_path / "hpatches-sequences-release" / "v_tiny" / "H_1_3").is_file()
         assert not part.exists()
+
+    def test_an_interrupted_final_rename_keeps_the_whole_download(
+        self, server, tmp_path, monkeypatch
+    ):
+        """Ctrl-C while the finished archive is put in place loses no byte: the next run
+        completes it with a Range request past its end, downloading nothing again."""
+        served, base = server
+        data = _hpatches_tarball()
+        name = "hpatches-sequences-release.tar.gz"
+        served.files[name] = data
+        ds = _dataset(base, data, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        replace = os.replace
+
+        def interrupted(src, dst):
+            if str(dst).endswith(name):
+                raise KeyboardInterrupt
+            replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            download_dataset(ds, tmp_path, progress=False, say=lambda s: None)
+        monkeypatch.setattr(os, "replace", replace)
+        part = tmp_path / ".downloads" / f"{name}.part"
+        assert [p.name for p in part.parent.iterdir()] == [part.name]  # no staging file left
+        assert part.read_bytes() == data
+        download_dataset(ds, tmp_path, progress=False, say=lambda s: None)
+        assert served.requests[-1] == (name, f"bytes={len(data)}-")  # answered 416
+        assert (tmp_path / "hpatches-sequences-release" / "v_tiny" / "H_1_3").is_file()
+        assert list(part.parent.iterdir()) == [part.parent / f"{name}.done"]
 
     def test_server_without_range_starts_over(self, server, tmp_path):
         served, base = server

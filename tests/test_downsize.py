@@ -10,7 +10,7 @@ import pytest
 import hdreg
 from hdreg.apps.align import align
 from hdreg.config import method_estimator
-from hdreg.data.sources import load_gray
+from hdreg.data.decoding import load_gray
 from hdreg.estimators.base import Estimate, Estimator
 from hdreg.estimators.downsize import Downsized, check_max_side, downsize_image
 from hdreg.estimators.features import FeatureEstimator

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hdreg.data.pairs import find_real_pairs, read_homography_file
+from hdreg.data.real.pairs import find_real_pairs, read_homography_file
 from hdreg.estimators import Estimate, Estimator, IdentityEstimator, PairResult, PairwiseEstimator
 from hdreg.evaluation.benchmarks import EvalPairs, real_pairs
 from hdreg.evaluation.metrics import SUMMARY_KEYS, corner_error, summarize

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from hdreg.apps.cli import main
-from hdreg.data.benchmark import make_synthetic_benchmark
-from hdreg.data.sources import load_images, sample_source
-from hdreg.export import MIN_OPSET, export_onnx, load_net, onnx_offsets, require_onnx
+from hdreg.apps.protocols import detone_protocol
+from hdreg.data.benchmarks.synthetic import make_synthetic_benchmark
+from hdreg.data.decoding import load_images
+from hdreg.data.sources import sample_source
+from hdreg.models.checkpoint import load_net
+from hdreg.models.onnx import MIN_OPSET, export_onnx, onnx_offsets, require_onnx
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -21,7 +24,9 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def pairs() -> tuple[np.ndarray, np.ndarray]:
     """16 DeTone pairs (128×128, ρ = 32) of scikit-image's photos: ``(16, 1, 128, 128)`` float32."""
-    bench = make_synthetic_benchmark(load_images(sample_source(), warn=False), 16, seed=0)
+    bench = make_synthetic_benchmark(
+        load_images(sample_source(), warn=False), 16, 0, detone_protocol()
+    )
     a = bench.patch_a[:, None].astype(np.float32) / 255
     b = bench.patch_b[:, None].astype(np.float32) / 255
     return a, b
@@ -132,7 +137,7 @@ def test_pytorch_keeps_the_lu_solve():
 def test_checkpoint_file_of_any_head(kind, tmp_path):
     """A weights file of another head or module (here untrained, tiny) exports by its path and
     runs in onnxruntime as in PyTorch."""
-    from hdreg.estimators.learned import save_weights
+    from hdreg.models.checkpoint import save_weights
 
     from .conftest import tiny_module
 

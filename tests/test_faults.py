@@ -16,8 +16,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf.errors import MissingMandatoryValue
 
-from hdreg.data.benchmark import read_synthetic_benchmark
-from hdreg.data.sources import folder_source, load_images, min_source_side, split_by_image
+from hdreg.data.benchmarks.synthetic import read_synthetic_benchmark
+from hdreg.data.decoding import load_images, min_source_side
+from hdreg.data.sources import folder_source
+from hdreg.data.splits import split_by_image
 from hdreg.errors import TrainingDiverged, user_error_message
 from hdreg.training.callbacks import NonFiniteLossStop
 from hdreg.training.checkpointing import (

@@ -13,11 +13,15 @@ from hdreg.geometry_np import (
     corner_distance,
     coverage_mask,
     folds,
+    four_point_homography,
     image_corners,
     is_convex,
     normalize_homography,
     project,
     rect_corners,
+    scale_size,
+    scaled_size,
+    zncc,
 )
 
 
@@ -182,3 +186,58 @@ class TestCoverageMask:
 
         assert mask[within(-0.05)].all() and not mask[~within(0.05)].any()
         assert 0.2 < mask.mean() < 0.95
+
+
+class TestFourPointHomography:
+    def test_matches_opencv_and_torch(self):
+        rng = np.random.default_rng(3)
+        src = rect_corners((128, 128))
+        for _ in range(5):
+            dst = src + rng.uniform(-32, 32, (4, 2))
+            ours = four_point_homography(src, dst)
+            cv = cv2.getPerspectiveTransform(src.astype(np.float32), dst.astype(np.float32))
+            np.testing.assert_allclose(ours, cv, rtol=1e-5, atol=1e-7)
+            torch_H = geometry.four_point_to_homography(
+                torch.from_numpy(src)[None], torch.from_numpy(dst)[None]
+            )[0].numpy()
+            np.testing.assert_allclose(ours, torch_H, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(project(ours, src), dst, atol=1e-9)
+
+    def test_collinear_points_raise(self):
+        src = rect_corners((8, 8))
+        with pytest.raises(np.linalg.LinAlgError):
+            four_point_homography(src, np.array([[0, 0], [1, 1], [2, 2], [3, 3.0]]))
+
+
+class TestScaledSize:
+    @pytest.mark.parametrize(
+        "size", [(4000, 3000), (3000, 4000), (1001, 333), (17, 2000), (640, 480), (9, 9)]
+    )
+    @pytest.mark.parametrize("side", [8, 100, 255, 256, 1023, 2000])
+    def test_the_inline_rule_it_replaces(self, size, side):
+        w, h = size
+        scale = side / max(w, h)
+        assert scaled_size(size, side) == (max(1, round(w * scale)), max(1, round(h * scale)))
+        assert scale_size(size, scale, min_side=8) == (
+            max(8, round(w * scale)),
+            max(8, round(h * scale)),
+        )
+        assert max(scaled_size(size, side)) == side
+
+    def test_halving_is_exact(self):
+        assert scale_size((1001, 333), 0.5**3) == (round(1001 / 8), round(333 / 8)) == (125, 42)
+
+
+class TestZncc:
+    def test_gain_offset_mask_and_undefined(self):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(20, 30))
+        y = 0.3 * x + rng.normal(scale=0.1, size=x.shape)
+        expected = np.corrcoef(x.ravel(), y.ravel())[0, 1]
+        assert zncc(x, y) == pytest.approx(expected, abs=1e-12)
+        assert zncc(x.astype(np.float32), 5 - 2 * y) == pytest.approx(-expected, abs=1e-6)
+        mask = np.zeros(x.shape, bool)
+        mask[3:9, 4:20] = True
+        assert zncc(x, y, mask) == pytest.approx(np.corrcoef(x[mask], y[mask])[0, 1], abs=1e-12)
+        assert np.isnan(zncc(x, np.full(x.shape, 7.0)))
+        assert np.isnan(zncc(x, y, np.zeros(x.shape, bool)))

@@ -73,10 +73,23 @@ class TestFloat:
         gray = to_gray_u8(image)
         assert gray[0, 0] == 0 and gray[0, -1] == 255
 
-    def test_bgra_alpha_is_not_checked_or_used(self):
+    def test_bgra_alpha_is_not_checked_but_clipped(self):
         bgr = _bgr() / 255.0
-        bgra = np.dstack([bgr, np.full(bgr.shape[:2], 7.0)])  # alpha outside [0, 1]
+        bgra = np.dstack([bgr, np.full(bgr.shape[:2], 7.0)])  # alpha outside [0, 1]: opaque
         np.testing.assert_array_equal(to_gray_u8(bgra), to_gray_u8(bgr))
+
+    def test_transparent_float_and_16_bit_pixels_are_white(self):
+        """Alpha was ignored: a logo's transparent background became its hidden colour."""
+        bgr = _bgr() / 255.0
+        alpha = np.zeros(bgr.shape[:2])
+        alpha[:, : bgr.shape[1] // 2] = 1.0  # left half opaque, right half transparent
+        gray = to_gray_u8(np.dstack([bgr, alpha]))
+        assert (gray[:, bgr.shape[1] // 2 :] == 255).all()
+        np.testing.assert_array_equal(
+            gray[:, : bgr.shape[1] // 2], to_gray_u8(bgr)[:, : bgr.shape[1] // 2]
+        )
+        wide = np.dstack([_bgr().astype(np.uint16) * 257, (alpha * 65535).astype(np.uint16)])
+        assert (to_gray_u8(wide)[:, bgr.shape[1] // 2 :] == 255).all()
 
 
 class TestSixteenBit:

@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hdreg.data.sources import load_images, sample_source
-from hdreg.data.synthetic import DeToneProtocol, SyntheticPairs
+from hdreg.apps.protocols import detone_protocol
+from hdreg.data.decoding import load_images
+from hdreg.data.sources import sample_source
+from hdreg.data.synthetic.detone import SyntheticPairs
 from hdreg.geometry import four_point_to_homography, patch_corners, warp_perspective
 from hdreg.models.base import HomographyModule
 from hdreg.models.losses import (
@@ -24,7 +26,7 @@ from hdreg.models.losses import (
 @pytest.fixture(scope="module")
 def batch():
     images = load_images(sample_source()).images
-    ds = SyntheticPairs(images, DeToneProtocol.default(), seed=5, length=4, with_full_image=True)
+    ds = SyntheticPairs(images, detone_protocol(), seed=5, length=4, with_full_image=True)
     return HomographyModule.to_float(next(iter(DataLoader(ds, batch_size=4))))
 
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from hdreg.data.pairs import (
+from hdreg.data.real.pairs import (
     RealPair,
     check_ground_truth,
     crosses_horizon,

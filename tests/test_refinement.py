@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from hdreg.apps.evaluate import build_estimators
 from hdreg.config import method_estimator
-from hdreg.data.sources import load_gray
+from hdreg.data.decoding import load_gray
 from hdreg.estimators import ECCEstimator, Estimate, Estimator, IdentityEstimator, PairResult
 from hdreg.estimators import registry as methods
 from hdreg.estimators.refinement import RefinedEstimator, compare_estimates, warp_a_onto_b
-from hdreg.estimators.registry import parse_checkpoint_spec
+from hdreg.estimators.registry import build_estimators, parse_checkpoint_spec
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import write_report
 from hdreg.evaluation.runner import evaluate

@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from hdreg.data.sources import load_images, sample_source
-from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter, SyntheticPairs
-from hdreg.data.torch_generator import TorchPairGenerator, batch_seed, jitter_luts
+from hdreg.apps.protocols import detone_protocol
+from hdreg.data.decoding import load_images
+from hdreg.data.sources import sample_source
+from hdreg.data.synthetic.detone import DeToneProtocol, PhotometricJitter, SyntheticPairs
+from hdreg.data.synthetic.detone_torch import TorchPairGenerator, batch_seed, jitter_luts
 from hdreg.geometry import four_point_to_homography, inside_mask, warp_grid, warp_perspective
 from hdreg.geometry_np import is_convex
 
 from .conftest import textured_image
 
-JITTER = DeToneProtocol.default(jitter=PhotometricJitter.from_spec(True))
+JITTER = detone_protocol(jitter=PhotometricJitter.from_spec(True))
 N_PAIRS = 2000  # per generator, for the distribution tests
 
 
@@ -102,7 +104,7 @@ def assert_same_distribution(ours: dict, ref: dict, n_images: int) -> None:
 
 class TestConstruction:
     def test_invalid_inputs(self):
-        protocol = DeToneProtocol.default()
+        protocol = detone_protocol()
         with pytest.raises(TypeError, match=r"torch.Tensor.*torch.from_numpy"):
             TorchPairGenerator(np.zeros((2, 240, 320), np.uint8), protocol, seed=0)
         with pytest.raises(ValueError, match=r"non-empty .* uint8 tensor, got torch.float32"):
@@ -137,7 +139,7 @@ class TestLabels:
     def test_label_self_consistent(self, sample_images, flips):
         """Image A warped by the stored offsets reproduces patch B; patch A is A's window."""
         gen = TorchPairGenerator(
-            torch.from_numpy(sample_images), DeToneProtocol.default(), seed=3, flips=flips,
+            torch.from_numpy(sample_images), detone_protocol(), seed=3, flips=flips,
             with_full_image=True,
         )  # fmt: skip
         batch = gen.generate(32, 0)
@@ -158,7 +160,7 @@ class TestLabels:
     def test_flips_are_the_four_flips_of_the_source(self):
         image = torch.from_numpy(textured_image(seed=4))
         gen = TorchPairGenerator(
-            image[None], DeToneProtocol.default(), seed=0, flips=True, with_full_image=True
+            image[None], detone_protocol(), seed=0, flips=True, with_full_image=True
         )
         draws = gen.draw(200, 0)
         image_a = gen.render(draws)["image_a"][:, 0]
@@ -174,9 +176,7 @@ class TestLabels:
         )
         draws = gen.draw(16, 0)
         batch = gen.render(draws)
-        plain = TorchPairGenerator(
-            torch.from_numpy(sample_images), DeToneProtocol.default(), seed=1
-        )
+        plain = TorchPairGenerator(torch.from_numpy(sample_images), detone_protocol(), seed=1)
         assert torch.equal(plain.draw(16, 0).offsets, draws.offsets)  # jitter draws come last
         for b, (x0, y0) in enumerate(batch["top_left"].tolist()):
             window = batch["image_a"][b, :, y0 : y0 + 128, x0 : x0 + 128]
@@ -219,14 +219,14 @@ class TestDistributions:
         assert pvalue(torch_cpu["image_index"] % 10, cpu_reference["image_index"]) < 1e-6
 
     def test_jitter_off_is_rejected(self, sample_images, cpu_reference):
-        gen = TorchPairGenerator(torch.from_numpy(sample_images), DeToneProtocol.default(), seed=0)
+        gen = TorchPairGenerator(torch.from_numpy(sample_images), detone_protocol(), seed=0)
         plain = torch_stats(gen, 1000)
         assert pvalue(plain["mean_a"], cpu_reference["mean_a"]) < 1e-6
         assert pvalue(plain["mean_b"], cpu_reference["mean_b"]) < 1e-6
 
     def test_non_convex_quads_redrawn_like_the_cpu(self):
         """With ρ near (P − 1)/2 about 6 % of raw draws fold; both generators redraw them."""
-        protocol = DeToneProtocol.default(image_size=(48, 40), patch_size=16, rho=7.0)
+        protocol = detone_protocol(image_size=(48, 40), patch_size=16, rho=7.0)
         images = np.random.default_rng(0).integers(0, 256, (5, 40, 48), dtype=np.uint8)
         ref = cpu_stats(images, protocol, 3000)
         ours = torch_stats(TorchPairGenerator(torch.from_numpy(images), protocol, seed=0), 3000)
@@ -271,7 +271,7 @@ class TestCuda:
 
     def test_cuda_labels_and_reproducibility(self, sample_images):
         images = torch.from_numpy(sample_images).to("cuda")
-        gen = TorchPairGenerator(images, DeToneProtocol.default(), seed=3, with_full_image=True)
+        gen = TorchPairGenerator(images, detone_protocol(), seed=3, with_full_image=True)
         batch = gen.generate(64, 0)
         for key, value in gen.generate(64, 0).items():
             assert torch.equal(value, batch[key]), key

@@ -11,8 +11,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hdreg.data.unlabeled import UnlabeledPairs, find_unlabeled_pairs, load_views
-from hdreg.estimators.learned import load_module
+from hdreg.data.real.unlabeled import UnlabeledPairs, find_unlabeled_pairs, load_views
+from hdreg.models.checkpoint import load_module
 
 from .fixtures import TEXTURED, sample_photo, write_sequence
 from .test_train_pipeline import run_train

@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hdreg.data.sources import load_images, sample_source
-from hdreg.data.synthetic import DeToneProtocol, SyntheticPairs
+from hdreg.apps.protocols import detone_protocol
+from hdreg.data.decoding import load_images
+from hdreg.data.sources import sample_source
+from hdreg.data.synthetic.detone import SyntheticPairs
 from hdreg.models.base import HomographyModule
 from hdreg.models.losses import photometric_loss
 
@@ -17,7 +19,7 @@ from .conftest import tiny_module
 @pytest.fixture(scope="module")
 def batch():
     images = load_images(sample_source()).images
-    ds = SyntheticPairs(images, DeToneProtocol.default(), seed=11, length=16, with_full_image=True)
+    ds = SyntheticPairs(images, detone_protocol(), seed=11, length=16, with_full_image=True)
     return HomographyModule.to_float(next(iter(DataLoader(ds, batch_size=16))))
 
 

@@ -21,7 +21,9 @@ from omegaconf import OmegaConf, open_dict
 import hdreg
 from hdreg.apps.cli import main
 from hdreg.config import check_overrides, compose_config, config_dir
-from hdreg.data.sources import folder_source, images_of_split, load_images
+from hdreg.data.decoding import load_images
+from hdreg.data.sources import folder_source
+from hdreg.data.splits import images_of_split
 from hdreg.errors import user_error_message
 from hdreg.evaluation.benchmarks import synthetic_pairs
 from hdreg.models.checkpoint import load_torch_file, non_pytorch_format

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from hdreg.apps.cli import main as hdreg_main
-from hdreg.data.benchmark import make_synthetic_benchmark
-from hdreg.data.sources import load_images, sample_source, split_by_image
-from hdreg.estimators.learned import load_checkpoint_estimator, load_module, resolve_checkpoint
+from hdreg.apps.protocols import detone_protocol
+from hdreg.data.benchmarks.synthetic import make_synthetic_benchmark
+from hdreg.data.decoding import load_images
+from hdreg.data.sources import sample_source
+from hdreg.data.splits import split_by_image
+from hdreg.estimators.learned import load_checkpoint_estimator
 from hdreg.geometry import patch_corners, transform_points
-from hdreg.weights import export_weights, shipped, shipped_weights
+from hdreg.models.checkpoint import export_weights, load_module, resolve_checkpoint
+from hdreg.weights import shipped, shipped_weights
 
 SHIPPED = ["homographynet", "iterative", "unsupervised", "wide"]
 
@@ -21,7 +28,7 @@ def held_out_pairs():
     """64 DeTone pairs of the sample photos' test split (images no shipped model trained on)."""
     images = load_images(sample_source())
     _, _, test = split_by_image(images.groups, (0.7, 0.15, 0.15), 0)
-    return make_synthetic_benchmark(images.subset(test), 64, seed=123)
+    return make_synthetic_benchmark(images.subset(test), 64, 123, detone_protocol())
 
 
 def corner_errors(H_a_from_b: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -35,6 +42,18 @@ def test_every_shipped_file_is_listed():
     for w in shipped_weights().values():
         assert w.path.is_file() and w.path.stat().st_size < 5e6  # weights only: a few MB
         assert "python train.py" in w.command and w.data
+
+
+def test_the_shipped_lookup_imports_nothing_else_of_hdreg():
+    # hdreg.weights is data and a lookup at the bottom of the layers: reading index.json must not
+    # load the model code (nor torch) that sits above it
+    code = (
+        "import sys, hdreg.weights as w; w.shipped('iterative'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hdreg', 'torch')))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "['hdreg', 'hdreg.weights']"
 
 
 @pytest.mark.parametrize(

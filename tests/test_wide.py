@@ -1,4 +1,4 @@
-"""Wide-motion pairs (hdreg.data.wide): ranges, seeding, geometry against OpenCV, labels."""
+"""Wide-motion pairs (hdreg.data.synthetic.wide): ranges, seeding, geometry against OpenCV, labels."""
 
 from __future__ import annotations
 
@@ -13,25 +13,25 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from hdreg.apps.cli import main
+from hdreg.apps.protocols import wide_protocol
 from hdreg.config import config_dir
-from hdreg.data.datamodule import SyntheticDataModule
-from hdreg.data.pairs import find_real_pairs, load_pair_images
+from hdreg.data.benchmarks.wide import write_wide_benchmark
+from hdreg.data.real.pairs import find_real_pairs, load_pair_images
+from hdreg.data.seeding import pair_rng
 from hdreg.data.sources import folder_source
-from hdreg.data.synthetic import pair_rng
-from hdreg.data.torch_wide import TorchWideGenerator, pyramid, render_views
-from hdreg.data.wide import (
+from hdreg.data.synthetic.photometric import augment_view
+from hdreg.data.synthetic.render import render_view
+from hdreg.data.synthetic.wide import (
     WidePairs,
-    WideProtocol,
-    augment_view,
-    draw_motion,
-    motion_matrices,
-    render_view,
     sample_wide_geometry,
     sample_wide_pair,
     wide_training_pair,
 )
-from hdreg.data.wide_benchmark import write_wide_benchmark
+from hdreg.data.synthetic.wide_motion import draw_motion, motion_matrices
+from hdreg.data.synthetic.wide_protocol import WideProtocol
+from hdreg.data.synthetic.wide_torch import TorchWideGenerator, pyramid, render_views
 from hdreg.geometry_np import project, rect_corners
+from hdreg.training.datamodule import SyntheticDataModule
 
 from .fixtures import sample_photo
 
@@ -58,7 +58,7 @@ def _shifted(H_b_from_a: np.ndarray, dx: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def protocol() -> WideProtocol:
-    return WideProtocol.default(**GEOMETRY_ONLY)
+    return wide_protocol(**GEOMETRY_ONLY)
 
 
 def _consistency_error(view_a, view_b, H_b_from_a, view_size) -> float:
@@ -95,7 +95,7 @@ class TestMotion:
     def test_similarity_is_the_drawn_rotation_and_zoom(self, photo, i):
         """Without perspective and jitter, H_b_from_a is a similarity of the drawn angle and
         scale (benchmark views keep the aspect, so nothing is squashed)."""
-        protocol = WideProtocol.default(perspective=0.0, footprint_jitter=0.0, **GEOMETRY_ONLY)
+        protocol = wide_protocol(perspective=0.0, footprint_jitter=0.0, **GEOMETRY_ONLY)
         pair = sample_wide_pair(photo, (320, 240), protocol, pair_rng(1, 0, i))
         A = pair.H_b_from_a[:2, :2]
         assert np.allclose(pair.H_b_from_a[2, :2], 0, atol=1e-12)
@@ -105,7 +105,7 @@ class TestMotion:
         assert angle == pytest.approx(pair.motion.rotation, abs=1e-7)
 
     def test_perspective_moves_corners_at_most_its_share(self):
-        protocol = WideProtocol.default(rotation=0.0, zoom=[1, 1], translation=0.0,
+        protocol = wide_protocol(rotation=0.0, zoom=[1, 1], translation=0.0,
                                         footprint_jitter=0.0, **GEOMETRY_ONLY)  # fmt: skip
         for i in range(50):
             m = draw_motion(protocol, pair_rng(2, 0, i), 1.5)
@@ -116,7 +116,7 @@ class TestMotion:
 
     def test_folding_draws_fall_back_to_a_similarity(self):
         """Perspective and jitter at their limit still give a pair, never an endless loop."""
-        protocol = WideProtocol.default(perspective=0.4, footprint_jitter=0.05, **GEOMETRY_ONLY)
+        protocol = wide_protocol(perspective=0.4, footprint_jitter=0.05, **GEOMETRY_ONLY)
         for i in range(200):
             m = draw_motion(protocol, pair_rng(3, 0, i), 1.0)
             M, J_a, J_b = motion_matrices(m)
@@ -125,7 +125,7 @@ class TestMotion:
 
 class TestPair:
     def test_same_seed_same_pair_and_new_index_new_pair(self, photo):
-        protocol = WideProtocol.default()  # photometric on: its draws are seeded too
+        protocol = wide_protocol()  # photometric on: its draws are seeded too
         a = sample_wide_pair(photo, (160, 120), protocol, pair_rng(5, 0, 7))
         b = sample_wide_pair(photo, (160, 120), protocol, pair_rng(5, 0, 7))
         c = sample_wide_pair(photo, (160, 120), protocol, pair_rng(5, 0, 8))
@@ -174,7 +174,7 @@ class TestPair:
     @pytest.mark.parametrize("shape", [(360, 480), (64, 64), (64, 900), (900, 70)])
     def test_footprints_inside_the_photo(self, shape):
         photo = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
-        protocol = WideProtocol.default()
+        protocol = wide_protocol()
         for i in range(40):
             pair = sample_wide_pair(photo, (96, 72), protocol, pair_rng(0, 0, i))
             for H in (pair.H_source_from_a, pair.H_source_from_b):
@@ -198,25 +198,25 @@ class TestPair:
     def test_minified_views_do_not_alias(self):
         """A fine grating seen from far away renders as its mean grey, not as a moire."""
         grating = np.tile(np.array([0, 255], np.uint8), (800, 400))  # 1-px stripes, 800x800
-        protocol = WideProtocol.default(zoom=[1, 1], rotation=0.0, **GEOMETRY_ONLY)
+        protocol = wide_protocol(zoom=[1, 1], rotation=0.0, **GEOMETRY_ONLY)
         pair = sample_wide_pair(grating, (64, 64), protocol, pair_rng(0, 0, 0))
         assert abs(float(pair.view_a.mean()) - 127.5) < 8 and pair.view_a.std() < 12
 
     def test_invalid_parameters(self):
         with pytest.raises(ValueError, match="zoom"):
-            WideProtocol.default(zoom=[2, 1])
+            wide_protocol(zoom=[2, 1])
         with pytest.raises(ValueError, match="rotation"):
-            WideProtocol.default(rotation=-1)
+            wide_protocol(rotation=-1)
         with pytest.raises(ValueError, match="unknown wide-pair parameter"):
-            WideProtocol.default(rotate=3)
+            wide_protocol(rotate=3)
         with pytest.raises(ValueError, match="unknown photometric parameter"):
-            WideProtocol.default(photometric={"sharpen": 1})
+            wide_protocol(photometric={"sharpen": 1})
 
 
 class TestPhotometric:
     def test_each_step_changes_the_view_and_none_keeps_it(self, photo):
         view = photo[:120, :160].copy()
-        base = WideProtocol.default().photometric
+        base = wide_protocol().photometric
         off = {k: 0.0 for k in ("p_tone", "p_blur", "p_motion_blur", "p_noise", "p_jpeg")}
         none = type(base)(**{**base.__dict__, **off})
         assert np.array_equal(augment_view(view, none, np.random.default_rng(0)), view)
@@ -227,7 +227,7 @@ class TestPhotometric:
             assert np.abs(out.astype(float) - view).mean() > 0.3, step
 
     def test_views_are_augmented_independently(self, photo):
-        protocol = WideProtocol.default(rotation=0.0, zoom=[1, 1], perspective=0.0,
+        protocol = wide_protocol(rotation=0.0, zoom=[1, 1], perspective=0.0,
                                         translation=0.0, footprint_jitter=0.0,
                                         photometric={"p_tone": 1.0})  # fmt: skip
         means = []
@@ -257,7 +257,7 @@ class TestTrainingPairs:
 
     @pytest.mark.parametrize("aspect", [0.75, 16 / 9])
     def test_square_views_squash_a_footprint_of_the_given_aspect(self, photo, aspect):
-        protocol = WideProtocol.default(footprint_jitter=0.0, **GEOMETRY_ONLY)
+        protocol = wide_protocol(footprint_jitter=0.0, **GEOMETRY_ONLY)
         pair = sample_wide_pair(photo, (64, 64), protocol, pair_rng(0, 1, 0), aspect=aspect)
         quad = project(pair.H_source_from_a, rect_corners((64, 64)))
         width, height = np.linalg.norm(quad[1] - quad[0]), np.linalg.norm(quad[3] - quad[0])
@@ -265,12 +265,12 @@ class TestTrainingPairs:
 
     def test_dataset_items_like_detone_pairs(self, photo):
         images = np.stack([photo, photo[::-1].copy()])
-        ds = WidePairs(images, 64, WideProtocol.default(), seed=0, length=4, flips=True)
+        ds = WidePairs(images, 64, wide_protocol(), seed=0, length=4, flips=True)
         item = ds[3]
         assert set(item) == {"patch_a", "patch_b", "offsets", "corners"}
         assert item["patch_a"].shape == (1, 64, 64) and str(item["patch_a"].dtype) == "torch.uint8"
         assert item["offsets"].shape == (4, 2) and str(item["offsets"].dtype) == "torch.float32"
-        again = WidePairs(images, 64, WideProtocol.default(), seed=0, length=10, flips=True)
+        again = WidePairs(images, 64, wide_protocol(), seed=0, length=10, flips=True)
         assert np.array_equal(again[3]["patch_b"].numpy(), item["patch_b"].numpy())
         with pytest.raises(IndexError):
             ds[4]
@@ -291,11 +291,14 @@ class TestWideBenchmark:
 
         source = folder_source(_photo_folder(tmp_path / "photos"))
         with pytest.warns(UserWarning, match=r"skipped 2 of 4 files.*c_tiny.png.*too small"):
-            return write_wide_benchmark(source, out, n=n, seed=3, view_size=(96, 72), **kw)
+            return write_wide_benchmark(
+                source, out, n=n, seed=3, view_size=(96, 72), **{"protocol": wide_protocol(), **kw}
+            )
 
     def _refused(self, tmp_path, out, **kw):
 
         source = folder_source(_photo_folder(tmp_path / "photos"))
+        kw = {"protocol": wide_protocol(), **kw}
         write_wide_benchmark(source, out, n=2, seed=3, view_size=(96, 72), **kw)
 
     def test_identical_files_readable_as_real_pairs(self, tmp_path):
@@ -311,7 +314,7 @@ class TestWideBenchmark:
         # pair i is pair i of the benchmark stream, from usable photo i mod 2 (sorted)
         photos = [sample_photo("coffee.png", (160, 120)), sample_photo("astronaut.png", (200, 150))]
         for i, pair in enumerate(pairs):
-            expected = sample_wide_pair(photos[i % 2], (96, 72), WideProtocol.default(),
+            expected = sample_wide_pair(photos[i % 2], (96, 72), wide_protocol(),
                                         pair_rng(3, 0, i))  # fmt: skip
             assert np.allclose(pair.H_b_from_a, expected.H_b_from_a, rtol=1e-12, atol=1e-12)
             view_a, view_b = load_pair_images(pair)
@@ -375,7 +378,7 @@ class TestTorchGenerator:
     def test_batches_seeded_and_labelled(self, smooth_photo):
 
         photos = np.stack([cv2.resize(smooth_photo, (160, 120), interpolation=cv2.INTER_AREA)])
-        geometry = WideProtocol.default(**GEOMETRY_ONLY)
+        geometry = wide_protocol(**GEOMETRY_ONLY)
         gen = TorchWideGenerator(torch.from_numpy(photos), 32, geometry, seed=0, flips=True)
         batch = gen.generate(8, 0)
         assert batch["patch_a"].shape == (8, 1, 32, 32) and batch["patch_a"].dtype == torch.uint8
@@ -396,14 +399,14 @@ class TestTorchGenerator:
         """Corner offsets and photometric change of 96 pairs each (about 15 s on one core)."""
 
         photos = np.stack([cv2.resize(smooth_photo, (160, 120), interpolation=cv2.INTER_AREA)])
-        geometry = WideProtocol.default(**GEOMETRY_ONLY)
+        geometry = wide_protocol(**GEOMETRY_ONLY)
         gen = TorchWideGenerator(torch.from_numpy(photos), 32, geometry, seed=0, flips=True)
         batch = gen.generate(96, 0)
         cpu = WidePairs(photos, 32, geometry, seed=0, length=96, flips=True)
         cpu_offsets = np.stack([cpu.pair(i)[1]["offsets"] for i in range(96)])
         ratio = np.median(np.abs(batch["offsets"].numpy())) / np.median(np.abs(cpu_offsets))
         assert 0.75 < ratio < 1.33  # heavy-tailed (zoom x0.5): the medians of 96 pairs
-        full = WideProtocol.default()
+        full = wide_protocol()
         gen = TorchWideGenerator(torch.from_numpy(photos), 32, full, seed=0)
         b = gen.generate(96, 0)
         cpu = WidePairs(photos, 32, full, seed=0, length=96)

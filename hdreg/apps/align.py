@@ -1,11 +1,12 @@
 """Align two photos with any hdreg method: the logic behind ``hdreg align A B``.
 
 :func:`align` reads two image files (any size, format or channel count, EXIF orientation
-applied: :func:`hdreg.data.sources.load_gray`), builds the estimator from a method name or a
-checkpoint (:mod:`hdreg.estimators.registry`, the parameters of ``hdreg/configs/method/``),
-optionally refined (``refine="ecc"``: :class:`hdreg.estimators.refinement.RefinedEstimator`,
-kept only when it does not lower the photometric agreement), estimates the homography and
-returns an :class:`AlignResult`.
+applied: :func:`hdreg.data.decoding.load_gray`), turns its options into a method spec and
+resolves it (:func:`hdreg.estimators.registry.resolve`, the parameters of
+``hdreg/configs/method/``), optionally refined (``refine="ecc"``:
+:class:`hdreg.estimators.refinement.RefinedEstimator`, kept only when it does not lower the
+photometric agreement), estimates the homography and returns an :class:`Alignment`: the
+:class:`~hdreg.estimators.base.Result` and what only ``hdreg align`` shows.
 :func:`write_alignment` writes the files that show it (pictures: :mod:`hdreg.visualize`).
 
 Conventions (as in :mod:`hdreg.geometry`): pixel coordinates ``(x, y)``, ``(0, 0)`` the centre
@@ -18,9 +19,8 @@ Example:
     >>> noise = np.random.default_rng(0).integers(0, 256, (120, 160), np.uint8)
     >>> a = cv2.GaussianBlur(noise, (0, 0), 2)
     >>> b = cv2.warpAffine(a, np.float32([[1, 0, -3], [0, 1, -2]]), (160, 120))
-    >>> name, estimator = make_estimator("ecc")
-    >>> result = align_images(a, b, estimator, method=name)
-    >>> np.round(result.H_b_from_a[:2, 2], 1).tolist()
+    >>> alignment = align_images(a, b, resolve("ecc"), method="ecc")
+    >>> np.round(alignment.H_b_from_a[:2, 2], 1).tolist()
     [-3.0, -2.0]
 """
 
@@ -30,7 +30,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,18 @@ import cv2
 import numpy as np
 
 from hdreg.config import method_names
-from hdreg.data.sources import load_gray
+from hdreg.data.decoding import load_gray
 from hdreg.estimators import Estimator, reportable
+from hdreg.estimators.base import ALIGN_MIN_CONFIDENCE, Result
 from hdreg.estimators.downsize import DEFAULT_MAX_SIDE, Downsized, check_max_side
 from hdreg.estimators.features import DETECTORS
 from hdreg.estimators.refinement import alignment_correlation
 from hdreg.estimators.registry import (
     REFINEMENTS,
     MethodSpec,
-    build_estimator,
     parse_checkpoint_spec,
     parse_method_spec,
+    resolve,
 )
 from hdreg.files import atomic_write
 from hdreg.geometry_np import normalize_homography, scale_matrix
@@ -59,12 +60,11 @@ __all__ = [
     "METHODS",
     "OUTPUT_FILES",
     "RECORD_FILE",
-    "AlignResult",
+    "Alignment",
     "align",
     "align_images",
     "check_out_dir",
     "earlier_outputs",
-    "make_estimator",
     "write_alignment",
 ]
 
@@ -88,58 +88,72 @@ CONVENTION = (
 
 
 @dataclass
-class AlignResult:
-    """The outcome of aligning image B to image A.
+class Alignment:
+    """The outcome of aligning image B to image A: the estimator's :class:`Result` and what
+    only ``hdreg align`` shows.
 
     Attributes:
-        method: the method's name (``"sift"``, ``"model"``, …); ``label`` adds the refinement.
-        refine: the refinement asked for (``"ecc"``) or ``None``.
+        result: the homography, ``failed``/``reason``, the details (:mod:`hdreg.estimators`:
+            ``matches``, ``inliers``, keypoints in full-resolution pixels, ``refine_kept``,
+            ``refine_note``, …), ``method`` (``"sift"``, ``"model"``, …) and ``seconds`` (wall
+            time of the estimation and refinement, without reading the files or loading a
+            model).
+        refine: the refinement asked for (``"ecc"``) or ``None``; ``label`` adds it to the name.
         image_a, image_b: the ``(H, W) uint8`` grayscale images that were aligned.
-        H_a_from_b: ``(3, 3)`` float64 normalized so that ``H[2, 2] = 1`` (maps B into A), or
-            ``None`` when the method failed (``reason`` says why).
-        seconds: wall time of the estimation (and refinement), without reading the files or
-            loading a model.
         path_a, path_b, checkpoint: where the inputs came from (``None`` when not from files).
         correlation, overlap: of the final estimate: ZNCC between B and A warped onto B over
             the pixels of B that map inside A, and the fraction of B they cover
             (:func:`hdreg.estimators.refinement.alignment_correlation`).
-        details: the estimator's details of the pair (:mod:`hdreg.estimators`: ``matches``,
-            ``inliers``, keypoints, ``refine_kept``, ``refine_note``, …); keypoints in
-            full-resolution pixels.
         matched_sizes: ``(size_a, size_b)`` of the downsized copies the estimation ran on when
             the photos were larger than ``max_side`` (``None``: at full resolution). The
             homography is always expressed at full resolution; ``correlation`` and ``overlap``
             were measured on the copies.
     """
 
-    method: str
+    result: Result
     refine: str | None
     image_a: np.ndarray
     image_b: np.ndarray
-    H_a_from_b: np.ndarray | None
-    seconds: float
-    reason: str | None = None
     path_a: str | None = None
     path_b: str | None = None
     checkpoint: str | None = None
     correlation: float | None = None
     overlap: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
     matched_sizes: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     @property
+    def method(self) -> str:
+        return self.result.method
+
+    @property
     def failed(self) -> bool:
-        return self.H_a_from_b is None
+        return self.result.failed
+
+    @property
+    def reason(self) -> str | None:
+        """Why the method failed (``None`` when it did not)."""
+        return (self.result.reason or "failed") if self.result.failed else None
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return self.result.details
+
+    @property
+    def seconds(self) -> float:
+        return self.result.seconds
 
     @property
     def label(self) -> str:
         return f"{self.method}+{self.refine}" if self.refine else self.method
 
     @property
+    def H_a_from_b(self) -> np.ndarray | None:
+        """``(3, 3)`` float64 with ``H[2, 2] = 1`` (maps B into A); ``None`` when failed."""
+        return None if self.result.failed else self.result.a_from_b
+
+    @property
     def H_b_from_a(self) -> np.ndarray | None:
-        if self.H_a_from_b is None:
-            return None
-        return normalize_homography(np.linalg.inv(self.H_a_from_b))
+        return None if self.result.failed else self.result.b_from_a
 
     @property
     def size_a(self) -> tuple[int, int]:
@@ -151,13 +165,13 @@ class AlignResult:
 
     def to_json(self) -> dict[str, Any]:
         """The contents of ``homography.json`` (only for a successful alignment)."""
-        if self.H_a_from_b is None or (H_b_from_a := self.H_b_from_a) is None:
+        if self.failed:
             raise ValueError(f"{self.label} failed ({self.reason}): there is no homography")
         out: dict[str, Any] = {
             "method": self.method,
             "refine": self.refine,
-            "b_from_a": H_b_from_a.tolist(),
-            "a_from_b": self.H_a_from_b.tolist(),
+            "b_from_a": self.result.b_from_a.tolist(),
+            "a_from_b": self.result.a_from_b.tolist(),
             "convention": CONVENTION,
             "image_a": self.path_a,
             "image_b": self.path_b,
@@ -232,47 +246,25 @@ def _spec(
     return spec
 
 
-def make_estimator(
-    method: str | None = None,
-    *,
-    checkpoint: str | Path | None = None,
-    refine: str | None = None,
-    adapt: int | None = None,
-    device: str = "auto",
+def _keypoint_overrides(
+    spec: MethodSpec,
     ratio: float | None = None,
     robust: str | None = None,
     reproj_threshold: float | None = None,
-) -> tuple[str, Estimator]:
-    """The method's name and its estimator, built from ``hdreg/configs/method/<name>.yaml``.
-
-    ``method=None`` means ``"model"``: the given checkpoint, or with none the shipped ``wide``
-    refined by ECC (:data:`DEFAULT_CHECKPOINT`, :data:`DEFAULT_REFINE`). ``refine``
-    (or a checkpoint spec ending in ``+ecc``) wraps the estimator in the refinement, whose
-    parameters come from ``hdreg/configs/method/ecc.yaml``. ``adapt`` (steps per level) adds
-    the per-pair adaptation of :mod:`hdreg.estimators.adapt` before ECC (``hdreg/configs/method/
-    adapt.yaml``; the adapted estimate is kept only if it lowers the photometric loss and does
-    not lower the correlation). ``ratio``, ``robust`` and
-    ``reproj_threshold`` override the keypoint methods' parameters (``None``: keep them). Raises
-    ``ValueError`` for an unknown method or an option that does not apply, and
-    ``FileNotFoundError`` for a missing checkpoint.
-    """
-    spec = _spec(method, checkpoint, refine, adapt)
-    name = spec.method or "model"
+) -> dict[str, Any]:
+    """The keypoint options given (``None``: keep the method config's), as constructor
+    arguments for :func:`~hdreg.estimators.registry.resolve`; ``ValueError`` when any is given
+    for a method that is not a keypoint method."""
     keypoint_options = {"ratio": ratio, "robust": robust, "reproj_threshold": reproj_threshold}
     given = {k: v for k, v in keypoint_options.items() if v is not None}
+    name = spec.method or "model"
     if given and name not in KEYPOINT_METHODS:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ValueError(
             f"{flags} only apply to the keypoint methods ({', '.join(KEYPOINT_METHODS)}), "
             f"not to {name!r}"
         )
-    from hdreg.estimators.base import ALIGN_MIN_CONFIDENCE
-
-    estimator = build_estimator(
-        spec, device=device, overrides=given, min_confidence=ALIGN_MIN_CONFIDENCE,
-        refiner_overrides={"adapt": {"steps": adapt}} if adapt is not None else None,
-    )  # fmt: skip
-    return name, estimator
+    return given
 
 
 def align_images(
@@ -282,37 +274,31 @@ def align_images(
     *,
     method: str | None = None,
     refine: str | None = None,
-) -> AlignResult:
-    """Estimate ``H_a_from_b`` for one pair of ``(H, W) uint8`` images with ``estimator`` (built
-    by :func:`make_estimator`; ``method`` and ``refine`` only name it in the result). Behind a
-    :class:`~hdreg.estimators.downsize.Downsized` guard, ``correlation`` and ``overlap`` are
-    measured on the copies the estimate was made on."""
+) -> Alignment:
+    """Estimate ``H_a_from_b`` for one pair of ``(H, W) uint8`` images with ``estimator`` (from
+    :func:`~hdreg.estimators.registry.resolve`; ``method`` and ``refine`` only name it in the
+    result). Behind a :class:`~hdreg.estimators.downsize.Downsized` guard, ``correlation`` and
+    ``overlap`` are measured on the copies the estimate was made on."""
     t0 = time.perf_counter()
     estimate = estimator.estimate([image_a], [image_b])
     seconds = time.perf_counter() - t0
-    failed = bool(estimate.failed[0])
     details = estimate.details[0]
-    result = AlignResult(
-        method or estimator.name,
-        refine,
-        image_a,
-        image_b,
-        None if failed else normalize_homography(estimate.H_a_from_b[0]),
-        seconds,
-        (estimate.reasons[0] or "failed") if failed else None,
-        details=details,
-    )
+    matched_sizes = None
     if "matched_size_a" in details:
-        result.matched_sizes = (details.pop("matched_size_a"), details.pop("matched_size_b"))
-    if result.H_a_from_b is not None:
-        a, b, H_a_from_b = image_a, image_b, result.H_a_from_b
-        if result.matched_sizes is not None and isinstance(estimator, Downsized):
+        matched_sizes = (details.pop("matched_size_a"), details.pop("matched_size_b"))
+    result = Result.from_estimate(estimate, 0, method or estimator.name)
+    alignment = Alignment(
+        replace(result, seconds=seconds), refine, image_a, image_b, matched_sizes=matched_sizes
+    )
+    if not alignment.failed:
+        a, b, H_a_from_b = image_a, image_b, result.a_from_b
+        if matched_sizes is not None and isinstance(estimator, Downsized):
             a, b = estimator.shrink(image_a), estimator.shrink(image_b)
-            small_a, small_b = result.matched_sizes
-            H_a_from_b = scale_matrix(result.size_a, small_a) @ H_a_from_b
-            H_a_from_b = normalize_homography(H_a_from_b @ scale_matrix(small_b, result.size_b))
-        result.correlation, result.overlap = alignment_correlation(a, b, H_a_from_b)
-    return result
+            small_a, small_b = matched_sizes
+            H_a_from_b = scale_matrix(alignment.size_a, small_a) @ H_a_from_b
+            H_a_from_b = normalize_homography(H_a_from_b @ scale_matrix(small_b, alignment.size_b))
+        alignment.correlation, alignment.overlap = alignment_correlation(a, b, H_a_from_b)
+    return alignment
 
 
 def align(
@@ -328,11 +314,21 @@ def align(
     robust: str | None = None,
     reproj_threshold: float | None = None,
     max_side: int = DEFAULT_MAX_SIDE,
-) -> AlignResult:
-    """Align image file ``path_b`` to image file ``path_a`` (see :func:`make_estimator` for the
-    method options). Raises ``FileNotFoundError`` / ``ValueError`` for a missing or unreadable
-    image or checkpoint and for invalid options; a method that finds no homography is not an
-    error: the result is ``failed`` with a ``reason``.
+) -> Alignment:
+    """Align image file ``path_b`` to image file ``path_a``.
+
+    ``method=None`` means ``"model"``: the given checkpoint, or with none the shipped ``wide``
+    refined by ECC (:data:`DEFAULT_CHECKPOINT`, :data:`DEFAULT_REFINE`). ``refine`` (or a
+    checkpoint spec ending in ``+ecc``) wraps the estimator in the refinement, whose parameters
+    come from ``hdreg/configs/method/ecc.yaml``. ``adapt`` (steps per level) adds the per-pair
+    adaptation of :mod:`hdreg.estimators.adapt` before ECC (``hdreg/configs/method/adapt.yaml``;
+    the adapted estimate is kept only if it lowers the photometric loss and does not lower the
+    correlation). ``ratio``, ``robust`` and ``reproj_threshold`` override the keypoint methods'
+    parameters (``None``: keep them). The options make one spec (:func:`_spec`), which
+    :func:`~hdreg.estimators.registry.resolve` turns into the estimator, the keypoint options
+    and ``adapt`` as its overrides. Raises ``FileNotFoundError`` / ``ValueError`` for a missing
+    or unreadable image or checkpoint and for invalid options; a method that finds no
+    homography is not an error: the result is ``failed`` with a ``reason``.
 
     A photo whose longer side exceeds ``max_side`` pixels is estimated on a copy downsized to
     that side (:class:`~hdreg.estimators.downsize.Downsized`, as in :func:`hdreg.estimate`:
@@ -344,23 +340,19 @@ def align(
     if spec.checkpoint is not None and not spec.checkpoint.is_file():
         # Before decoding possibly large images: the cheapest error first.
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    overrides = _keypoint_overrides(spec, ratio, robust, reproj_threshold)
     image_a, image_b = load_gray(path_a), load_gray(path_b)
-    name, estimator = make_estimator(
-        method,
-        checkpoint=checkpoint,
-        refine=refine,
-        adapt=adapt,
-        device=device,
-        ratio=ratio,
-        robust=robust,
-        reproj_threshold=reproj_threshold,
+    estimator = resolve(
+        spec, device=device, max_side=max_side, min_confidence=ALIGN_MIN_CONFIDENCE,
+        overrides=overrides,
+        refiner_overrides={"adapt": {"steps": adapt}} if adapt is not None else None,
+    )  # fmt: skip
+    alignment = align_images(
+        image_a, image_b, estimator, method=spec.method or "model", refine=spec.refine
     )
-    if max_side is not None:
-        estimator = Downsized(estimator, max_side)
-    result = align_images(image_a, image_b, estimator, method=name, refine=spec.refine)
-    result.path_a, result.path_b = str(path_a), str(path_b)
-    result.checkpoint = None if spec.checkpoint is None else str(spec.checkpoint)
-    return result
+    alignment.path_a, alignment.path_b = str(path_a), str(path_b)
+    alignment.checkpoint = None if spec.checkpoint is None else str(spec.checkpoint)
+    return alignment
 
 
 def _json_text(obj: dict[str, Any]) -> str:
@@ -425,7 +417,7 @@ def check_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
-def write_alignment(result: AlignResult, out_dir: str | Path) -> list[Path]:
+def write_alignment(result: Alignment, out_dir: str | Path) -> list[Path]:
     """Write the files that show ``result`` into ``out_dir`` (created); returns their paths.
 
     Success: ``homography.json``, ``b_warped_to_a.png`` (B in A's frame, A's size),

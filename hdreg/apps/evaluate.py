@@ -2,7 +2,8 @@
 files out.
 
 This is the one place of the evaluation path that reads a config: it instantiates the benchmark
-and the estimators, then hands plain objects to :func:`hdreg.evaluation.runner.evaluate`.
+and resolves the estimators (:func:`hdreg.estimators.registry.build_estimators`), then hands
+plain objects to :func:`hdreg.evaluation.runner.evaluate`.
 The run directory is claimed before Hydra writes into it (:mod:`hdreg.apps.run_dir`); the report
 lands in it whole or not at all, and Ctrl-C ends the run with one line and exit code 130.
 """
@@ -22,55 +23,17 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from hdreg.apps.hydra_app import hydra_app
-from hdreg.estimators import Estimator
-from hdreg.estimators.registry import build_estimator, parse_checkpoint_spec, parse_method_spec
+from hdreg.estimators.registry import build_estimators
 from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
 
-__all__ = ["build_estimators", "check_method_specs", "evaluate_from_config", "main"]
+__all__ = ["evaluate_from_config", "main"]
 
 #: exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it)
 INTERRUPTED_EXIT_CODE = 130
-
-
-def check_method_specs(methods: Any, method_params: Any) -> list:
-    """Parse method specs against the registry (``hdreg/configs/method/`` plus any
-    ``method_params`` entry); ``ValueError`` for an unknown name, before any work starts."""
-    from hdreg.config import method_names
-
-    known = sorted(set(method_names()) | set((method_params or {}).keys()))
-    return [parse_method_spec(str(m), known) for m in methods]
-
-
-def build_estimators(
-    methods: list[str] | ListConfig,
-    method_params: DictConfig,
-    checkpoints: list[str] | ListConfig = (),
-    device: str = "auto",
-) -> list[Estimator]:
-    """Instantiate the named methods (from ``method_params``) and load the checkpoints.
-
-    Each entry is parsed by :mod:`hdreg.estimators.registry`: a method name or checkpoint may end in
-    ``+ecc`` (``sift+ecc``, ``model.ckpt+ecc``), and its estimates are then refined by the ECC
-    refiner built from ``method_params.ecc`` (overridable: ``method_params.ecc.refine_levels=1``);
-    ``+adapt`` likewise (``method_params.adapt``), and they chain: ``wide+adapt+ecc``.
-    """
-    if isinstance(methods, str):
-        methods = [methods]
-    specs = check_method_specs(methods, method_params)
-    specs += [parse_checkpoint_spec(str(c)) for c in checkpoints or ()]
-    if not specs:
-        raise ValueError("nothing to evaluate: give methods=[...] and/or checkpoints=[...]")
-    # one cache for the run: x, x+ecc and x+adapt+ecc share x (the runner estimates it once)
-    refiners: dict = {}
-    built: dict = {}
-    return [
-        build_estimator(spec, method_params, device=device, refiners=refiners, built=built)
-        for spec in specs
-    ]
 
 
 def evaluate_from_config(cfg: DictConfig) -> dict[str, dict[str, float]]:

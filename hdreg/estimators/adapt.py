@@ -49,7 +49,14 @@ from hdreg.geometry import (
     transform_points,
     warp_grid,
 )
-from hdreg.geometry_np import check_homography, normalize_homography, rect_corners, scale_matrix
+from hdreg.geometry_np import (
+    check_homography,
+    normalize_homography,
+    rect_corners,
+    scale_matrix,
+    scaled_size,
+)
+from hdreg.models.losses import masked_standardize
 
 __all__ = ["PhotometricAdapter", "photometric_agreement"]
 
@@ -62,8 +69,7 @@ def _level(image: np.ndarray, side: int, blur: float) -> tuple[torch.Tensor, np.
     """``image`` resized so that its longer side is at most ``side`` (never enlarged), blurred
     (σ = ``blur`` px) and in [0, 1] as ``(1, 1, h, w)`` float64; and the resize map (3, 3)."""
     w, h = _size(image)
-    scale = min(1.0, side / max(w, h))
-    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    size = scaled_size((w, h), min(side, max(w, h)), min_side=8)
     small = image if size == (w, h) else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     small = small.astype(np.float32) / 255.0
     if blur > 0:
@@ -89,13 +95,8 @@ def _loss(
     mask = inside_mask(grid, (a.shape[-1], a.shape[-2]))
     target = b[..., ::stride, ::stride]
     n = mask.sum().clamp_min(1.0)
-
-    def standardize(x: torch.Tensor) -> torch.Tensor:
-        mean = (x * mask).sum() / n
-        var = (((x - mean) ** 2) * mask).sum() / n
-        return (x - mean) / torch.sqrt(var + eps * eps)
-
-    loss = ((standardize(warped) - standardize(target)).abs() * mask).sum() / n
+    standardized = masked_standardize(warped, mask, eps) - masked_standardize(target, mask, eps)
+    loss = (standardized.abs() * mask).sum() / n
     return loss, mask.mean()
 
 

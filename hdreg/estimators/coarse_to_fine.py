@@ -22,7 +22,8 @@ two photos of any size and aspect ratio, and any rotation:
    offset of either photo, blind to the smooth shading unrelated photos share), times the
    square root of the overlap's share of B. A pair whose confidence
    is under ``min_confidence`` — unrelated photos, a blank or textureless photo, motion beyond
-   reach — is reported as failed with the reason, not as a confident wrong homography.
+   reach — is reported as failed with the reason, not as a confident wrong homography
+   (:mod:`hdreg.estimators.confidence`).
 
 Nothing here is hand-crafted matching: every correspondence comes from the network.
 All homographies follow docs/conventions.md: ``H_a_from_b`` maps B's pixels into A.
@@ -39,23 +40,26 @@ import cv2
 import numpy as np
 import torch
 
+from hdreg.device import resolve_device
 from hdreg.estimators.base import PairResult, PairwiseEstimator
+from hdreg.estimators.confidence import (
+    alignment_confidence,
+    band_passed,
+    blank_reason,
+    judge_confidence,
+    texture,
+    zncc_masked,
+)
 from hdreg.geometry_np import (
     check_homography,
     coverage_mask,
     normalize_homography,
+    rect_corners,
     scale_matrix,
+    scale_size,
 )
 
-__all__ = [
-    "CoarseToFineEstimator",
-    "alignment_confidence",
-    "blank_reason",
-    "judge_confidence",
-    "keeps_a_in_front",
-    "scale_matrix",
-    "texture",
-]
+__all__ = ["CoarseToFineEstimator", "keeps_a_in_front", "scale_matrix"]
 
 
 #: robust fits of the residual: OpenCV's RANSAC, or MAGSAC++ (USAC)
@@ -83,18 +87,6 @@ def _centre_transform(size: int, angle_deg: float, zoom: float) -> np.ndarray:
     return shift @ rot @ scale @ np.linalg.inv(shift)
 
 
-def _zncc_masked(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
-    """ZNCC of two images over ``mask`` (0 when it is tiny or flat)."""
-    if mask.sum() < 16:
-        return 0.0
-    u = x[mask].astype(np.float64)
-    v = y[mask].astype(np.float64)
-    u -= u.mean()
-    v -= v.mean()
-    denom = math.sqrt(float(u @ u) * float(v @ v))
-    return float(u @ v / denom) if denom > 1e-9 else 0.0
-
-
 def keeps_a_in_front(H_a_from_b: np.ndarray, size_a: tuple[int, int], ratio: float = 0.25) -> bool:
     """Whether ``H_b_from_a`` keeps all of image A in front of the horizon: the projective depth
     ``w`` of each of A's corners is at least ``ratio`` times that of A's centre (same sign).
@@ -112,82 +104,6 @@ def keeps_a_in_front(H_a_from_b: np.ndarray, size_a: tuple[int, int], ratio: flo
     depth = points @ b_from_a[2]
     centre = float(np.array([(w - 1) / 2, (h - 1) / 2, 1.0]) @ b_from_a[2])
     return bool(centre != 0 and np.all(depth / centre >= ratio))
-
-
-def blank_reason(image: np.ndarray, label: str, min_texture: float) -> str | None:
-    """Why photo ``label`` carries no information (mean gradient under ``min_texture``), or
-    ``None``."""
-    grad = texture(image)
-    if grad < min_texture:
-        return (
-            f"image {label} is blank or has no texture (mean gradient {grad:.2f} < {min_texture})"
-        )
-    return None
-
-
-def judge_confidence(
-    image_a: np.ndarray,
-    image_b: np.ndarray,
-    H_a_from_b: np.ndarray,
-    min_confidence: float,
-    details: dict[str, Any],
-    side: int = 256,
-) -> str | None:
-    """Record an estimate's ``confidence``, ``correlation`` and ``overlap`` in ``details``
-    (:func:`alignment_confidence`) and say why it is not trusted (``None``: it is)."""
-    conf, corr, overlap = alignment_confidence(image_a, image_b, H_a_from_b, side)
-    details.update(confidence=conf, correlation=corr, overlap=overlap)
-    if conf >= min_confidence:
-        return None
-    return (
-        f"confidence {conf:.2f} < {min_confidence} (correlation {corr:.2f} over {overlap:.0%} "
-        "of B): the photos do not match, or the motion is beyond reach"
-    )
-
-
-def texture(image: np.ndarray) -> float:
-    """Mean gradient magnitude (gray levels per pixel) of an 8-bit image."""
-    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    return float(np.mean(np.sqrt(gx * gx + gy * gy)))
-
-
-def _band_pass(image: np.ndarray, sigma: float) -> np.ndarray:
-    """``image − Gaussian(image, sigma)`` in float32: the structure, without the smooth shading
-    that unrelated photos can share."""
-    x = image.astype(np.float32)
-    return x - cv2.GaussianBlur(x, (0, 0), sigma)
-
-
-def alignment_confidence(
-    image_a: np.ndarray,
-    image_b: np.ndarray,
-    H_a_from_b: np.ndarray,
-    side: int = 256,
-    band_pass: float | None = 4.0,
-) -> tuple[float, float, float]:
-    """``(confidence, correlation, overlap)`` of an estimate between two 8-bit photos.
-
-    Both are resized by the factor that brings B's longer side to ``side``; ``correlation`` is
-    the ZNCC between B and A warped onto B over the pixels of B that map inside A, after a band
-    pass (each image minus its Gaussian blur of ``band_pass`` pixels, so that the smooth shading
-    two unrelated photos may share does not count; ``None``: raw intensities), ``overlap`` their
-    share of B, and ``confidence = correlation · √overlap`` (0 when the overlap is empty or
-    flat).
-    """
-    f = min(1.0, side / max(_size(image_b)))
-    size_a = (max(8, round(image_a.shape[1] * f)), max(8, round(image_a.shape[0] * f)))
-    size_b = (max(8, round(image_b.shape[1] * f)), max(8, round(image_b.shape[0] * f)))
-    a, b = _resize(image_a, size_a), _resize(image_b, size_b)
-    H = scale_matrix(_size(image_a), size_a) @ H_a_from_b @ scale_matrix(size_b, _size(image_b))
-    warped = cv2.warpPerspective(a, H, size_b, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    inside = coverage_mask(H, size_a, size_b)
-    overlap = float(inside.mean())
-    if band_pass:
-        b, warped = _band_pass(b, band_pass), _band_pass(warped, band_pass)
-        inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    corr = _zncc_masked(b, warped, inside)
-    return corr * math.sqrt(overlap), corr, overlap
 
 
 @dataclass
@@ -259,8 +175,6 @@ class CoarseToFineEstimator(PairwiseEstimator):
         dense_side: int = 256,
         device: str | torch.device = "cpu",
     ) -> None:
-        from hdreg.estimators.learned import resolve_device
-
         if not rotations or not zooms:
             raise ValueError("rotations and zooms need at least one hypothesis each")
         if any(z <= 0 for z in zooms):
@@ -317,11 +231,13 @@ class CoarseToFineEstimator(PairwiseEstimator):
         return net(ta, tb, **kwargs)["offsets"].float().cpu().double().numpy()
 
     def _corners(self) -> np.ndarray:
-        p = self.patch - 1.0
-        return np.array([[0, 0], [p, 0], [p, p], [0, p]], np.float64)
+        return rect_corners((self.patch, self.patch))
 
     def _patch_homography(self, offsets: np.ndarray) -> np.ndarray | None:
         """``H_a_from_b`` of one patch pair from its offsets (``None`` if degenerate)."""
+        # OpenCV's solve of the four-point system, not geometry_np.four_point_homography: the
+        # two LU solves differ in the last bits, which moves RANSAC's inlier set on some pairs,
+        # and the measured numbers of the shipped wide (docs/results.md) come from this one
         c = self._corners().astype(np.float32)
         H = cv2.getPerspectiveTransform(c, (c + offsets).astype(np.float32))
         return None if check_homography(H) else H
@@ -369,14 +285,13 @@ class CoarseToFineEstimator(PairwiseEstimator):
         """The global stage as dense matching (see ``global_stage``): per rotation hypothesis,
         mutual nearest neighbours between the features of B and of the rotated A, MAGSAC++."""
         f = self.dense_side / max(_size(pair.b))
-        size_b = (max(32, round(pair.b.shape[1] * f)), max(32, round(pair.b.shape[0] * f)))
+        size_b = scale_size(_size(pair.b), f, min_side=32)
         b = _resize(pair.b, size_b)
         # A at B's scale (smaller if it would not fit), centred on a square canvas of B's longer
         # side, rotated about the canvas centre by each hypothesis
         side = max(size_b)
         fa = min(f, side / pair.a.shape[1], side / pair.a.shape[0])
-        h_a, w_a = pair.a.shape
-        a = _resize(pair.a, (max(8, round(w_a * fa)), max(8, round(h_a * fa))))
+        a = _resize(pair.a, scale_size(_size(pair.a), fa, min_side=8))
         ya, xa = (side - a.shape[0]) // 2, (side - a.shape[1]) // 2
         canvas_a = np.zeros((side, side), np.uint8)
         canvas_a[ya : ya + a.shape[0], xa : xa + a.shape[1]] = a
@@ -462,8 +377,7 @@ class CoarseToFineEstimator(PairwiseEstimator):
         """One refinement level at B's longer side ``side`` (see the module docstring); the
         residual is kept only if it does not lower the correlation at this level."""
         f = side / max(_size(pair.b))
-        size_a = (max(1, round(pair.a.shape[1] * f)), max(1, round(pair.a.shape[0] * f)))
-        size_b = (max(1, round(pair.b.shape[1] * f)), max(1, round(pair.b.shape[0] * f)))
+        size_a, size_b = scale_size(_size(pair.a), f), scale_size(_size(pair.b), f)
         p = self.patch
         used = pair.details.setdefault("level_windows", [])
         if min(size_b) < p:
@@ -484,13 +398,12 @@ class CoarseToFineEstimator(PairwiseEstimator):
         offsets = self._offsets(self.refine_net, wins_a, wins_b, **self.refine_iterations)
         # Each window's estimate, sampled at four interior points (less extrapolation than at
         # its corners): correspondences between B and the warped A at this level.
-        c = self._corners()
         t = np.array(self.window_points)
         inner = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2) * (p - 1)
         pts_b, pts_w = [], []
         for (x0, y0), off in zip(origins, offsets, strict=True):
-            H_win = cv2.getPerspectiveTransform(c.astype(np.float32), (c + off).astype(np.float32))
-            if check_homography(H_win):
+            H_win = self._patch_homography(off)
+            if H_win is None:
                 continue
             origin = np.array([x0, y0], np.float64)
             q = np.c_[inner, np.ones(len(inner))] @ H_win.T
@@ -506,12 +419,12 @@ class CoarseToFineEstimator(PairwiseEstimator):
         if R is None or check_homography(R) or int(mask.sum()) < 6:
             used.append(0)
             return
-        b_band = _band_pass(b, 2.0)
-        before = _zncc_masked(b_band, _band_pass(warped, 2.0), inside)
+        b_band = band_passed(b, 2.0)
+        before = zncc_masked(b_band, band_passed(warped, 2.0), inside)
         H_new = H_level @ R
         warped_new = cv2.warpPerspective(a, H_new, size_b, flags=flags)
         inside_new = coverage_mask(H_new, size_a, size_b)
-        after = _zncc_masked(b_band, _band_pass(warped_new, 2.0), inside_new)
+        after = zncc_masked(b_band, band_passed(warped_new, 2.0), inside_new)
         H_full = normalize_homography(np.linalg.inv(S_a) @ H_new @ S_b)
         if not after >= before - 1e-3 or not keeps_a_in_front(H_full, _size(pair.a)):
             used.append(-len(origins))  # estimated, not kept

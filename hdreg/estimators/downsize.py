@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from hdreg.estimators.base import Estimate, Estimator
-from hdreg.geometry_np import normalize_homography, scale_matrix
+from hdreg.geometry_np import normalize_homography, scale_matrix, scaled_size
 
 __all__ = ["DEFAULT_MAX_SIDE", "MIN_MAX_SIDE", "Downsized", "check_max_side", "downsize_image"]
 
@@ -64,9 +64,7 @@ def downsize_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
     h, w = image.shape[:2]
     if not max_side or max(h, w) <= max_side:
         return image
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, scaled_size((w, h), max_side), interpolation=cv2.INTER_AREA)
 
 
 def _size(image: np.ndarray) -> tuple[int, int]:

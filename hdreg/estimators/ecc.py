@@ -42,6 +42,7 @@ from hdreg.geometry_np import (
     project,
     rect_corners,
     scale_matrix,
+    scale_size,
 )
 
 __all__ = ["COARSE_MOTIONS", "ECCEstimator"]
@@ -64,7 +65,7 @@ def _size(image: np.ndarray) -> tuple[int, int]:
 
 def _level_size(size: tuple[int, int], level: int) -> tuple[int, int]:
     """``(width, height)`` of pyramid level ``level`` (0 = full resolution, halving per level)."""
-    return max(1, round(size[0] / 2**level)), max(1, round(size[1] / 2**level))
+    return scale_size(size, 0.5**level)
 
 
 def _corner_jump(H_new: np.ndarray, H_old: np.ndarray, corners_b: np.ndarray) -> float:

@@ -8,6 +8,7 @@ resolution (exactly, with the pixel-centre convention of ``cv2.resize``).
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,38 +18,24 @@ import cv2
 import numpy as np
 import torch
 
-from hdreg.errors import check_device
+from hdreg.device import resolve_device
 from hdreg.estimators.base import Estimate, Estimator
+from hdreg.estimators.confidence import blank_reason, judge_confidence
 from hdreg.geometry import offsets_to_homography, rescale_homography
 from hdreg.models.checkpoint import (
     ESTIMATORS,
-    load_module_checked,
     load_net,
     net_from_checkpoint,
     read_checkpoint,
     resolve_checkpoint,
-    tensors_sha256,
 )
 
 __all__ = [
     "ConfidenceGate",
     "HomographyNetEstimator",
     "load_checkpoint_estimator",
-    "load_module",
     "resolve_checkpoint",
-    "resolve_device",
-    "save_weights",
 ]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    check_device(device)
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
-    return device
 
 
 class HomographyNetEstimator(Estimator):
@@ -62,7 +49,7 @@ class HomographyNetEstimator(Estimator):
         min_texture: a photo whose mean gradient at the network's input size is under this
             many gray levels per pixel (blank, flat) fails the pair with that reason.
         min_confidence: when set, a pair whose alignment confidence (ZNCC of B and the warped A
-            times √overlap, :func:`~hdreg.estimators.coarse_to_fine.alignment_confidence`) is
+            times √overlap, :func:`~hdreg.estimators.confidence.alignment_confidence`) is
             under it is reported as failed: unrelated photos, motion beyond reach. ``None``
             (the evaluation default): the confidence is only reported in the details.
     """
@@ -104,8 +91,6 @@ class HomographyNetEstimator(Estimator):
         self, a: np.ndarray, b: np.ndarray, H_a_from_b: np.ndarray, details: dict[str, Any]
     ) -> str | None:
         """Why this pair's estimate must not be trusted (``None``: it may)."""
-        from hdreg.estimators.coarse_to_fine import blank_reason, judge_confidence
-
         for label, image in (("A", a), ("B", b)):
             reason = blank_reason(self._resize(image), label, self.min_texture)
             if reason:
@@ -164,34 +149,6 @@ def _non_finite_reason(image_a: np.ndarray, image_b: np.ndarray) -> str:
     return ""
 
 
-def load_module(path: str | Path, device: str | torch.device = "cpu") -> Any:
-    """Rebuild the LightningModule saved in an hdreg checkpoint, in eval mode.
-
-    Any file with the model's config under ``"hdreg_model"`` and its weights under
-    ``"state_dict"`` is read: a checkpoint written by ``train.py``, or a weights-only file (as
-    :func:`save_weights` writes). The config is checked against hdreg's allow-list of classes
-    and plain arguments before anything is built (:mod:`hdreg.models.checkpoint`: reading a
-    file never runs code). Raises ``FileNotFoundError`` for a missing file and ``ValueError``
-    naming the file for one that is not such a checkpoint. ``path`` may also name weights
-    shipped with hdreg (``hdreg weights``).
-    """
-    return load_module_checked(path, device=resolve_device(device))
-
-
-def save_weights(module: Any, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the weights-only file :func:`load_module` reads: ``hdreg_model``, ``state_dict``
-    and ``val_mace_best`` (no optimizer state; a fraction of a training checkpoint's size)."""
-    if module.hdreg_model is None:
-        raise ValueError("the module has no hdreg_model config: build it with build_module")
-    path = Path(path).expanduser()
-    state = module.state_dict()
-    checkpoint: dict[str, Any] = {"state_dict": state, "tensors_sha256": tensors_sha256(state)}
-    module.on_save_checkpoint(checkpoint)  # adds hdreg_model and val_mace_best
-    checkpoint.update(extra or {})
-    torch.save(checkpoint, path)
-    return path
-
-
 class ConfidenceGate(Estimator):
     """Another estimator's answers, with those whose alignment confidence is under
     ``min_confidence`` reported as failed (``hdreg align`` and :func:`hdreg.estimate` put a
@@ -207,8 +164,6 @@ class ConfidenceGate(Estimator):
         return self.inner.per_pair
 
     def estimate(self, images_a: Sequence[np.ndarray], images_b: Sequence[np.ndarray]) -> Estimate:
-        from hdreg.estimators.coarse_to_fine import judge_confidence
-
         est = self.inner.estimate(images_a, images_b)
         for i, (a, b) in enumerate(zip(images_a, images_b, strict=True)):
             if est.failed[i]:
@@ -232,8 +187,6 @@ def load_checkpoint_estimator(
     (:class:`~hdreg.estimators.coarse_to_fine.CoarseToFineEstimator`) with its settings.
     Builds plain networks (no PyTorch Lightning). ``min_confidence`` applies to a plain
     network (:class:`HomographyNetEstimator`); a whole-image estimator has its own."""
-    import importlib
-
     ckpt = read_checkpoint(path)
     net = net_from_checkpoint(ckpt)
     spec = ckpt.meta.get("hdreg_estimator")

@@ -40,7 +40,7 @@ import numpy as np
 
 from hdreg.estimators._checks import check_float, check_gray_u8
 from hdreg.estimators.base import Estimate, Estimator, PairResult
-from hdreg.geometry_np import coverage_mask, folds, rect_corners
+from hdreg.geometry_np import coverage_mask, folds, rect_corners, zncc
 
 __all__ = [
     "PhotometricComparison",
@@ -84,14 +84,6 @@ def warp_a_onto_b(
     return warped, coverage_mask(H_a_from_b, size_a, size_b, margin=_MARGINS[interpolation])
 
 
-def _zncc(x: np.ndarray, y: np.ndarray) -> float:
-    """Zero-mean normalized cross-correlation of two equal-length vectors (NaN if one is flat)."""
-    x = x.astype(np.float64) - x.mean()
-    y = y.astype(np.float64) - y.mean()
-    denom = np.sqrt(np.dot(x, x) * np.dot(y, y))
-    return float(np.dot(x, y) / denom) if denom > 0 else float("nan")
-
-
 def alignment_correlation(
     image_a: np.ndarray, image_b: np.ndarray, H_a_from_b: np.ndarray
 ) -> tuple[float, float]:
@@ -103,7 +95,7 @@ def alignment_correlation(
     warped, inside = warp_a_onto_b(image_a, H_a_from_b, (image_b.shape[1], image_b.shape[0]))
     if not inside.any():
         return float("nan"), 0.0
-    return _zncc(image_b[inside], warped[inside]), float(inside.mean())
+    return zncc(image_b, warped, inside), float(inside.mean())
 
 
 @dataclass(frozen=True)
@@ -139,9 +131,8 @@ def compare_estimates(
     common = inside_1 & inside_2
     if not common.any():
         return PhotometricComparison(float("nan"), float("nan"), 0.0)
-    b = image_b[common]
     return PhotometricComparison(
-        _zncc(b, warped_1[common]), _zncc(b, warped_2[common]), float(common.mean())
+        zncc(image_b, warped_1, common), zncc(image_b, warped_2, common), float(common.mean())
     )
 
 

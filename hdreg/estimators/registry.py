@@ -14,7 +14,10 @@ estimators:
   ``+<refinement>``. No guessing: when the whole spec is an existing file it is the checkpoint,
   whatever '+' its name holds; otherwise a final ``+<known refinement>`` is the refinement;
 * :func:`parse_spec` takes either (what :func:`hdreg.estimate` is given) and refuses anything
-  else with one error that lists what is valid.
+  else with one error that lists what is valid;
+* :func:`resolve` builds the estimator of any spec: the one way from a name to an estimator,
+  used by :func:`hdreg.estimate`, ``hdreg align``, ``evaluate.py`` (:func:`build_estimators`)
+  and training's test table.
 
 Example:
     >>> parse_method_spec("sift+ecc", ["sift", "ecc"])
@@ -30,14 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from hdreg.estimators.base import Estimator
+from hdreg.estimators.downsize import Downsized, check_max_side
+from hdreg.estimators.refinement import RefinedEstimator
 
 __all__ = [
     "REFINEMENTS",
     "MethodSpec",
-    "build_estimator",
+    "build_estimators",
+    "check_method_specs",
     "parse_checkpoint_spec",
     "parse_method_spec",
     "parse_spec",
+    "resolve",
 ]
 
 # Refinements a spec may end in ('+ecc', '+adapt', chained: '+adapt+ecc'): each is a method
@@ -76,13 +83,29 @@ def _check_not_empty(text: str, base: str, plus: str, what: str, example: str) -
         )
 
 
+def _split_method(text: str, known: Iterable[str]) -> tuple[str, str, str]:
+    """``text`` as ``(method, "+", refinements)``. A known name that holds a ``+`` (a detector and
+    its matcher, ``disk+lightglue``) is one method: ``disk+lightglue+ecc`` is it refined by ECC.
+
+    >>> _split_method("disk+lightglue+ecc", ["disk+lightglue", "sift"])
+    ('disk+lightglue', '+', 'ecc')
+    """
+    whole = [k for k in known if "+" in k and (text == k or text.startswith(k + "+"))]
+    if whole:
+        name = max(whole, key=len)
+        return name, text[len(name) : len(name) + 1], text[len(name) + 1 :]
+    return text.partition("+")
+
+
 def parse_method_spec(text: str, known: Iterable[str]) -> MethodSpec:
-    """``"sift"`` / ``"sift+ecc"`` → :class:`MethodSpec`; ``known``: the valid method names.
+    """``"sift"`` / ``"sift+ecc"`` / ``"disk+lightglue+ecc"`` → :class:`MethodSpec`; ``known``:
+    the valid method names.
 
     Raises ``ValueError`` naming the valid methods or refinements.
     """
     text = str(text)
-    base, plus, refine = text.partition("+")
+    known = list(known)
+    base, plus, refine = _split_method(text, known)
     _check_not_empty(text, base, plus, "method", "a method name such as sift")
     known = sorted(known)
     if base not in known:
@@ -166,7 +189,7 @@ def parse_spec(spec: str | os.PathLike[str]) -> MethodSpec:
         raise _unknown(spec)
     text = str(os.fspath(spec))
     names = method_names()
-    if text.partition("+")[0] in names:
+    if _split_method(text, names)[0] in names:
         return parse_method_spec(text, names)
     parsed = parse_checkpoint_spec(text)
     if parsed.checkpoint is not None and parsed.checkpoint.is_file():
@@ -177,55 +200,75 @@ def parse_spec(spec: str | os.PathLike[str]) -> MethodSpec:
 
 
 def _instantiate(params: Any, **overrides: Any) -> Any:
-    from hydra.utils import instantiate
+    from hydra.utils import instantiate  # hydra only when a method_params entry is built
 
     return instantiate(params, **overrides)
 
 
-def build_estimator(
-    spec: MethodSpec,
-    method_params: Mapping[str, Any] | None = None,
+def resolve(
+    spec: str | os.PathLike[str] | MethodSpec,
     *,
     device: str = "auto",
-    overrides: Mapping[str, Any] | None = None,
-    refiners: dict[str, Any] | None = None,
+    max_side: int | None = None,
     min_confidence: float | None = None,
-    built: dict[tuple, Estimator] | None = None,
+    method_params: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     refiner_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    built: dict[tuple, Any] | None = None,
 ) -> Estimator:
-    """The estimator of a parsed spec.
+    """The estimator of a method spec: the one way from a name to an estimator.
 
     Args:
-        spec: from :func:`parse_method_spec` or :func:`parse_checkpoint_spec`.
+        spec: a method (``"sift"``, ``"sift+ecc"``), a shipped model (``"wide"``,
+            ``"iterative+adapt+ecc"``) or a checkpoint file (``"runs/m.ckpt+ecc"``), parsed by
+            :func:`parse_spec`; or a spec already parsed by :func:`parse_method_spec` or
+            :func:`parse_checkpoint_spec` (a list that admits only one kind).
+        device: for checkpoints and shipped models (``"auto"``, ``"cpu"``, ``"cuda"``, …).
+        max_side: when given, the estimator runs on copies of larger images downsized to this
+            longer side (:class:`~hdreg.estimators.downsize.Downsized`); 0 or ``None``: never.
+        min_confidence: for a checkpoint of a plain network, report estimates under this
+            confidence as failed (``hdreg align`` and :func:`hdreg.estimate` do, with
+            :data:`~hdreg.estimators.base.ALIGN_MIN_CONFIDENCE`; see
+            :class:`~hdreg.estimators.learned.HomographyNetEstimator`); with a refinement, the
+            refined estimate is judged.
         method_params: method configs by name (``evaluate.py``'s ``method_params``); a name
             missing here is read from ``hdreg/configs/method/<name>.yaml``.
-        device: for checkpoints.
-        overrides: constructor arguments that replace the method config's (``hdreg align``'s
-            ``--ratio``…).
-        refiners: a cache of built refiners by name, shared between calls.
-        min_confidence: for a checkpoint of a plain network, report estimates under this
-            confidence as failed (``hdreg align`` and the Python API do; see
-            :class:`~hdreg.estimators.learned.HomographyNetEstimator`).
-        built: a cache of the estimators built so far, shared between calls: ``x``, ``x+adapt``
-            and ``x+adapt+ecc`` then share their common part (the evaluation runs it once).
-        refiner_overrides: constructor arguments of refiners by name (``hdreg align --adapt
-            N``: ``{"adapt": {"steps": N}}``).
+        overrides: constructor arguments that replace the method config's (``hdreg align
+            --ratio``…; not for checkpoints).
+        refiner_overrides: constructor arguments of refiners by name (``hdreg align --adapt N``:
+            ``{"adapt": {"steps": N}}``).
+        built: a cache of the estimators and refiners built so far, shared between calls:
+            ``x``, ``x+adapt`` and ``x+adapt+ecc`` then share their common part (the evaluation
+            runs it once).
+
+    Raises:
+        ValueError: an unknown method, shipped model or refinement (naming the valid ones), a
+            refinement config that builds no refiner, or a bad ``max_side``.
+
+    >>> resolve("sift+ecc").name
+    'sift+ecc'
+    >>> resolve("ecc", max_side=1000).max_side
+    1000
     """
     from hdreg.config import method_estimator
-    from hdreg.estimators.refinement import RefinedEstimator
 
+    max_side = check_max_side(max_side)
+    if not isinstance(spec, MethodSpec):
+        spec = parse_spec(spec)
     params = method_params if method_params is not None else {}
 
     def make(name: str, **kw: Any) -> Any:
-        # evaluate.py's method_params (overridable), else hdreg/configs/method/<name>.yaml
-        return _instantiate(params[name], **kw) if name in params else method_estimator(name, **kw)
+        # evaluate.py's method_params (overridable; Hydra's keys spell a name's '+' as '_'),
+        # else hdreg/configs/method/<name>.yaml
+        key = name if name in params else name.replace("+", "_")
+        return _instantiate(params[key], **kw) if key in params else method_estimator(name, **kw)
 
     cache = built if built is not None else {}
     key: tuple = (spec.method, str(spec.checkpoint) if spec.checkpoint is not None else None)
     if (*key, "") in cache:
         estimator = cache[(*key, "")]
     elif spec.checkpoint is not None:
-        from hdreg.estimators.learned import load_checkpoint_estimator
+        from hdreg.estimators.learned import load_checkpoint_estimator  # torch
 
         # with a refinement, the confidence is judged on the refined estimate (below)
         estimator = load_checkpoint_estimator(
@@ -238,28 +281,66 @@ def build_estimator(
         raise ValueError(f"spec {spec.text!r} names neither a method nor a checkpoint")
     if not (spec.checkpoint is not None and min_confidence is not None):
         cache.setdefault((*key, ""), estimator)
-    if spec.refine is None:
-        return estimator
-    made = refiners if refiners is not None else {}
     done = ""
-    for step in spec.refine.split("+"):
+    for step in spec.refine.split("+") if spec.refine else ():
         done = f"{done}+{step}" if done else step
         if (*key, done) in cache:
             estimator = cache[(*key, done)]
             continue
-        if step not in made:
+        if ("+", step) not in cache:
             refiner = make(step, **dict((refiner_overrides or {}).get(step, {})))
             if not callable(getattr(refiner, "refine", None)):
                 raise ValueError(
                     f"the {step} config must build a refiner (an estimator with a refine "
                     f"method), got {type(refiner).__name__}"
                 )
-            made[step] = refiner
-        estimator = RefinedEstimator(estimator, made[step])
+            cache[("+", step)] = refiner
+        estimator = RefinedEstimator(estimator, cache[("+", step)])
         cache[(*key, done)] = estimator
-    refined = estimator
-    if spec.checkpoint is not None and min_confidence is not None:
-        from hdreg.estimators.learned import ConfidenceGate
+    if spec.refine is not None and spec.checkpoint is not None and min_confidence is not None:
+        from hdreg.estimators.learned import ConfidenceGate  # torch
 
-        return ConfidenceGate(refined, min_confidence)
-    return refined
+        estimator = ConfidenceGate(estimator, min_confidence)
+    return Downsized(estimator, max_side) if max_side is not None else estimator
+
+
+def check_method_specs(
+    methods: Iterable[str], method_params: Mapping[str, Any] | None = None
+) -> list[MethodSpec]:
+    """Parse ``evaluate.py``'s ``methods`` (and training's ``test_methods``) against the method
+    names (``hdreg/configs/method/`` plus any ``method_params`` entry); ``ValueError`` for an
+    unknown name, before any work starts.
+
+    >>> [s.text for s in check_method_specs(["identity", "sift+ecc"])]
+    ['identity', 'sift+ecc']
+    """
+    from hdreg.config import method_names
+
+    known = sorted(set(method_names()) | set((method_params or {}).keys()))
+    return [parse_method_spec(str(m), known) for m in methods]
+
+
+def build_estimators(
+    methods: Iterable[str] | str,
+    method_params: Mapping[str, Any] | None = None,
+    checkpoints: Iterable[str] = (),
+    device: str = "auto",
+) -> list[Estimator]:
+    """The estimators of ``evaluate.py``'s ``methods`` and ``checkpoints`` lists, in order.
+
+    ``methods`` are parsed by :func:`check_method_specs`, ``checkpoints`` by
+    :func:`parse_checkpoint_spec` (a method name is not a checkpoint); all are built by
+    :func:`resolve` with one cache, so that ``x``, ``x+ecc`` and ``x+adapt+ecc`` share ``x``
+    (the runner estimates it once). Refiners come from ``method_params.<name>`` (overridable:
+    ``method_params.ecc.refine_levels=1``). ``ValueError`` when both lists are empty.
+    """
+    if isinstance(methods, str):
+        methods = [methods]
+    specs = check_method_specs(methods, method_params)
+    specs += [parse_checkpoint_spec(str(c)) for c in checkpoints or ()]
+    if not specs:
+        raise ValueError("nothing to evaluate: give methods=[...] and/or checkpoints=[...]")
+    built: dict[tuple, Any] = {}
+    return [
+        resolve(spec, method_params=method_params, device=device, built=built) for spec in specs
+    ]

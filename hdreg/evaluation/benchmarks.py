@@ -15,26 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
-from hdreg.data.benchmark import (
+from hdreg.data.benchmarks.synthetic import (
     SyntheticBenchmark,
     make_synthetic_benchmark,
     read_synthetic_benchmarks,
 )
-from hdreg.data.pairs import (
+from hdreg.data.decoding import load_gray, load_images, min_source_side
+from hdreg.data.real.pairs import (
     RealPair,
     check_ground_truth,
     crosses_horizon,
     find_real_pairs,
     overlap_polygon,
 )
-from hdreg.data.sources import (
-    images_of_split,
-    load_gray,
-    load_images,
-    min_source_side,
-    resolve_source,
-)
-from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter
+from hdreg.data.sources import resolve_source
+from hdreg.data.splits import images_of_split
+from hdreg.data.synthetic.detone import DeToneProtocol, PhotometricJitter
 from hdreg.evaluation.metrics import corner_error
 from hdreg.geometry_np import folds, project, rect_corners
 
@@ -135,7 +131,7 @@ class EvalPairs:
         """Real pairs scored in pixels of B on points of A mapped by ``H_b_from_a (N, 3, 3)``
         (the ground truth for the images as given): the four corners of image A, or, when the
         ground truth sends one of them behind the camera, the vertices of the part of A that
-        lands inside B (:func:`hdreg.data.pairs.overlap_polygon`). A pair with no such part
+        lands inside B (:func:`hdreg.data.real.pairs.overlap_polygon`). A pair with no such part
         cannot be scored: it joins ``skipped`` (after the ones given)."""
         H_b_from_a = np.asarray(H_b_from_a, np.float64).reshape(-1, 3, 3)
         skipped = list(skipped)
@@ -225,7 +221,7 @@ def synthetic_pairs(
     wrote it), or, when ``path`` is None, ``n`` pairs generated from ``source`` with ``seed`` —
     the same pairs ``hdreg make-benchmark`` writes for those arguments. Built from
     ``hdreg/configs/benchmark/synthetic.yaml``, which holds every default; ``jitter`` as for
-    :meth:`~hdreg.data.synthetic.PhotometricJitter.from_spec`."""
+    :meth:`~hdreg.data.synthetic.detone.PhotometricJitter.from_spec`."""
     if path:  # one file, or a glob of shards
         if Path(path).expanduser().is_dir():
             raise IsADirectoryError(_folder_as_benchmark(Path(path).expanduser()))
@@ -281,7 +277,7 @@ def load_real_pairs(
     pairs: Sequence[RealPair],
     load: Callable[[Path], tuple[np.ndarray, tuple[int, int]]],
 ) -> tuple[list[LoadedPair], list[SkippedPair]]:
-    """Read the images of ``pairs`` (from :func:`hdreg.data.pairs.find_real_pairs` with
+    """Read the images of ``pairs`` (from :func:`hdreg.data.real.pairs.find_real_pairs` with
     ``keep_unusable=True``) with ``load`` (path -> image as scored, file's ``(width,
     height)``). A pair whose ground truth is unusable (its ``problem``) or one of whose images
     cannot be read is skipped, with the reason; the others are returned, in order."""

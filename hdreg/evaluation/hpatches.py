@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hdreg.data.pairs import check_ground_truth, find_real_pairs
-from hdreg.data.sources import load_gray, resize_gray
+from hdreg.data.decoding import load_gray, resize_gray
+from hdreg.data.real.pairs import check_ground_truth, find_real_pairs
 from hdreg.evaluation.benchmarks import EvalPairs, in_pair_order, load_real_pairs
 from hdreg.geometry import rescale_homography
 

@@ -87,6 +87,9 @@ def format_table(result: EvaluationResult, *, per_pair: bool | None = None) -> s
     for m in result.methods:
         if (line := _refinement_line(m.name, m.details)) is not None:
             lines.append(line)
+        budgets = sorted({str(d["budget"]) for d in m.details if "budget" in d})
+        if budgets:  # the learned matchers' input-size budget (hdreg/configs/method/)
+            lines.append(f"{m.name}: network input {'; '.join(budgets)}.")
     if per_pair is None:
         per_pair = pairs.kind == "real" and len(pairs) <= 200
     if per_pair:
@@ -139,7 +142,8 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
     """Write ``results.md``, ``results.csv``, ``pairs.csv``, ``results.json`` and the plot into
     ``out_dir`` (created if needed); returns the paths by kind. ``pairs.csv`` also lists each
     skipped pair, for every method, with an empty error, failure flag and time, and the reason
-    (``skipped: ...``)."""
+    (``skipped: ...``); every other row is one pair's
+    :class:`~hdreg.estimators.base.Result` and its corner error."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -159,11 +163,11 @@ def write_report(result: EvaluationResult, out_dir: str | Path) -> dict[str, Pat
         w = csv.writer(f)
         w.writerow(["method", "pair", "group", "error", "failed", "ms", "reason", "details"])
         for m in result.methods:
-            details = m.details or [{}] * len(m.errors)
-            for i, pid in enumerate(result.pairs.ids):
+            rows = zip(result.pairs.ids, result.pairs.groups, m.errors, m.results, strict=True)
+            for pid, group, error, r in rows:
                 w.writerow([
-                    m.name, pid, result.pairs.groups[i], f"{m.errors[i]:.6g}", int(m.failed[i]),
-                    f"{1e3 * m.seconds[i]:.4g}", m.reasons[i], _details_json(details[i]),
+                    m.name, pid, group, f"{error:.6g}", int(r.failed), f"{1e3 * r.seconds:.4g}",
+                    r.reason, _details_json(r.details),
                 ])  # fmt: skip
             for sk in result.pairs.skipped:
                 w.writerow([m.name, sk.id, sk.group, "", "", "", f"skipped: {sk.reason}", ""])

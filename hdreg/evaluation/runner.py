@@ -13,13 +13,15 @@ import os
 import signal
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from hdreg.estimators import Estimate, Estimator, reportable
+from hdreg.estimators.base import Result
 from hdreg.estimators.refinement import RefinedEstimator
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.metrics import summarize
@@ -29,16 +31,36 @@ __all__ = ["EvaluationResult", "MethodResult", "evaluate", "unique_names"]
 
 @dataclass
 class MethodResult:
-    """One method on one evaluation set: per-pair arrays and the summary (``SUMMARY_KEYS``)."""
+    """One method on one evaluation set: its :class:`~hdreg.estimators.base.Result` for each
+    pair (in the order of the pairs; a failed pair carries the identity, and ``details`` only
+    the reportable entries), the corner errors and the summary (``SUMMARY_KEYS``). The per-pair
+    arrays below are read from the results."""
 
     name: str
-    H_a_from_b: np.ndarray
-    failed: np.ndarray
-    seconds: np.ndarray
-    reasons: list[str]
+    results: list[Result]
     errors: np.ndarray
     summary: dict[str, float]
-    details: list[dict[str, Any]] = field(default_factory=list)  # per pair, reportable only
+
+    @cached_property
+    def H_a_from_b(self) -> np.ndarray:
+        """``(N, 3, 3)``: each pair's ``a_from_b`` (the identity where failed)."""
+        return np.stack([r.a_from_b for r in self.results]) if self.results else np.zeros((0, 3, 3))
+
+    @cached_property
+    def failed(self) -> np.ndarray:
+        return np.array([r.failed for r in self.results], bool)
+
+    @cached_property
+    def seconds(self) -> np.ndarray:
+        return np.array([r.seconds for r in self.results], np.float64)
+
+    @cached_property
+    def reasons(self) -> list[str]:
+        return [r.reason for r in self.results]
+
+    @cached_property
+    def details(self) -> list[dict[str, Any]]:
+        return [r.details for r in self.results]
 
 
 @dataclass
@@ -189,7 +211,7 @@ def evaluate(
         pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
     # The raw results of each estimator, by identity: a refined estimator whose base was
     # scored alone in this run (``wide`` and ``wide+ecc`` share one base, see
-    # hdreg.apps.evaluate.build_estimators) refines those results instead of running it again.
+    # hdreg.estimators.registry.build_estimators) refines those results instead of running it again.
     raw: dict[int, Estimate] = {}
     try:
         results = []
@@ -242,4 +264,6 @@ def _evaluate_one(
     H[failed] = np.eye(3)
     errors = pairs.errors(H)
     summary = summarize(errors, failed, seconds)
-    return MethodResult(name, H, failed, seconds, reasons, errors, summary, details), raw
+    scored = Estimate(H, failed, seconds, reasons, details)
+    results = [Result.from_estimate(scored, i, name) for i in range(n)]
+    return MethodResult(name, results, errors, summary), raw

@@ -27,6 +27,8 @@ from hdreg.geometry import (
     sample_at,
     warp_grid,
 )
+from hdreg.models.checkpoint import check_model_config, load_module
+from hdreg.models.panel import pair_panel
 
 __all__ = ["HomographyModule", "build_module", "corner_distance"]
 
@@ -61,8 +63,7 @@ class HomographyModule(pl.LightningModule):
     ``data=unlabeled``) logs the loss itself as ``val/photometric``. A module built by
     :func:`build_module` (as ``train.py`` does) records its own config, without optimizer and
     scheduler, as :attr:`hdreg_model`; every checkpoint stores it, and
-    :func:`hdreg.estimators.learned.load_module` rebuilds the module
-    from it.
+    :func:`hdreg.models.checkpoint.load_module` rebuilds the module from it.
     """
 
     def __init__(
@@ -204,8 +205,6 @@ class HomographyModule(pl.LightningModule):
         experiment = getattr(logger, "experiment", None)
         if not hasattr(experiment, "add_image") or self.trainer.sanity_checking:
             return
-        from hdreg.visualize import pair_panel
-
         k = min(self.panel_pairs, batch["patch_a"].shape[0])
         pa, pb = batch["patch_a"][:k].float(), batch["patch_b"][:k].float()
         p = pa.shape[-1]
@@ -269,10 +268,8 @@ class HomographyModule(pl.LightningModule):
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: str | Path, map_location: Any = None, **kwargs: Any
     ) -> HomographyModule:
-        """The same as :func:`hdreg.estimators.learned.load_module` (the model is rebuilt from
+        """The same as :func:`hdreg.models.checkpoint.load_module` (the model is rebuilt from
         the checkpoint's ``hdreg_model`` config), checked to be a ``cls``."""
-        from hdreg.estimators.learned import load_module
-
         if kwargs:
             raise TypeError(f"unsupported arguments {sorted(kwargs)}: the config is in the file")
         module = load_module(checkpoint_path, device=map_location or "cpu")
@@ -297,8 +294,6 @@ def build_module(config: Mapping[str, Any] | DictConfig) -> HomographyModule:
     model = {k: v for k, v in plain.items() if k not in ("optimizer", "scheduler")}
     # A checkpoint is rebuilt only from the allow-list of hdreg.models.checkpoint: say so early
     # when a config names a class of its own (it trains; its files load once it is registered).
-    from hdreg.models.checkpoint import check_model_config
-
     try:
         check_model_config(model)
     except ValueError as exc:

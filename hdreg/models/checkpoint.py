@@ -1,4 +1,5 @@
-"""Reading hdreg checkpoints without running code: an allow-list of classes, plain arguments.
+"""Model files in one place: reading, checking, saving and exporting hdreg checkpoints,
+without running code: an allow-list of classes, plain arguments.
 
 A checkpoint (``train.py``'s ``.ckpt`` or a weights-only ``.pt``) carries its model's config
 under ``"hdreg_model"``: the LightningModule's class, its ``net`` and ``loss`` (each a class
@@ -9,19 +10,19 @@ from the file), and every argument must be a plain value (``None``, bool, int, f
 list of those). Anything else — an unknown class, a nested ``_target_``, ``_partial_`` or
 ``_args_``, a mapping where a value belongs — is refused with a ``ValueError`` naming the file
 before any object is built. ``torch.load(weights_only=True)`` refuses pickled code in the file
-itself.
+itself (:mod:`hdreg.models.file_format`).
 
 :func:`load_net` builds the plain network (no PyTorch Lightning, no Hydra: fast to import);
-:func:`load_module` the LightningModule around it (for training and export).
+:func:`load_module` the LightningModule around it (for training and export);
+:func:`save_weights` and :func:`export_weights` write the weights-only files both read.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import importlib
 import math
-import re
-import zipfile
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,18 +30,36 @@ from typing import Any
 import torch
 from torch import nn
 
+from hdreg.device import resolve_device
+from hdreg.files import atomic_write
+from hdreg.models.file_format import (
+    MODEL_FILE,
+    file_sha256,
+    load_torch_file,
+    non_pytorch_format,
+    tensors_sha256,
+)
+from hdreg.weights import estimator_config, shipped_for_path, shipped_weights
+
 __all__ = [
+    "ESTIMATORS",
     "LOSSES",
     "MODULES",
     "NETS",
     "Checkpoint",
+    "build_net",
+    "check_estimator_config",
     "check_model_config",
+    "check_output_is_not_input",
+    "export_weights",
+    "load_module",
     "load_net",
     "load_torch_file",
     "non_pytorch_format",
     "read_checkpoint",
     "register",
     "resolve_checkpoint",
+    "save_weights",
     "tensors_sha256",
 ]
 
@@ -136,13 +155,8 @@ def check_estimator_config(config: Any) -> None:
         if not isinstance(key, str) or key.startswith("_") or not _is_plain(value):
             raise ValueError(f"hdreg_estimator.{key} must be a plain keyword argument")
     refine = config.get("refine")
-    if refine is not None:
-        from hdreg.weights import shipped_weights
-
-        if refine not in shipped_weights():
-            raise ValueError(
-                f"hdreg_estimator.refine names {refine!r}, which is not a shipped model"
-            )
+    if refine is not None and refine not in shipped_weights():
+        raise ValueError(f"hdreg_estimator.refine names {refine!r}, which is not a shipped model")
 
 
 def register(kind: str, cls: type) -> None:
@@ -182,25 +196,6 @@ def build_module_from_config(config: dict[str, Any]) -> Any:
     return module
 
 
-def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (sorted by
-    name): what ``hdreg weights export`` records and loading verifies."""
-    digest = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_checkpoint(spec: str | Path) -> Path:
     """The checkpoint file a user's ``spec`` names: an existing file at that path (``~``
     expanded), else the weights shipped with hdreg under that name (``hdreg weights``), else
@@ -209,142 +204,8 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    from hdreg.weights import shipped_weights
-
     found = shipped_weights().get(str(spec))
     return found.path if found else path
-
-
-#: what a file a user hands us as a model must be
-MODEL_FILE = "an hdreg checkpoint or weights file"
-#: the pickled magic number that opens a file of ``torch.save(..., _use_new_zipfile_serialization
-#: =False)``, after the pickle's protocol header
-_LEGACY_TORCH_MAGIC = bytes.fromhex("8a0a6cfc9c46f9206aa85019")
-#: an ONNX ModelProto (protobuf): ir_version (field 1), then one of the fields 2-8
-_ONNX_HEAD = re.compile(rb"\x08[\x01-\x7f][\x12\x1a\x22\x28\x32:B]")
-#: leading bytes of formats people hand us by mistake
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF87a", "a GIF image"),
-    (b"GIF89a", "a GIF image"),
-    (b"II*\x00", "a TIFF image"),
-    (b"MM\x00*", "a TIFF image"),
-    (b"\x93NUMPY", "a NumPy .npy array"),
-    (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
-    (b"\x1f\x8b", "a gzip archive"),
-    (b"%PDF-", "a PDF document"),
-)
-
-
-def _zip_format(path: Path) -> str | None:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return None  # a damaged archive: torch.load says what is wrong with it
-    if any(n.endswith("constants.pkl") for n in names):
-        return "a TorchScript archive, written by torch.jit.save"
-    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-        return None
-    if names and all(n.endswith(".npy") for n in names):
-        return "a NumPy .npz archive"
-    return "a zip archive"
-
-
-def _text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start >= len(head) - 3  # a character cut at the end of the bytes read
-    return True
-
-
-def non_pytorch_format(path: str | Path) -> str | None:
-    """What the file at ``path`` is when it is not a file ``torch.load`` reads (a zip archive
-    with ``data.pkl``, or the older pickle format): ``"a PNG image"``, ``"an ONNX model"``,
-    ``"a text file"``, ``"an empty file"``, ... or ``"not a PyTorch file"``; ``None`` for a
-    PyTorch file. Only the first bytes (and a zip archive's list of names) are read.
-
-    >>> import tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     _ = (Path(d) / "model.ckpt").write_text("hello")
-    ...     non_pytorch_format(Path(d) / "model.ckpt")
-    'a text file'
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if not head:
-        return "an empty file"
-    if head.startswith(b"PK\x03\x04"):
-        return _zip_format(path)
-    if head.startswith(b"\x80") and _LEGACY_TORCH_MAGIC in head[:32]:
-        return None
-    for signature, kind in _SIGNATURES:
-        if head.startswith(signature):
-            return kind
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "a WebP image"
-    if re.match(rb"P[1-7]\s", head):
-        return "a PNM image (PBM/PGM/PPM)"
-    if head[:2] == b"BM" and int.from_bytes(head[2:6], "little") == path.stat().st_size:
-        return "a BMP image"
-    if path.suffix.lower() == ".onnx" or _ONNX_HEAD.match(head):
-        return "an ONNX model"
-    if head.startswith(b"\x80"):
-        return "a Python pickle, not a PyTorch file"
-    if _text(head):
-        return "a text file"
-    return "not a PyTorch file"
-
-
-def _refused_content(exc: BaseException) -> str | None:
-    """What ``torch.load(weights_only=True)`` refused to unpickle in a file it could parse
-    (``None`` when it could not parse the file). Torch's own message advises to retry with
-    ``weights_only=False``, which would run whatever code the file holds: it is never shown."""
-    text = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
-        return f"pickled Python objects ({found.group(1)})"
-    if "weights_only" in text or "WeightsUnpickler" in text:
-        return "pickled data other than tensors and plain values"
-    return None
-
-
-def load_torch_file(path: str | Path, label: str | None = None, *, mmap: bool = False) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, for a file a user named as a model.
-
-    Anything else is refused with a one-line ``ValueError`` naming the file (``label``, default
-    the path) and saying what it is: an empty file, another format (an image, an ONNX model, a
-    text file, ...), a corrupt or truncated PyTorch file, or one that holds pickled objects.
-    ``mmap`` maps the tensors of a zip-format file instead of reading them.
-    """
-    path = Path(path)
-    label = label or str(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"{label} is an empty file (0 bytes), not {MODEL_FILE}")
-    kind = non_pytorch_format(path)
-    if kind is not None:
-        raise ValueError(f"{label} is not {MODEL_FILE} (it is {kind})")
-    with open(path, "rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"  # the older format cannot be memory-mapped
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
-    except Exception as exc:  # whatever torch fails on, the file is at fault, not the program
-        refused = _refused_content(exc)
-        if refused:
-            raise ValueError(
-                f"{label} is not {MODEL_FILE}: it holds {refused}, which hdreg never loads"
-            ) from exc
-        text = str(exc).strip()
-        first = re.split(r"(?<=\.)\s", text.splitlines()[0])[0] if text else type(exc).__name__
-        raise ValueError(
-            f"{label} is a corrupt or truncated PyTorch file ({size} bytes): {first.rstrip('.')}"
-        ) from exc
 
 
 @dataclass(frozen=True)
@@ -376,10 +237,8 @@ def read_checkpoint(spec: str | Path) -> Checkpoint:
         raise IsADirectoryError(f"checkpoint {path} is a folder: expected {MODEL_FILE}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    from hdreg.weights import shipped_for_path
-
-    shipped = shipped_for_path(path)
-    if shipped is not None and shipped.sha256 and file_sha256(path) != shipped.sha256:
+    known = shipped_for_path(path)
+    if known is not None and known.sha256 and file_sha256(path) != known.sha256:
         raise ValueError(
             f"{path}: the shipped weights file is corrupt (its SHA-256 differs from the one in "
             "index.json); reinstall hdreg"
@@ -446,11 +305,110 @@ def load_net(spec: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     return net_from_checkpoint(read_checkpoint(spec)).to(device)
 
 
-def load_module_checked(spec: str | Path, device: str | torch.device = "cpu") -> Any:
-    """The LightningModule saved in an hdreg checkpoint, weights loaded, in eval mode."""
+def load_module(spec: str | Path, device: str | torch.device = "cpu") -> Any:
+    """Rebuild the LightningModule saved in an hdreg checkpoint, weights loaded, in eval mode.
+
+    Any file with the model's config under ``"hdreg_model"`` and its weights under
+    ``"state_dict"`` is read: a checkpoint written by ``train.py``, or a weights-only file (as
+    :func:`save_weights` writes). The config is checked against the allow-list of classes and
+    plain arguments before anything is built (reading a file never runs code). Raises
+    ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for one that is
+    not such a checkpoint. ``spec`` may also name weights shipped with hdreg (``hdreg weights``).
+    """
+    device = resolve_device(device)
     ckpt = read_checkpoint(spec)
     module = build_module_from_config(ckpt.config)
     _load_state(module, ckpt.state_dict, ckpt.path)
     best = float(ckpt.meta.get("val_mace_best", math.inf))
     module.on_load_checkpoint({"val_mace_best": best})
     return module.to(device).eval()
+
+
+def save_weights(module: Any, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the weights-only file :func:`load_module` reads: ``hdreg_model``, ``state_dict``
+    and ``val_mace_best`` (no optimizer state; a fraction of a training checkpoint's size)."""
+    if module.hdreg_model is None:
+        raise ValueError("the module has no hdreg_model config: build it with build_module")
+    path = Path(path).expanduser()
+    state = module.state_dict()
+    checkpoint: dict[str, Any] = {"state_dict": state, "tensors_sha256": tensors_sha256(state)}
+    module.on_save_checkpoint(checkpoint)  # adds hdreg_model and val_mace_best
+    checkpoint.update(extra or {})
+    torch.save(checkpoint, path)
+    return path
+
+
+def check_output_is_not_input(
+    out: str | Path, source: str | Path, what: str = "checkpoint"
+) -> None:
+    """``ValueError`` when ``out`` is the very file ``source`` names (a path or a shipped name):
+    the same resolved path, or the same file under another name (a link).
+
+    >>> from hdreg.weights import shipped
+    >>> check_output_is_not_input("copy.pt", "iterative")  # another file: nothing to say
+    >>> try:
+    ...     check_output_is_not_input(shipped("iterative").path, "iterative")
+    ... except ValueError:
+    ...     print("refused")
+    refused
+    """
+    src = resolve_checkpoint(source)
+    if not src.is_file():
+        return
+    out = Path(out).expanduser()
+    same = out.resolve() == src.resolve()
+    if not same and out.exists():
+        with contextlib.suppress(OSError):
+            same = os.path.samefile(out, src)
+    if same:
+        named = "" if str(out) == str(source) else f" ({source}, the same file)"
+        raise ValueError(
+            f"output {out} is the {what} it is exported from{named}: give another output file "
+            f"(writing it would replace the {what})"
+        )
+
+
+def export_weights(
+    checkpoint: str | Path,
+    out: str | Path,
+    estimator: str | None = None,
+    *,
+    iterations: int | None = None,
+    fine_iterations: int | None = None,
+) -> Path:
+    """Write the weights-only copy of an hdreg checkpoint (its model config, weights and
+    ``val_mace_best``; no optimizer, scheduler or loop state), atomically. Returns ``out``.
+    ``estimator``: also record the whole-image estimator the file stands for
+    (``hdreg/configs/estimator/<estimator>.yaml``, e.g. ``wide``). ``iterations``,
+    ``fine_iterations``: the iteration counts an iterative network runs at inference (its
+    update is weight-tied, so any count runs; ``None``: as trained), written into the file's
+    network config."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise ValueError(f"{out} is a directory: give the weights file to write, e.g. {out}/w.pt")
+    check_output_is_not_input(out, checkpoint)
+    module = load_module(checkpoint)
+    counts = {"iterations": iterations, "fine_iterations": fine_iterations}
+    counts = {k: v for k, v in counts.items() if v is not None}
+    if counts:
+        net_config = module.hdreg_model.get("net", {})
+        for key, value in counts.items():
+            if key not in net_config:
+                raise ValueError(
+                    f"{checkpoint}: --{key.replace('_', '-')} applies to an iterative network; "
+                    f"this one is {net_config.get('_target_', 'unknown')}"
+                )
+            least = 1 if key == "iterations" else int(net_config[key] > 0)
+            if isinstance(value, bool) or int(value) != value or value < least:
+                raise ValueError(f"{key} must be a whole number >= {least}, got {value!r}")
+            net_config[key] = int(value)  # the file's config; its weights are the same
+    extra = {"hdreg_estimator": estimator_config(estimator)} if estimator else {}
+    if extra:
+        check_estimator_config(extra["hdreg_estimator"])
+    try:
+        with atomic_write(out) as tmp:  # staged under a name of its own, then renamed
+            save_weights(module, tmp, extra)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot write {out}: {reason}") from None
+    return out

@@ -1,7 +1,7 @@
 """On-disk image cache: decode, convert and resize a source's images once, memory-map them after.
 
-:func:`load_cached_images` returns the same :class:`~hdreg.data.sources.ImageSet` as
-:func:`~hdreg.data.sources.load_images` (same files skipped with the same single warning, same
+:func:`load_cached_images` returns the same :class:`~hdreg.data.decoding.ImageSet` as
+:func:`~hdreg.data.decoding.load_images` (same files skipped with the same single warning, same
 pixels: the same ``load_gray`` and ``resize_gray``), but the images live in a ``.npy`` file
 opened with ``mmap_mode="r"``: the second call costs one ``stat`` per file and opening a map, and
 every process that maps the file shares one copy in the page cache (COCO train2014 at 320×240:
@@ -17,10 +17,11 @@ root's absolute path, ``<W>x<H>``):
 
 The key hashes the format version, the image size, the root and every file's relative path, size
 and modification time (ns). When it changes (a file added, removed, rewritten or touched) the
-cache is rebuilt: the images are written to a temporary file, renamed into place when complete,
-the index is replaced atomically, and the stale ``.npy`` file is deleted (processes that still map
-it keep reading their copy). A different image size is a different cache (``<W>x<H>`` in the name),
-so two sizes of one source can coexist.
+cache is rebuilt: the images are written to a staging file (:func:`hdreg.files.atomic_write`),
+renamed into place when complete, the index is replaced atomically, and the stale ``.npy`` file is
+deleted (processes that still map it keep reading their copy); so are staging files that a killed
+builder left. A different image size is a different cache (``<W>x<H>`` in the name), so two sizes
+of one source can coexist.
 
 Decoding runs in ``workers`` processes started by forkserver (spawn where there is none), never
 forked from the caller: a child forked while the caller's OpenCV thread pool is busy can deadlock
@@ -28,15 +29,9 @@ in OpenCV. Such processes re-import the main module, so call this from a guarded
 (``if __name__ == "__main__":``), an interactive session or a notebook, not from stdin, or pass
 ``workers=1``.
 
-Processes and pickling: on Linux, DataLoader workers are forked and share the parent's map. A
-``np.memmap`` that gets *pickled* (spawn or forkserver start methods, the default on macOS and
-Windows and from Python 3.14 on Linux, or DDP's spawn launcher) is sent as a full in-memory copy
-of the data, and ``ImageSet.subset`` (fancy indexing) copies the selected images into memory.
-Rows of a read-only map are read-only, and ``torch.from_numpy`` warns on them (``SyntheticPairs``
-with ``with_full_image`` and no jitter hands the source image itself to torch). ``lazy=True``
-returns :class:`MappedImages` instead: an array-like that pickles as its path and re-opens the map
-in the receiving process, whose subsets stay index lists over the one file, and whose images come
-out as small writable copies.
+A ``np.memmap`` is copied whole when it is pickled (spawn or forkserver DataLoader workers, DDP's
+spawn launcher); ``lazy=True`` returns :class:`~hdreg.training.mapped_images.MappedImages` instead,
+which pickles as its path (see :mod:`hdreg.training.mapped_images`).
 """
 
 from __future__ import annotations
@@ -49,119 +44,32 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
-from hdreg.data.sources import (
+from hdreg.data.decoding import (
     ImageSet,
-    ImageSource,
     check_image_size,
     decode_resized,
     no_usable_image,
     warn_skipped,
 )
+from hdreg.data.sources import ImageSource
+from hdreg.files import STAGING_MARK, atomic_write
+from hdreg.training.mapped_images import MappedImages
 
-__all__ = ["CACHE_VERSION", "MappedImages", "cache_key", "load_cached_images"]
+__all__ = ["CACHE_VERSION", "cache_key", "load_cached_images"]
 
 log = logging.getLogger(__name__)
 
 # Bump when decoding or resizing changes what a cached image holds: every cache is then rebuilt.
 CACHE_VERSION = 1
 _CHUNK = 1024  # files per round trip to the decoding processes (bounds the memory in flight)
-
-
-class MappedImages:
-    """Read-only ``(N, H, W) uint8`` images in a ``.npy`` file, mapped on first use per process.
-
-    Behaves like the array where the pair generators need it: ``shape``, ``dtype``, ``ndim``,
-    ``len``; ``images[k]`` gives image ``k`` as a writable ``(H, W)`` copy (77 KB at 320×240, so
-    that ``torch.from_numpy`` never aliases read-only mapped pages); ``images[list]`` or
-    ``images[slice]`` gives another ``MappedImages`` over the same file (no copy), and
-    ``np.asarray(images)`` reads the selected images into memory.
-
-    Pickling sends the path and the selected indices only; the receiving process maps the file
-    itself.
-
-    Args:
-        path: a ``.npy`` file of shape ``(N, H, W)`` and dtype ``uint8``.
-        indices: optional selection of images (default: all, in file order).
-    """
-
-    def __init__(self, path: str | Path, indices: Sequence[int] | np.ndarray | None = None) -> None:
-        self.path = Path(path)
-        self._array: np.ndarray | None = None
-        full = self.array
-        if full.ndim != 3 or full.dtype != np.uint8:
-            raise ValueError(
-                f"{self.path} must hold (N, H, W) uint8 images, got {full.dtype} {full.shape}"
-            )
-        self._indices: np.ndarray | None = None
-        if indices is not None:
-            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-            if idx.size and (idx.min() < -len(full) or idx.max() >= len(full)):
-                raise IndexError(f"image index out of range for {len(full)} images in {self.path}")
-            self._indices = np.where(idx < 0, idx + len(full), idx)
-
-    @property
-    def array(self) -> np.ndarray:
-        """The whole file, memory-mapped read-only (opened on first use in this process)."""
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
-        return self._array
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        n, h, w = self.array.shape
-        return (n if self._indices is None else len(self._indices), h, w)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.array.dtype
-
-    @property
-    def ndim(self) -> int:
-        return 3
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: Any) -> np.ndarray | MappedImages:
-        if isinstance(index, int | np.integer):
-            n = len(self)
-            if not -n <= index < n:
-                raise IndexError(f"image index {index} out of range for {n} images")
-            k = int(index) if self._indices is None else int(self._indices[index])
-            return np.array(self.array[k])
-        selection = np.arange(len(self))[index]  # slices, lists, integer or boolean arrays
-        if selection.ndim != 1:
-            raise TypeError(f"MappedImages takes an int, a slice or a 1-D selection, got {index!r}")
-        return self._child(selection if self._indices is None else self._indices[selection])
-
-    def _child(self, indices: np.ndarray) -> MappedImages:
-        """A selection of this one's images sharing its map (validated already)."""
-        child = object.__new__(MappedImages)
-        child.path, child._array, child._indices = self.path, self._array, indices
-        return child
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        out = np.array(self.array) if self._indices is None else self.array[self._indices]
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "indices": self._indices}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.path, self._indices, self._array = state["path"], state["indices"], None
-
-    def __repr__(self) -> str:
-        n, h, w = self.shape
-        return f"MappedImages({n} images {w}x{h} from {self.path})"
 
 
 def _file_stats(source: ImageSource) -> list[tuple[str, int, int]]:
@@ -198,7 +106,7 @@ def _locked(path: Path) -> Iterator[bool]:
     """Hold an exclusive lock on ``path`` (POSIX ``flock``); yields whether a lock is held."""
     try:
         import fcntl
-    except ImportError:  # Windows: no lock; concurrent builders each write their own temp file
+    except ImportError:  # Windows: no lock; concurrent builders each write their own staging file
         yield False
         return
     with open(path, "a+b") as f:
@@ -288,43 +196,38 @@ def _build(
     """Decode every file into ``<base>-<key16>.npy`` and write the index; returns the index."""
     w, h = image_size
     n_files = len(source.files)
-    tmp = cache_dir / f"{base}.tmp-{os.getpid()}.npy"
     log.info("caching %d images of %s at %dx%d in %s", n_files, source.root, w, h, cache_dir)
     t0 = time.perf_counter()
     names: list[str] = []
     groups: list[str] = []
     skipped: list[str] = []
-    data: np.memmap | None = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.uint8, shape=(n_files, h, w)
-    )
-    try:
-        paths = [str(source.root / rel) for rel in source.files]
-        for i, result in enumerate(_decoded(paths, image_size, workers, min_side)):
-            rel = source.files[i]
-            if isinstance(result, str):
-                skipped.append(f"{rel} ({result})")
-                continue
-            data[len(names)] = result
-            names.append(rel)
-            groups.append(source.group_of(i))
-        if not names:
-            if skipped and warn:
-                warn_skipped(source, skipped, stacklevel=3)
-            raise no_usable_image(source)
-        if len(names) < n_files:  # unreadable files: keep only the rows written
-            small = cache_dir / f"{base}.tmp-{os.getpid()}-n.npy"
-            data = _first_rows(data, len(names), small)  # the larger map closes here
-            tmp.unlink()
-            tmp = small
-        data.flush()
-        data = None  # closes the map
-        final = cache_dir / f"{base}-{key[:16]}.npy"
-        os.replace(tmp, final)
-    except BaseException:
-        data = None  # close the map before removing its file
-        for leftover in cache_dir.glob(f"{base}.tmp-{os.getpid()}*"):
-            leftover.unlink(missing_ok=True)
-        raise
+    final = cache_dir / f"{base}-{key[:16]}.npy"
+    with atomic_write(final, durable=False) as staging:
+        data: np.memmap | None = np.lib.format.open_memmap(
+            staging, mode="w+", dtype=np.uint8, shape=(n_files, h, w)
+        )
+        try:
+            paths = [str(source.root / rel) for rel in source.files]
+            for i, result in enumerate(_decoded(paths, image_size, workers, min_side)):
+                rel = source.files[i]
+                if isinstance(result, str):
+                    skipped.append(f"{rel} ({result})")
+                    continue
+                data[len(names)] = result
+                names.append(rel)
+                groups.append(source.group_of(i))
+            if not names:
+                if skipped and warn:
+                    warn_skipped(source, skipped, stacklevel=3)
+                raise no_usable_image(source)
+            if len(names) < n_files:  # unreadable files: keep only the rows written
+                with atomic_write(staging, durable=False) as smaller:
+                    _write_first_rows(data, len(names), smaller)
+                    data = None  # closes the larger map before its file is replaced
+            else:
+                data.flush()
+        finally:
+            data = None  # closes the map before its file is renamed or removed
     index = {
         "version": CACHE_VERSION,
         "key": key,
@@ -335,26 +238,31 @@ def _build(
         "groups": groups,
         "skipped": skipped,
     }
-    index_tmp = cache_dir / f"{base}.tmp-{os.getpid()}.json"
-    index_tmp.write_text(json.dumps(index))
-    os.replace(index_tmp, cache_dir / f"{base}.json")
+    with atomic_write(cache_dir / f"{base}.json", durable=False) as index_tmp:
+        index_tmp.write_text(json.dumps(index))
     log.info("cached %d images in %.1f s", len(names), time.perf_counter() - t0)
     return index
 
 
-def _first_rows(data: np.memmap, n: int, path: Path) -> np.memmap:
-    """The first ``n`` rows of ``data`` copied into a new ``.npy`` file at ``path``."""
+def _write_first_rows(data: np.memmap, n: int, path: Path) -> None:
+    """Write the first ``n`` rows of ``data`` as a new ``.npy`` file at ``path``."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, *data.shape[1:]))
     for start in range(0, n, _CHUNK):
         out[start : start + _CHUNK] = data[start : min(n, start + _CHUNK)]
-    return out
+    out.flush()
 
 
-def _remove_stale(cache_dir: Path, base: str, keep: str, temp_files: bool) -> None:
-    """Delete data files of ``base`` other than ``keep`` (and dead builders' temp files)."""
+def _remove_stale(cache_dir: Path, base: str, keep: str, staging_files: bool) -> None:
+    """Delete data files of ``base`` other than ``keep`` (and, with ``staging_files``, the staging
+    files of its data and index that killed builders left: hidden names holding ``STAGING_MARK``,
+    see :func:`hdreg.files.staging_path`)."""
     stale = [p for p in cache_dir.glob(f"{base}-*.npy") if p.name != keep]
-    if temp_files:
-        stale += list(cache_dir.glob(f"{base}.tmp-*"))
+    if staging_files:
+        stale += [
+            p
+            for p in cache_dir.glob(f".*{STAGING_MARK}*")
+            if p.name.lstrip(".").startswith((f"{base}-", f"{base}."))
+        ]
     for path in stale:
         with contextlib.suppress(OSError):  # e.g. still mapped on Windows: left for next time
             path.unlink()
@@ -370,7 +278,7 @@ def load_cached_images(
     lazy: bool = False,
     min_side: int = 0,
 ) -> ImageSet:
-    """:func:`~hdreg.data.sources.load_images`, decoded once into a memory-mapped cache.
+    """:func:`~hdreg.data.decoding.load_images`, decoded once into a memory-mapped cache.
 
     The first call (or the first after the source changed) decodes every file, in ``workers``
     processes, into ``cache_dir``; later calls open the cached file. See the module docstring for
@@ -406,8 +314,8 @@ def load_cached_images(
         index = _read_index(cache_dir / f"{base}.json", key, image_size)
         if index is None:
             index = _build(source, image_size, key, cache_dir, base, workers, warn, min_side)
-            # Only under a lock can no other process be writing a temp file right now.
-            _remove_stale(cache_dir, base, index["data"], temp_files=locked)
+            # Only under a lock can no other process be writing a staging file right now.
+            _remove_stale(cache_dir, base, index["data"], staging_files=locked)
     if index["skipped"] and warn:
         warn_skipped(source, index["skipped"], stacklevel=2)
     path = cache_dir / index["data"]

@@ -18,8 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from hdreg.apps.evaluate import build_estimators, check_method_specs
-from hdreg.estimators.learned import load_checkpoint_estimator
+from hdreg.estimators.registry import build_estimators, check_method_specs
 from hdreg.evaluation.benchmarks import EvalPairs
 from hdreg.evaluation.report import format_table, write_report
 from hdreg.evaluation.runner import evaluate
@@ -83,8 +82,7 @@ def evaluate_test_split(
     pairs = EvalPairs.from_synthetic(
         bench, name=f"test split ({len(datamodule.splits['test'])} {held_out} images)"
     )
-    estimators = build_estimators(methods, method_params)
-    estimators.append(load_checkpoint_estimator(checkpoint, device=device))
+    estimators = build_estimators(methods, method_params, [str(checkpoint)], device=device)
     result = evaluate(pairs, estimators, progress=False)
     write_report(result, out_dir)
     print(format_table(result))

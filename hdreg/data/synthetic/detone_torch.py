@@ -1,9 +1,9 @@
 """DeTone pairs generated a whole batch at a time on the images' device (CPU or CUDA).
 
-The protocol is the CPU generator's (:mod:`hdreg.data.synthetic`), vectorized over the batch:
+The protocol is the CPU generator's (:mod:`hdreg.data.synthetic.detone`), vectorized over the batch:
 
 1. pick a source image uniformly, and with ``flips`` flip it left-right, up-down or both (each
-   with probability 1/4, as :class:`~hdreg.data.synthetic.SyntheticPairs`);
+   with probability 1/4, as :class:`~hdreg.data.synthetic.detone.SyntheticPairs`);
 2. pick the integer top-left pixel ``(x0, y0)`` of a ``P×P`` window with ``x0 ∈ [m, W−P−m]``,
    ``y0 ∈ [m, H−P−m]``, ``m = ceil(ρ)``;
 3. perturb its corners by ``U[−ρ, ρ]`` offsets (float32), redrawing the rows whose quadrilateral
@@ -11,8 +11,9 @@ The protocol is the CPU generator's (:mod:`hdreg.data.synthetic`), vectorized ov
 4. ``H_a_from_b = DLT(corners, corners + offsets)`` in the full-image frame; patch B is the
    (jittered) source bilinearly sampled at ``H_a_from_b · p`` for every pixel ``p`` of the
    window, rounded to 8 bits; patch A is the window of the (jittered) source, cut by indexing;
-5. the optional photometric jitter is :class:`~hdreg.data.synthetic.PhotometricJitter`'s formula,
-   drawn independently for A and B and applied as a per-sample 256-entry lookup table.
+5. the optional photometric jitter is the formula of
+   :class:`~hdreg.data.synthetic.detone.PhotometricJitter`, drawn independently for A and
+   B and applied as a per-sample 256-entry lookup table.
 
 Conventions (docs/conventions.md): pixel ``(x, y)``, ``(0, 0)`` the centre of the top-left pixel,
 corners TL, TR, BR, BL, ``offsets`` = where patch B's corners lie in A minus the corners.
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hdreg.data.synthetic import DeToneProtocol, PhotometricJitter
+from hdreg.data.synthetic.detone import DeToneProtocol, PhotometricJitter
 from hdreg.geometry import (
     four_point_to_homography_ex,
     is_convex,
@@ -135,7 +136,7 @@ class TorchPairGenerator:
 
     Example:
         >>> gen = TorchPairGenerator(torch.zeros(3, 240, 320, dtype=torch.uint8),
-        ...                          DeToneProtocol.default(), seed=0)
+        ...                          DeToneProtocol((320, 240), 128, 32.0), seed=0)
         >>> batch = gen.generate(8, batch_index=0)
         >>> batch["patch_a"].shape, batch["offsets"].shape
         (torch.Size([8, 1, 128, 128]), torch.Size([8, 4, 2]))

@@ -1,4 +1,5 @@
-"""ONNX export of hdreg's networks (``hdreg export onnx NAME_OR_PATH OUT.onnx``).
+"""ONNX export of hdreg's networks (``hdreg export onnx NAME_OR_PATH OUT.onnx``; the network
+comes from :func:`hdreg.models.checkpoint.load_net`).
 
 The exported graph takes ``patch_a`` and ``patch_b``, ``(B, 1, P, P)`` float32 in [0, 1] with
 ``P`` the network's ``patch_size`` and a dynamic batch axis ``B``, and returns ``offsets
@@ -24,8 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from hdreg.files import atomic_write
-from hdreg.models.checkpoint import load_net  # the network of a shipped name or a checkpoint
-from hdreg.weights import check_output_is_not_input
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -33,9 +32,7 @@ __all__ = [
     "OffsetsOnly",
     "OnnxCheck",
     "check_onnx",
-    "check_output_is_not_input",
     "export_onnx",
-    "load_net",
     "max_opset",
     "onnx_offsets",
     "require_onnx",

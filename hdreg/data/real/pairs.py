@@ -23,7 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hdreg.data.sources import IMAGE_EXTENSIONS, load_gray
+from hdreg.data.decoding import load_gray
+from hdreg.data.sources import IMAGE_EXTENSIONS
 from hdreg.geometry_np import check_homography, normalize_homography, project, rect_corners
 
 __all__ = [

@@ -1,8 +1,9 @@
 """Wide-motion benchmarks on disk: whole-image pairs in the HPatches real-pair layout.
 
-``write_wide_benchmark`` renders ``n`` pairs (:func:`hdreg.data.wide.sample_wide_pair`, photometric
-augmentation included, JPEG re-encoding too) and writes, for pair ``i``, ``OUT/<i:05d>/1.png``
-(view A), ``2.png`` (view B) and ``H_1_2`` (``H_b_from_a``, nine numbers, last entry 1), plus
+``write_wide_benchmark`` renders ``n`` pairs
+(:func:`hdreg.data.synthetic.wide.sample_wide_pair`, photometric augmentation included, JPEG
+re-encoding too) and writes, for pair ``i``, ``OUT/<i:05d>/1.png`` (view A), ``2.png`` (view B)
+and ``H_1_2`` (``H_b_from_a``, nine numbers, last entry 1), plus
 ``OUT/manifest.json`` (arguments, parameters, each pair's source photo, hdreg's version). Pair
 ``i`` is pair ``i`` of the ``benchmark`` stream under ``seed`` and comes from photo
 ``i mod N`` of the ``N`` usable photos of the source (sorted). The same arguments and photos give
@@ -20,12 +21,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hdreg.data.benchmark import cannot_write
-from hdreg.data.sources import ImageSource, load_gray, no_usable_image, warn_skipped
-from hdreg.data.synthetic import STREAMS, pair_rng
-from hdreg.data.wide import WideProtocol, check_photo, sample_wide_pair
+from hdreg.data.benchmarks.synthetic import SyntheticBenchmark, cannot_write
+from hdreg.data.decoding import ImageSet, load_gray, no_usable_image, warn_skipped
+from hdreg.data.seeding import STREAMS, pair_rng
+from hdreg.data.sources import ImageSource
+from hdreg.data.synthetic.wide import WidePairs, check_photo, sample_wide_pair
+from hdreg.data.synthetic.wide_protocol import WideProtocol
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "write_wide_benchmark"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "make_wide_benchmark", "write_wide_benchmark"]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -89,7 +92,7 @@ def write_wide_benchmark(
     n: int,
     seed: int,
     view_size: tuple[int, int] = (640, 480),
-    protocol: WideProtocol | None = None,
+    protocol: WideProtocol,
     overwrite: bool = False,
     source_label: str | None = None,
 ) -> Path:
@@ -100,7 +103,6 @@ def write_wide_benchmark(
     earlier benchmark's manifest; any other non-empty folder is refused. ``source_label`` is
     how the manifest names the source (default: its root). Returns ``out``.
     """
-    protocol = protocol or WideProtocol.default()
     if n < 1:
         raise ValueError(f"the number of pairs must be >= 1, got {n}")
     vw, vh = (int(v) for v in view_size)
@@ -157,3 +159,36 @@ def write_wide_benchmark(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def make_wide_benchmark(
+    images: ImageSet,
+    n: int,
+    seed: int,
+    patch_size: int,
+    protocol: WideProtocol,
+    *,
+    stream: str = "benchmark",
+) -> SyntheticBenchmark:
+    """``n`` fixed square wide-motion pairs (:class:`hdreg.data.synthetic.wide.WidePairs`) in the
+    synthetic benchmark format; ``rho`` holds the largest corner offset (the format's range
+    field)."""
+    if n < 1:
+        raise ValueError(f"the number of pairs must be >= 1, got {n}")
+    ds = WidePairs(images.images, patch_size, protocol, seed=seed, length=n, stream=stream)
+    p = int(patch_size)
+    patch_a = np.empty((n, p, p), np.uint8)
+    patch_b = np.empty((n, p, p), np.uint8)
+    offsets = np.empty((n, 4, 2), np.float32)
+    corners = np.empty((n, 4, 2), np.float32)
+    sources = []
+    for i in range(n):
+        k, pair = ds.pair(i)
+        patch_a[i], patch_b[i] = pair["patch_a"], pair["patch_b"]
+        offsets[i], corners[i] = pair["offsets"], pair["corners"]
+        sources.append(images.names[k])
+    return SyntheticBenchmark(
+        patch_a, patch_b, offsets, corners, np.array(sources, dtype=str),
+        rho=float(np.abs(offsets).max()), patch_size=p, seed=int(seed),
+        image_size=images.image_size, extra={"protocol": np.array("wide")},
+    )  # fmt: skip

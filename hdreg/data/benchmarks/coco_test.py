@@ -14,6 +14,7 @@ the full set, and shards concatenate to it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -23,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hdreg.data.benchmark import SyntheticBenchmark, write_synthetic_benchmark
-from hdreg.data.sources import ImageSource, folder_source, load_gray, resize_gray, sample_source
-from hdreg.data.synthetic import STREAMS, DeToneProtocol, generate_pair, pair_rng
+from hdreg.data.benchmarks.synthetic import SyntheticBenchmark, write_synthetic_benchmark
+from hdreg.data.decoding import load_gray, resize_gray
+from hdreg.data.seeding import STREAMS, pair_rng
+from hdreg.data.sources import ImageSource, folder_source, sample_source
+from hdreg.data.synthetic.detone import DeToneProtocol, generate_pair
+from hdreg.files import atomic_write
 
 __all__ = ["COCO_TEST2017", "PROTOCOLS", "coco_test_images", "write_coco_test2017"]
 
@@ -62,11 +66,6 @@ def _run_id(files: list[str], seed: int, shard_size: int | None) -> str:
     different for another seed, limit, shard size or image list."""
     key = json.dumps(["coco-test2017", int(seed), shard_size, files])
     return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def _staged(path: Path) -> Path:
-    """Where a shard is written until every shard of the run is: hidden, so no glob meets it."""
-    return path.with_name(f".{path.name}")
 
 
 def _earlier_shards(out: Path) -> list[Path]:
@@ -114,30 +113,27 @@ def write_coco_test2017(
         files = files[:limit]
     shards = _shard_paths(out, len(files), shard_size)
     run = _run_id(list(files), seed, shard_size)
-    staged: list[tuple[Path, Path]] = []  # (hidden file, final name)
     skipped: list[str] = []
-    try:
-        for k, (path, start, end) in enumerate(shards):
-            extra = {} if shard_size is None else {
-                "run": np.array(run), "shard": np.int64(k), "shards": np.int64(len(shards)),
-            }  # fmt: skip
-            target = path if shard_size is None else _staged(path)
-            staged.append((target, path))
-            skipped += _write_part(
-                images, files, start, end, target, seed=seed, extra=extra, progress=progress
-            )
-    except BaseException:
-        for hidden, final in staged:
-            if hidden != final:
-                hidden.unlink(missing_ok=True)
-        raise
-    if shard_size is not None:
-        finals = {final for _, final in staged}
-        for old in _earlier_shards(out):
-            if old not in finals:
-                old.unlink()
-        for hidden, final in staged:
-            hidden.replace(final)
+    if shard_size is None:  # one file, written atomically by write_synthetic_benchmark
+        skipped += _write_part(
+            images, files, 0, len(files), out, seed=seed, extra={}, progress=progress
+        )
+    else:
+        # Every shard is staged (hidden: no glob meets it) and put in place only once all are
+        # written: the stack's exits rename them all, or remove them all on an exception.
+        with contextlib.ExitStack() as stack:
+            for k, (path, start, end) in enumerate(shards):
+                staging = stack.enter_context(atomic_write(path))
+                extra = {
+                    "run": np.array(run), "shard": np.int64(k), "shards": np.int64(len(shards)),
+                }  # fmt: skip
+                skipped += _write_part(
+                    images, files, start, end, staging, seed=seed, extra=extra, progress=progress
+                )
+            finals = {path for path, _, _ in shards}
+            for old in _earlier_shards(out):
+                if old not in finals:
+                    old.unlink()
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} unreadable image(s) under {images.root}: "
@@ -145,7 +141,7 @@ def write_coco_test2017(
             UserWarning,
             stacklevel=2,
         )
-    return [final for _, final in staged]
+    return [path for path, _, _ in shards]
 
 
 def _write_part(

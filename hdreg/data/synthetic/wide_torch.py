@@ -1,10 +1,11 @@
 """Wide-motion training pairs rendered a whole batch at a time on the images' device.
 
-The distribution is :class:`hdreg.data.wide.WidePairs`': the geometry and the photometric
+The distribution is :class:`hdreg.data.synthetic.wide.WidePairs`': the geometry and the photometric
 parameters of every pair are drawn on the host by the same functions
-(:func:`~hdreg.data.wide.sample_wide_geometry`, :func:`~hdreg.data.wide.draw_augmentation`,
+(:func:`~hdreg.data.synthetic.wide.sample_wide_geometry`,
+:func:`~hdreg.data.synthetic.photometric.draw_augmentation`,
 a few microseconds per pair) from a numpy generator seeded per batch
-(:func:`hdreg.data.torch_generator.batch_seed`); the heavy part runs on the device: trilinear
+(:func:`hdreg.data.synthetic.detone_torch.batch_seed`); the heavy part runs on the device: trilinear
 mipmapped rendering of both views at twice their size (``grid_sample`` through
 :func:`hdreg.geometry.warp_perspective`, a 5-tap Gaussian pyramid as ``cv2.pyrDown``), 2×2 area
 averaging, the tone lookup table, Gaussian and motion blur (per-sample kernels, one grouped
@@ -24,15 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hdreg.data.torch_generator import batch_seed
-from hdreg.data.wide import (
-    ViewAugmentation,
-    WideProtocol,
-    check_photo,
-    draw_augmentation,
-    jpeg_roundtrip,
-    sample_wide_geometry,
-)
+from hdreg.data.synthetic.detone_torch import batch_seed
+from hdreg.data.synthetic.photometric import ViewAugmentation, draw_augmentation, jpeg_roundtrip
+from hdreg.data.synthetic.wide import check_photo, sample_wide_geometry
+from hdreg.data.synthetic.wide_protocol import WideProtocol
 from hdreg.geometry import warp_perspective
 from hdreg.geometry_np import project, rect_corners
 
@@ -89,7 +85,7 @@ def render_views(
     """Views ``(B, 1, H, W)`` float (0–255, unrounded) of images ``index (B,)`` of a
     :func:`pyramid`, through ``H_source_from_view (B, 3, 3)``: rendered at twice the size, each
     pixel blended from the two levels that bracket its minification, then 2×2 averaged (the
-    device counterpart of :func:`hdreg.data.wide.render_view`)."""
+    device counterpart of :func:`hdreg.data.synthetic.wide.render_view`)."""
     w, h = view_size
     k = 2
     view_from_big = torch.tensor(
@@ -169,7 +165,8 @@ def _augment(views: Tensor, draws: list[ViewAugmentation], gen: torch.Generator)
 
 
 class TorchWideGenerator:
-    """Batches of square wide-motion pairs with the keys of :class:`hdreg.data.wide.WidePairs`.
+    """Batches of square wide-motion pairs with the keys of
+    :class:`hdreg.data.synthetic.wide.WidePairs`.
 
     Args:
         images: ``(N, H, W) uint8`` source photos on the device that renders them.

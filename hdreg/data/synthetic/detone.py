@@ -19,49 +19,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hdreg.data.seeding import STREAMS, pair_rng
 from hdreg.geometry_np import is_convex, rect_corners
 
-__all__ = [
-    "STREAMS",
-    "DeToneProtocol",
-    "PhotometricJitter",
-    "SyntheticPairs",
-    "generate_pair",
-    "pair_rng",
-    "single_threaded_opencv",
-    "worker_init_fn",
-]
-
-# Independent random streams: the same seed never gives the same pairs in two roles.
-STREAMS = {"benchmark": 0, "train": 1, "val": 2, "test": 3}
-
-
-def pair_rng(seed: int, stream: int, index: int) -> np.random.Generator:
-    """The generator for pair ``index`` of ``stream`` under ``seed`` (independent of any other)."""
-    return np.random.default_rng([int(seed), int(stream), int(index)])
-
-
-def single_threaded_opencv() -> None:
-    """Make OpenCV single-threaded in this process: call it in the parent *before* DataLoader
-    workers fork (each worker is then one stream on one core; reconfiguring OpenCV's pool in a
-    forked child can deadlock). Why: docs/methods.md ("Pair generation")."""
-    if cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
-
-
-def worker_init_fn(worker_id: int) -> None:
-    """DataLoader worker set-up: OpenCV single-threaded (a no-op in forked workers of a parent
-    that called :func:`single_threaded_opencv`; needed under spawn/forkserver). Seeding needs
-    nothing: every pair has its own generator (:func:`pair_rng`)."""
-    single_threaded_opencv()
+__all__ = ["DeToneProtocol", "PhotometricJitter", "SyntheticPairs", "generate_pair"]
 
 
 @dataclass(frozen=True)
@@ -71,24 +39,25 @@ class PhotometricJitter:
     On intensities ``x`` in [0, 1]: ``x ← x^γ``, then ``x ← (x − ½)·c + ½ + b``, clipped, with
     ``γ = exp(U[−gamma, gamma])``, ``c = exp(U[−contrast, contrast])``,
     ``b = U[−brightness, brightness]``. Applied to 8-bit images through a lookup table. The
-    default amplitudes are ``hdreg/configs/protocol/jitter.yaml`` (:meth:`from_spec`).
+    defaults below are the amplitudes that ``jitter: true`` and ``hdreg make-benchmark --jitter``
+    switch on (:meth:`from_spec`).
+
+    >>> PhotometricJitter.from_spec({"brightness": 0.1})
+    PhotometricJitter(brightness=0.1, contrast=0.3, gamma=0.3)
     """
 
-    brightness: float
-    contrast: float
-    gamma: float
+    brightness: float = 0.2
+    contrast: float = 0.3
+    gamma: float = 0.3
 
     @classmethod
     def from_spec(cls, spec: bool | Mapping[str, float] | PhotometricJitter | None):
         """The one way jitter is given everywhere (configs, ``hdreg make-benchmark``): ``None``
-        or ``False`` (off, returns None), ``True`` (the amplitudes of
-        ``hdreg/configs/protocol/jitter.yaml``), or a mapping that changes some of them
-        (``{"brightness": 0.1}``)."""
+        or ``False`` (off, returns None), ``True`` (the default amplitudes), or a mapping that
+        changes some of them (``{"brightness": 0.1}``)."""
         if spec is None or spec is False or isinstance(spec, PhotometricJitter):
             return spec or None
-        from hdreg.config import compose_config
-
-        values = dict(compose_config("protocol/jitter"))
+        values = {f.name: f.default for f in fields(cls)}
         if spec is True:
             return cls(**values)
         if not isinstance(spec, Mapping):
@@ -120,8 +89,8 @@ class PhotometricJitter:
 
 @dataclass(frozen=True)
 class DeToneProtocol:
-    """Parameters of the pair generator, validated on construction. :meth:`default` gives
-    DeTone et al.'s values, read from ``hdreg/configs/protocol/detone.yaml``.
+    """Parameters of the pair generator, validated on construction. DeTone et al.'s values are
+    ``hdreg/configs/protocol/detone.yaml`` (the configs pass them in).
 
     Attributes:
         image_size: ``(width, height)`` the source images are resized to (320×240 in the paper).
@@ -134,22 +103,6 @@ class DeToneProtocol:
     patch_size: int
     rho: float
     jitter: PhotometricJitter | None = field(default=None)
-
-    @classmethod
-    def default(cls, **overrides: Any) -> DeToneProtocol:
-        """The protocol of ``hdreg/configs/protocol/detone.yaml`` with ``overrides`` (e.g.
-        ``rho=45``; ``jitter`` as for :meth:`PhotometricJitter.from_spec`)."""
-        from hdreg.config import compose_config
-
-        cfg = compose_config("protocol/detone")
-        values = {k: cfg[k] for k in ("image_size", "patch_size", "rho", "jitter")}
-        values.update(overrides)
-        return cls(
-            tuple(int(v) for v in values["image_size"]),  # type: ignore[arg-type]
-            int(values["patch_size"]),
-            float(values["rho"]),
-            PhotometricJitter.from_spec(values["jitter"]),
-        )
 
     def __post_init__(self) -> None:
         w, h = self.image_size
@@ -222,6 +175,7 @@ def generate_pair(
             break
     # H_a_from_b in window coordinates: patch B pixel q -> image A pixel (corner shift included).
     local = corners - corners[0]
+    # cv2, not four_point_homography (differs by ~1e-6, moving pixels): bit-identical benchmarks
     H_a_from_patch = cv2.getPerspectiveTransform(local, corners + offsets)
     image_a = _apply_lut(image, protocol.jitter.draw_lut(rng)) if protocol.jitter else image
     source_b = _apply_lut(image, protocol.jitter.draw_lut(rng)) if protocol.jitter else image

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hdreg.data.sources import ImageSet
-from hdreg.data.synthetic import DeToneProtocol, SyntheticPairs
+from hdreg.data.decoding import ImageSet
+from hdreg.data.synthetic.detone import DeToneProtocol, SyntheticPairs
 from hdreg.files import atomic_write
 
 __all__ = [
@@ -126,18 +126,17 @@ def make_synthetic_benchmark(
     images: ImageSet,
     n: int,
     seed: int,
-    protocol: DeToneProtocol | None = None,
+    protocol: DeToneProtocol,
     *,
     full_images: bool = False,
     stream: str = "benchmark",
 ) -> SyntheticBenchmark:
     """Generate ``n`` fixed pairs from ``images`` (same arguments ⇒ identical arrays).
 
-    Pair ``i`` is pair ``i`` of ``stream`` (``hdreg.data.synthetic.STREAMS``) under ``seed``.
+    Pair ``i`` is pair ``i`` of ``stream`` (``hdreg.data.seeding.STREAMS``) under ``seed``.
     With ``full_images`` the full image A of each pair (``image_a (N, H, W) uint8``) and its
     ``top_left (N, 2)`` are stored as extra keys.
     """
-    protocol = protocol or DeToneProtocol.default(image_size=images.image_size)
     if protocol.image_size != images.image_size:
         raise ValueError(
             f"images are {images.image_size[0]}x{images.image_size[1]} but the protocol expects "
