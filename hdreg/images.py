@@ -37,7 +37,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["FLOAT_TOLERANCE", "MIN_SIDE", "bit_depth", "gray_pair", "to_gray_u8"]
+__all__ = [
+    "FLOAT_TOLERANCE",
+    "MIN_SIDE",
+    "bit_depth",
+    "gray_pair",
+    "resize_area",
+    "size_of",
+    "to_gray_u8",
+]
 
 #: how far outside [0, 1] a float image may stray (rounding) before it is refused
 FLOAT_TOLERANCE = 1e-3
@@ -182,3 +190,18 @@ def gray_pair(
     (a, top_a, alpha_a), (b, top_b, alpha_b) = _gray(image_a, names[0]), _gray(image_b, names[1])
     bits = bit_depth(max(top_a, top_b))
     return _to_u8(a, bits, alpha_a), _to_u8(b, bits, alpha_b)
+
+
+def size_of(image: np.ndarray) -> tuple[int, int]:
+    """``(width, height)`` of an ``(H, W, ...)`` array: the order OpenCV's sizes use."""
+    return image.shape[1], image.shape[0]
+
+
+def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` resized to ``size = (W, H)`` by pixel-area averaging (itself when it has that
+    size already)."""
+    import cv2
+
+    if size_of(image) == size:
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)

@@ -58,22 +58,13 @@ from hdreg.geometry_np import (
     scale_matrix,
     scale_size,
 )
+from hdreg.images import resize_area, size_of
 
 __all__ = ["CoarseToFineEstimator", "keeps_a_in_front", "scale_matrix"]
 
 
 #: robust fits of the residual: OpenCV's RANSAC, or MAGSAC++ (USAC)
 _ROBUST = {"ransac": cv2.RANSAC, "magsac": cv2.USAC_MAGSAC}
-
-
-def _size(image: np.ndarray) -> tuple[int, int]:
-    return image.shape[1], image.shape[0]
-
-
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if _size(image) == size:
-        return image
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _centre_transform(size: int, angle_deg: float, zoom: float) -> np.ndarray:
@@ -245,7 +236,7 @@ class CoarseToFineEstimator(PairwiseEstimator):
     # -- stages ----------------------------------------------------------------------------------
     def _global(self, pair: _Pair) -> None:
         p = self.patch
-        a, b = _resize(pair.a, (p, p)), _resize(pair.b, (p, p))
+        a, b = resize_area(pair.a, (p, p)), resize_area(pair.b, (p, p))
         Gs = [_centre_transform(p, r, z) for r, z in self.hypotheses]
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         stack_a = np.stack(
@@ -253,8 +244,8 @@ class CoarseToFineEstimator(PairwiseEstimator):
              for G in Gs]
         )  # fmt: skip
         offsets = self._offsets(self.global_net, stack_a, np.repeat(b[None], len(Gs), 0))
-        to_full = scale_matrix((p, p), _size(pair.a))
-        from_full = scale_matrix(_size(pair.b), (p, p))
+        to_full = scale_matrix((p, p), size_of(pair.a))
+        from_full = scale_matrix(size_of(pair.b), (p, p))
         best, scores = None, []
         for (r, z), G, off in zip(self.hypotheses, Gs, offsets, strict=True):
             H_patch = self._patch_homography(off)
@@ -284,19 +275,19 @@ class CoarseToFineEstimator(PairwiseEstimator):
     def _global_dense(self, pair: _Pair) -> None:
         """The global stage as dense matching (see ``global_stage``): per rotation hypothesis,
         mutual nearest neighbours between the features of B and of the rotated A, MAGSAC++."""
-        f = self.dense_side / max(_size(pair.b))
-        size_b = scale_size(_size(pair.b), f, min_side=32)
-        b = _resize(pair.b, size_b)
+        f = self.dense_side / max(size_of(pair.b))
+        size_b = scale_size(size_of(pair.b), f, min_side=32)
+        b = resize_area(pair.b, size_b)
         # A at B's scale (smaller if it would not fit), centred on a square canvas of B's longer
         # side, rotated about the canvas centre by each hypothesis
         side = max(size_b)
         fa = min(f, side / pair.a.shape[1], side / pair.a.shape[0])
-        a = _resize(pair.a, scale_size(_size(pair.a), fa, min_side=8))
+        a = resize_area(pair.a, scale_size(size_of(pair.a), fa, min_side=8))
         ya, xa = (side - a.shape[0]) // 2, (side - a.shape[1]) // 2
         canvas_a = np.zeros((side, side), np.uint8)
         canvas_a[ya : ya + a.shape[0], xa : xa + a.shape[1]] = a
         canvas_from_a = np.array([[1.0, 0, xa], [0, 1, ya], [0, 0, 1]]) @ scale_matrix(
-            _size(pair.a), _size(a)
+            size_of(pair.a), size_of(a)
         )
         inside = np.zeros((side, side), np.uint8)
         inside[ya : ya + a.shape[0], xa : xa + a.shape[1]] = 1
@@ -316,7 +307,7 @@ class CoarseToFineEstimator(PairwiseEstimator):
         to_px = lambda cells: (cells + 0.5) * stride - 0.5  # noqa: E731 (cell centre, pixels)
         valid_a = cv2.resize(stack_in, (wa, ha), interpolation=cv2.INTER_AREA)
         valid_a = valid_a.reshape(ha * wa, -1) > 0.99  # cells of the rotated A inside A
-        b_full_from_b = scale_matrix(size_b, _size(pair.b))
+        b_full_from_b = scale_matrix(size_b, size_of(pair.b))
         best, counts = None, []
         for k, (r, G) in enumerate(zip(rotations, Gs, strict=True)):
             sim = fb.T @ feats_a[k].flatten(1)  # (n_b, n_a)
@@ -376,15 +367,15 @@ class CoarseToFineEstimator(PairwiseEstimator):
     def _refine_level(self, pair: _Pair, side: int) -> None:
         """One refinement level at B's longer side ``side`` (see the module docstring); the
         residual is kept only if it does not lower the correlation at this level."""
-        f = side / max(_size(pair.b))
-        size_a, size_b = scale_size(_size(pair.a), f), scale_size(_size(pair.b), f)
+        f = side / max(size_of(pair.b))
+        size_a, size_b = scale_size(size_of(pair.a), f), scale_size(size_of(pair.b), f)
         p = self.patch
         used = pair.details.setdefault("level_windows", [])
         if min(size_b) < p:
             used.append(0)
             return
-        a, b = _resize(pair.a, size_a), _resize(pair.b, size_b)
-        S_a, S_b = scale_matrix(_size(pair.a), size_a), scale_matrix(_size(pair.b), size_b)
+        a, b = resize_area(pair.a, size_a), resize_area(pair.b, size_b)
+        S_a, S_b = scale_matrix(size_of(pair.a), size_a), scale_matrix(size_of(pair.b), size_b)
         H_level = S_a @ pair.H @ np.linalg.inv(S_b)  # a_level_from_b_level
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         warped = cv2.warpPerspective(a, H_level, size_b, flags=flags)
@@ -426,7 +417,7 @@ class CoarseToFineEstimator(PairwiseEstimator):
         inside_new = coverage_mask(H_new, size_a, size_b)
         after = zncc_masked(b_band, band_passed(warped_new, 2.0), inside_new)
         H_full = normalize_homography(np.linalg.inv(S_a) @ H_new @ S_b)
-        if not after >= before - 1e-3 or not keeps_a_in_front(H_full, _size(pair.a)):
+        if not after >= before - 1e-3 or not keeps_a_in_front(H_full, size_of(pair.a)):
             used.append(-len(origins))  # estimated, not kept
             return
         used.append(len(origins))
@@ -436,14 +427,16 @@ class CoarseToFineEstimator(PairwiseEstimator):
     def estimate_pair(self, image_a: np.ndarray, image_b: np.ndarray) -> PairResult:
         pair = _Pair(image_a, image_b, np.eye(3), {})
         for label, image in (("A", image_a), ("B", image_b)):
-            reason = blank_reason(_resize(image, (self.patch, self.patch)), label, self.min_texture)
+            reason = blank_reason(
+                resize_area(image, (self.patch, self.patch)), label, self.min_texture
+            )
             if reason:
                 return PairResult(None, reason, pair.details)
         (self._global_dense if self.global_stage == "dense" else self._global)(pair)
         pair.details["confidence_global"] = alignment_confidence(
             image_a, image_b, pair.H, self.score_side
         )[0]
-        for side in self._level_sides(_size(image_b)):
+        for side in self._level_sides(size_of(image_b)):
             self._refine_level(pair, side)
         reason = judge_confidence(
             image_a, image_b, pair.H, self.min_confidence, pair.details, self.score_side

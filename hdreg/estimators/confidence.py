@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from hdreg.geometry_np import coverage_mask, scale_matrix, scale_size, zncc
+from hdreg.images import resize_area, size_of
 
 __all__ = [
     "alignment_confidence",
@@ -35,16 +36,6 @@ __all__ = [
     "texture",
     "zncc_masked",
 ]
-
-
-def _size(image: np.ndarray) -> tuple[int, int]:
-    return image.shape[1], image.shape[0]
-
-
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if _size(image) == size:
-        return image
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def zncc_masked(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> float:
@@ -94,11 +85,11 @@ def alignment_confidence(
     share of B, and ``confidence = correlation · √overlap`` (0 when the overlap is empty or
     flat).
     """
-    f = min(1.0, side / max(_size(image_b)))
-    size_a = scale_size(_size(image_a), f, min_side=8)
-    size_b = scale_size(_size(image_b), f, min_side=8)
-    a, b = _resize(image_a, size_a), _resize(image_b, size_b)
-    H = scale_matrix(_size(image_a), size_a) @ H_a_from_b @ scale_matrix(size_b, _size(image_b))
+    f = min(1.0, side / max(size_of(image_b)))
+    size_a = scale_size(size_of(image_a), f, min_side=8)
+    size_b = scale_size(size_of(image_b), f, min_side=8)
+    a, b = resize_area(image_a, size_a), resize_area(image_b, size_b)
+    H = scale_matrix(size_of(image_a), size_a) @ H_a_from_b @ scale_matrix(size_b, size_of(image_b))
     warped = cv2.warpPerspective(a, H, size_b, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     inside = coverage_mask(H, size_a, size_b)
     overlap = float(inside.mean())

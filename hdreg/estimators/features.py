@@ -24,7 +24,7 @@ import numpy as np
 from hdreg.estimators._checks import check_float, check_gray_u8, check_int
 from hdreg.estimators.base import PairResult, PairwiseEstimator
 
-__all__ = ["DETECTORS", "ROBUST_METHODS", "FeatureEstimator"]
+__all__ = ["DETECTORS", "ROBUST_METHODS", "FeatureEstimator", "fit_homography"]
 
 DETECTORS = ("akaze", "brisk", "orb", "sift")
 ROBUST_METHODS = {"lmeds": cv2.LMEDS, "magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
@@ -238,19 +238,35 @@ class FeatureEstimator(PairwiseEstimator):
             step = "the ratio test and cross check" if self.cross_check else "the ratio test"
             return PairResult(None, f"{len(matches)} matches after {step}, need {need}", details)
 
-        H_a_from_b, mask = cv2.findHomography(
-            points_b[matches[:, 1]].astype(np.float32),
-            points_a[matches[:, 0]].astype(np.float32),
-            ROBUST_METHODS[self.robust],
-            self.reproj_threshold,
-            maxIters=self.max_iters,
-            confidence=self.confidence,
-        )
-        if H_a_from_b is None or H_a_from_b.shape != (3, 3) or mask is None:
-            return PairResult(None, "findHomography found no model", details)
-        inliers = mask.ravel().astype(bool)
-        details["inlier_mask"] = inliers
-        details["inliers"] = int(inliers.sum())
-        if inliers.sum() < need:
-            return PairResult(None, f"{int(inliers.sum())} inliers, need {need}", details)
-        return PairResult(H_a_from_b.astype(np.float64), None, details)
+        return fit_homography(points_a, points_b, matches, details, self)
+
+
+def fit_homography(
+    points_a: np.ndarray,
+    points_b: np.ndarray,
+    matches: np.ndarray,
+    details: dict[str, Any],
+    settings: Any,
+) -> PairResult:
+    """``H_a_from_b`` fitted robustly to matched keypoints: ``matches (M, 2)`` of ``(index_a,
+    index_b)`` into ``points_a``/``points_b (N, 2)`` pixels; ``settings`` carries ``robust``,
+    ``reproj_threshold``, ``max_iters``, ``confidence`` and ``min_matches`` (the keypoint and
+    learned-matcher estimators). Fills ``details``' ``inlier_mask`` and ``inliers``; fewer than
+    ``min_matches`` inliers, or no model, is a failure with its reason."""
+    need = settings.min_matches
+    H_a_from_b, mask = cv2.findHomography(
+        points_b[matches[:, 1]].astype(np.float32),
+        points_a[matches[:, 0]].astype(np.float32),
+        ROBUST_METHODS[settings.robust],
+        settings.reproj_threshold,
+        maxIters=settings.max_iters,
+        confidence=settings.confidence,
+    )
+    if H_a_from_b is None or H_a_from_b.shape != (3, 3) or mask is None:
+        return PairResult(None, "findHomography found no model", details)
+    inliers = mask.ravel().astype(bool)
+    details["inlier_mask"] = inliers
+    details["inliers"] = int(inliers.sum())
+    if inliers.sum() < need:
+        return PairResult(None, f"{int(inliers.sum())} inliers, need {need}", details)
+    return PairResult(H_a_from_b.astype(np.float64), None, details)

@@ -30,7 +30,7 @@ import numpy as np
 
 from hdreg.estimators._checks import check_float, check_gray_u8, check_int
 from hdreg.estimators.base import PairResult, PairwiseEstimator
-from hdreg.estimators.features import ROBUST_METHODS
+from hdreg.estimators.features import ROBUST_METHODS, fit_homography
 from hdreg.weights.external import verified_path
 
 __all__ = [
@@ -273,22 +273,7 @@ class MatcherEstimator(PairwiseEstimator):
         need = self.min_matches
         if len(matches) < need:
             return PairResult(None, f"{len(matches)} matches, need {need}", details)
-        H_a_from_b, mask = cv2.findHomography(
-            points_b[matches[:, 1]].astype(np.float32),
-            points_a[matches[:, 0]].astype(np.float32),
-            ROBUST_METHODS[self.robust],
-            self.reproj_threshold,
-            maxIters=self.max_iters,
-            confidence=self.confidence,
-        )
-        if H_a_from_b is None or H_a_from_b.shape != (3, 3) or mask is None:
-            return PairResult(None, "findHomography found no model", details)
-        inliers = mask.ravel().astype(bool)
-        details["inlier_mask"] = inliers
-        details["inliers"] = int(inliers.sum())
-        if inliers.sum() < need:
-            return PairResult(None, f"{int(inliers.sum())} inliers, need {need}", details)
-        return PairResult(H_a_from_b.astype(np.float64), None, details)
+        return fit_homography(points_a, points_b, matches, details, self)
 
 
 def _lightglue_state(state: dict[str, Any], conf: dict[str, Any]) -> dict[str, Any]:
