@@ -111,10 +111,18 @@ class TestTraining:
         run_train([*TINY_ITERATIVE, f"data.source={frames}", f"init={last}"], run2)
         assert load_module(run2 / "checkpoints" / "last.ckpt").net is not None
 
-    def test_adapting_to_the_folder_itself_holds_out_nothing(self, tmp_path, caplog):
+    def test_adapting_to_the_folder_itself_holds_out_nothing(self, tmp_path, caplog, monkeypatch):
+        import logging
+
         from hydra.utils import instantiate
 
         from hdreg.config import compose_config
+
+        # an in-process Hydra run earlier in this worker may have reconfigured logging
+        logger = logging.getLogger("hdreg.training.unlabeled_datamodule")
+        monkeypatch.setattr(logger, "disabled", False)
+        monkeypatch.setattr(logger, "propagate", True)
+        caplog.set_level(logging.WARNING, logger=logger.name)
 
         frames = write_frames(tmp_path / "frames", 12)
         args = [*TINY_ITERATIVE, f"data.source={frames}", "data.split_fractions=[1,0,0]"]
