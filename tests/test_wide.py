@@ -351,6 +351,37 @@ class TestWideBenchmark:
         assert main(["make-benchmark", "--view-size", "64", "48", "--out", "z.npz"]) != 0
         assert "--protocol wide" in capsys.readouterr().err
 
+    def test_cli_zoom_and_rotation_ranges(self, tmp_path, capsys):
+        """--zoom and --rotation set the motion's ranges; the realised zooms and rotations of the
+        ground truths fall in them, and the defaults stay the config's."""
+        photos = _photo_folder(tmp_path / "photos")
+        args = ["make-benchmark", "--protocol", "wide", "--source", str(photos), "--seed", "0"]
+        args += ["--n", "12", "--view-size", "64", "48", "--no-photometric"]
+        with pytest.warns(UserWarning):
+            assert (
+                main([*args, "--zoom", "3", "4", "--rotation", "180", "--out", str(tmp_path / "b")])
+                == 0
+            )
+        assert "zoom 3-4, rotation ±180°" in capsys.readouterr().out
+        zooms, turns = [], []
+        for folder in sorted(p for p in (tmp_path / "b").iterdir() if p.is_dir()):
+            H = np.loadtxt(folder / "H_1_2")
+            H = H / H[2, 2]
+            c = np.array([31.5, 23.5, 1.0])  # the local affine part at A's centre
+            w = H[2] @ c
+            J = (H[:2, :2] * w - np.outer(H[:2] @ c, H[2, :2])) / w**2
+            zooms.append(np.sqrt(abs(np.linalg.det(J))))
+            turns.append(np.degrees(np.arctan2(J[1, 0] - J[0, 1], J[0, 0] + J[1, 1])))
+        assert min(zooms) > 2.4 and max(zooms) < 5.0  # zoom in [3, 4], then perspective on top
+        assert max(np.abs(turns)) > 45  # beyond the default ±45°
+        with pytest.warns(UserWarning):
+            assert main([*args, "--out", str(tmp_path / "d")]) == 0
+        assert "zoom 0.5-2, rotation ±45°" in capsys.readouterr().out
+        assert main([*args, "--rotation", "200", "--out", str(tmp_path / "e")]) == 2
+        assert "rotation must be in [0, 180.0], got 200.0" in capsys.readouterr().err
+        assert main(["make-benchmark", "--zoom", "0.25", "4", "--out", "z.npz"]) == 2
+        assert "--zoom go(es) with --protocol wide" in capsys.readouterr().err
+
 
 class TestTorchGenerator:
     """The batched generator (data.generator=torch) against the CPU one and OpenCV."""

@@ -82,7 +82,12 @@ def _cmd_make_wide_benchmark(args: argparse.Namespace) -> int:
         )
     if args.n is None:
         raise ValueError("--protocol wide needs --n, the number of pairs to write")
-    protocol = wide_protocol(**({"photometric": None} if args.no_photometric else {}))
+    overrides: dict[str, object] = {"photometric": None} if args.no_photometric else {}
+    if args.zoom is not None:
+        overrides["zoom"] = tuple(args.zoom)
+    if args.rotation is not None:
+        overrides["rotation"] = args.rotation
+    protocol = wide_protocol(**overrides)
     source = resolve_source(args.source, coco_split=args.coco_split)
     t0 = time.perf_counter()
     out = write_wide_benchmark(
@@ -91,7 +96,8 @@ def _cmd_make_wide_benchmark(args: argparse.Namespace) -> int:
     )  # fmt: skip
     w, h = args.view_size
     print(
-        f"wrote {args.n} wide pairs of {w}x{h} views into {out} (seed={args.seed}, "
+        f"wrote {args.n} wide pairs of {w}x{h} views into {out} (seed={args.seed}, zoom "
+        f"{protocol.zoom[0]:g}-{protocol.zoom[1]:g}, rotation ±{protocol.rotation:g}°, "
         f"{'no photometric augmentation' if args.no_photometric else 'photometric augmentation'}"
         f") from {source.kind}: {source.root} in {time.perf_counter() - t0:.1f} s"
     )
@@ -159,6 +165,8 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
         "--view-size": args.view_size is not None,
         "--overwrite": args.overwrite,
         "--no-photometric": args.no_photometric,
+        "--zoom": args.zoom is not None,
+        "--rotation": args.rotation is not None,
     }
     if args.protocol != "wide" and any(wide_only.values()):
         given = ", ".join(name for name, on in wide_only.items() if on)
@@ -567,6 +575,16 @@ def _add_make_benchmark_args(mb: argparse.ArgumentParser) -> None:
     mb.add_argument(
         "--no-photometric", action="store_true",
         help="with --protocol wide: no photometric augmentation (geometry only)",
+    )  # fmt: skip
+    mb.add_argument(
+        "--zoom", type=float, nargs=2, metavar=("MIN", "MAX"),
+        help="with --protocol wide: relative zoom of view B, drawn log-uniformly in [MIN, MAX] "
+        "(default: hdreg/configs/protocol/wide.yaml's 0.5 2; e.g. 0.25 4, two octaves each way)",
+    )  # fmt: skip
+    mb.add_argument(
+        "--rotation", type=float, metavar="DEG",
+        help="with --protocol wide: relative rotation drawn in [-DEG, DEG] degrees, at most 180 "
+        "(any rotation; default: the config's 45)",
     )  # fmt: skip
     mb.add_argument("--limit", type=int, help="with --protocol: only the first N images")
     mb.add_argument(
