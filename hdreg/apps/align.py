@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -51,7 +50,7 @@ from hdreg.estimators.registry import (
     parse_method_spec,
     resolve,
 )
-from hdreg.files import atomic_write
+from hdreg.files import atomic_write, file_sha256
 from hdreg.geometry_np import normalize_homography, scale_matrix
 from hdreg.visualize import format_details, matches_image, overlay_image, warp_b_into_a
 
@@ -375,14 +374,6 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
             raise OSError(f"could not write {path}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _written_before(out: Path) -> dict[str, str]:
     """``{name: sha256}`` of the outputs the last run wrote into ``out`` (:data:`RECORD_FILE`)."""
     try:
@@ -400,9 +391,9 @@ def _remove_stale(out: Path, written: list[Path]) -> None:
     hdreg wrote them and they are unchanged; then record what this run wrote."""
     for name, digest in _written_before(out).items():
         stale = out / name
-        if stale not in written and stale.is_file() and _sha256(stale) == digest:
+        if stale not in written and stale.is_file() and file_sha256(stale) == digest:
             stale.unlink()
-    record = {"written_by": "hdreg align", "files": {p.name: _sha256(p) for p in written}}
+    record = {"written_by": "hdreg align", "files": {p.name: file_sha256(p) for p in written}}
     with atomic_write(out / RECORD_FILE, durable=False) as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from hdreg.files import file_sha256
+
 __all__ = [
     "MODEL_FILE",
     "file_sha256",
@@ -33,14 +35,6 @@ def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
         t = state_dict[key].detach().cpu().contiguous()
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

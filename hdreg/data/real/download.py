@@ -17,7 +17,6 @@ after extraction unless ``keep_archives``.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -33,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hdreg.data.real.catalogue import DATASETS, Archive, Dataset
-from hdreg.files import atomic_write
+from hdreg.files import atomic_write, file_sha256
 
 __all__ = ["DownloadError", "download_dataset"]
 
@@ -44,14 +43,6 @@ TIMEOUT_S = 30.0
 
 class DownloadError(RuntimeError):
     """A download or verification failed; the message is one line naming the URL and the place."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _progress_bar(total: int | None, initial: int, label: str, enabled: bool):
@@ -162,7 +153,7 @@ def _verify(archive: Archive, path: Path, url: str, say: Callable[[str], None]) 
     if archive.size is not None and size != archive.size:
         problems.append(f"size {size} bytes, expected {archive.size}")
     if not problems and archive.sha256 is not None:
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if digest != archive.sha256:
             problems.append(f"SHA-256 {digest}, expected {archive.sha256}")
     if problems:
