@@ -36,6 +36,7 @@ __all__ = [
     "four_point_homography",
     "image_corners",
     "is_convex",
+    "local_similarity",
     "normalize_homography",
     "project",
     "rect_corners",
@@ -158,6 +159,17 @@ def zncc(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> float:
 def image_corners(sizes: Sequence[tuple[int, int]]) -> np.ndarray:
     """``(N, 4, 2)`` float64 corners of images of ``(width, height)`` ``sizes``."""
     return np.stack([rect_corners(s) for s in sizes]) if len(sizes) else np.zeros((0, 4, 2))
+
+
+def local_similarity(H_dst_from_src: np.ndarray, point_src: Sequence[float]) -> tuple[float, float]:
+    """Zoom and rotation (degrees) of a homography at one point: its Jacobian ``J`` there read as
+    ``zoom · R(angle)`` (zoom ``sqrt|det J|``, the angle of ``J``'s rotation part). For
+    ``H_b_from_a`` at A's centre, zoom ``< 1`` means B is zoomed out."""
+    x, y = point_src
+    u, v, w = H_dst_from_src @ np.array([x, y, 1.0])
+    J = (H_dst_from_src[:2, :2] * w - np.outer([u, v], H_dst_from_src[2, :2])) / w**2
+    zoom = float(np.sqrt(abs(np.linalg.det(J))))
+    return zoom, float(np.degrees(np.arctan2(J[1, 0] - J[0, 1], J[0, 0] + J[1, 1])))
 
 
 def project(H_dst_from_src: np.ndarray, points_src: np.ndarray) -> np.ndarray:
