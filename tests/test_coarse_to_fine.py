@@ -119,7 +119,7 @@ class TestShippedWide:
         config = estimator_config("wide")
         # (``name`` is the file's label in tables, whatever the constructor's default)
         repeated = {k for k, v in config.items() if k != "name" and defaults.get(k, v) == v}
-        assert not repeated - {"kind", "refine"}
+        assert not repeated - {"kind", "refine", "proposal"}
         shipped = read_checkpoint("wide").meta["hdreg_estimator"]
         assert {**{k: defaults[k] for k in shipped if k in defaults}, **config} == shipped
 
@@ -136,6 +136,26 @@ class TestShippedWide:
         est = wide.estimate([a], [b])
         assert not est.failed[0], est.reasons[0]
         assert _corner_error(est.H_a_from_b[0], b_from_a) < 1.0
+
+    @pytest.mark.slow
+    def test_one_proposed_class_recovers_any_rotation(self, wide):
+        """The shipped `wide` tries one rotation × zoom class, proposed by its encoder."""
+        a, b, b_from_a = _render(100.0, 1.0)
+        result = wide.estimate_pair(a, b)
+        assert result.H_a_from_b is not None, result.reason
+        assert _corner_error(result.H_a_from_b, b_from_a) < 1.0
+        assert np.isfinite(result.details["proposal_scores"]).sum() == 1
+
+    @pytest.mark.slow
+    @pytest.mark.xfail(
+        strict=True,
+        reason="B zoomed out beyond x2 is not yet proposed (docs/methods.md, learned proposals)",
+    )
+    def test_recovers_a_zoom_out_of_0_3_turned_by_150_degrees(self, wide):
+        a, b, b_from_a = _render(150.0, 0.3)
+        result = wide.estimate_pair(a, b)
+        assert result.H_a_from_b is not None, result.reason
+        assert _corner_error(result.H_a_from_b, b_from_a) < 1.0
 
     def test_beats_the_identity_and_reports_its_confidence(self, wide):
         a, b, b_from_a = _render(-15.0, 1.2)

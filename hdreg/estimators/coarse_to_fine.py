@@ -4,10 +4,14 @@ A network that takes ``P×P`` patches (P = 128) sees a whole photo at a fraction
 and only the motion it was trained on. :class:`CoarseToFineEstimator` makes it an estimator for
 two photos of any size and aspect ratio, and any rotation:
 
-1. **Global stage.** Both photos are resized to ``P×P``. For each hypothesis ``G`` (a rotation by
-   a multiple of 90° and a zoom about the centre), A is resampled as ``A'(p) = A(G p)``, the
-   network estimates ``H_a'_from_b``, and ``H_a_from_b = G · H_a'_from_b``. All hypotheses run
-   as one batch; each is scored by its *confidence* (below) and the best is kept.
+1. **Global stage.** Both photos are resized to ``P×P``. For each hypothesis ``G`` (a rotation
+   and a zoom about the centre), A is resampled as ``A'(p) = A(G p)``, the network estimates
+   ``H_a'_from_b``, and ``H_a_from_b = G · H_a'_from_b``; each result is scored by its
+   *confidence* (below) and the best is kept. Which hypotheses: with a *proposal network*
+   (:class:`hdreg.models.similarity.SimilarityNet`, ``proposal_net``) its rotation × zoom classes,
+   scored once per pair from learned features, and only the ``proposals`` likeliest are tried;
+   without one — or when the proposals' estimate is under ``fallback_confidence`` — every
+   ``rotations`` × ``zooms`` hypothesis, as one batch.
 2. **Refinement levels.** At each level (B's longer side 256, 512, 1024, …, up to full
    resolution or ``max_side``) both photos are resized by the same factor, A is warped into B's
    frame by the current estimate, and the network estimates the residual on a grid of
@@ -17,6 +21,9 @@ two photos of any size and aspect ratio, and any rotation:
    the correlation at that level does not drop and all of A stays in front of the horizon
    (:func:`keeps_a_in_front`). The final
    precision is thus set by the photos' pixels, not by the network's input size.
+   When the global estimate shows B zoomed out by more than ``swap_zoom`` (A's content small in
+   B: few windows of B are covered by the warped A), the levels run on the swapped pair — B
+   warped into A's frame, where the shared part fills the windows — and the result is inverted.
 3. **Confidence.** The zero-mean normalised cross-correlation between band-passed B and A
    warped onto B over their overlap, at B's longer side ``score_side`` (invariant to gain and
    offset of either photo, blind to the smooth shading unrelated photos share), times the
@@ -53,6 +60,7 @@ from hdreg.estimators.confidence import (
 from hdreg.geometry_np import (
     check_homography,
     coverage_mask,
+    local_similarity,
     normalize_homography,
     rect_corners,
     scale_matrix,
@@ -97,6 +105,10 @@ def keeps_a_in_front(H_a_from_b: np.ndarray, size_a: tuple[int, int], ratio: flo
     return bool(centre != 0 and np.all(depth / centre >= ratio))
 
 
+def _centre(size: tuple[int, int]) -> tuple[float, float]:
+    return (size[0] - 1) / 2, (size[1] - 1) / 2
+
+
 @dataclass
 class _Pair:
     """Per-pair state: the photos, their sizes, and the running ``H_a_from_b`` (full res)."""
@@ -116,7 +128,8 @@ class CoarseToFineEstimator(PairwiseEstimator):
         refine_net: network of the refinement levels (default: ``global_net``).
         name: name in evaluation tables.
         rotations: hypotheses of the global stage, in degrees.
-        zooms: zoom hypotheses of the global stage (``2``: B shows A's centre enlarged 2×).
+        zooms: zoom hypotheses of the global stage (``2``: one pixel of B spans two of A, B is
+            zoomed out ×0.5).
         levels: B's longer side at each refinement level, coarse to fine; levels beyond
             ``max_side`` (or the photo's own size) are replaced by one level at that size.
         max_side: finest resolution used (B's longer side); ``None``: full resolution.
@@ -139,6 +152,18 @@ class CoarseToFineEstimator(PairwiseEstimator):
             features on both photos at ``dense_side``, then MAGSAC++, per rotation hypothesis;
             the fit with the most inliers). ``"dense"`` needs an iterative network.
         dense_side: B's longer side for the dense matcher.
+        proposal_net: a network that scores rotation × zoom classes of the pair once
+            (:class:`hdreg.models.similarity.SimilarityNet`): the global stage then tries only
+            its ``proposals`` likeliest classes (``rotations`` × ``zooms`` become the fallback).
+        proposals: how many of the proposal network's classes the global stage tries.
+        fallback_confidence: with a proposal network, when the best proposal's estimate has a
+            confidence (band-passed, as the final one) under this, the proposals are dropped and
+            the global stage tries every ``rotations`` × ``zooms`` hypothesis instead, as
+            without a proposal network (``None``: never).
+        swap_zoom: when the global estimate shows B zoomed out by more than this factor (one
+            pixel of B spans more than ``swap_zoom`` pixels of A), the refinement levels run on
+            the swapped pair (B warped into A's frame, where the shared part is large), and the
+            result is inverted back (``None``: never swap).
         device: where the networks run.
     """
 
@@ -164,6 +189,10 @@ class CoarseToFineEstimator(PairwiseEstimator):
         score_side: int = 256,
         global_stage: str = "hypotheses",
         dense_side: int = 256,
+        proposal_net: torch.nn.Module | None = None,
+        proposals: int = 3,
+        fallback_confidence: float | None = None,
+        swap_zoom: float | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         if not rotations or not zooms:
@@ -207,6 +236,24 @@ class CoarseToFineEstimator(PairwiseEstimator):
             raise ValueError("global_stage='dense' needs an iterative network (its coarse encoder)")
         self.global_stage = global_stage
         self.dense_side = int(dense_side)
+        self.proposal_net = None if proposal_net is None else proposal_net.to(self.device).eval()
+        if self.proposal_net is not None and global_stage != "hypotheses":
+            raise ValueError("a proposal network needs global_stage='hypotheses'")
+        #: the proposal network's classes (``[]`` without one)
+        self.classes = (
+            []
+            if self.proposal_net is None
+            else [(float(r), float(z)) for r, z in self.proposal_net.hypotheses()]
+        )
+        if proposals < 1:
+            raise ValueError(f"proposals must be >= 1, got {proposals}")
+        self.proposals = int(proposals)
+        self.fallback_confidence = (
+            None if fallback_confidence is None else float(fallback_confidence)
+        )
+        if swap_zoom is not None and not swap_zoom >= 1:
+            raise ValueError(f"swap_zoom must be >= 1 (or None), got {swap_zoom}")
+        self.swap_zoom = None if swap_zoom is None else float(swap_zoom)
 
     def __repr__(self) -> str:
         return f"CoarseToFineEstimator(name={self.name!r}, levels={self.levels})"
@@ -234,10 +281,24 @@ class CoarseToFineEstimator(PairwiseEstimator):
         return None if check_homography(H) else H
 
     # -- stages ----------------------------------------------------------------------------------
-    def _global(self, pair: _Pair) -> None:
+    @torch.inference_mode()
+    def _proposal_order(self, a: np.ndarray, b: np.ndarray) -> list[int]:
+        """Indices of ``self.classes``, likeliest first, by the proposal network (one pass on
+        the ``P×P`` photos)."""
+        ta = torch.from_numpy(a)[None, None].to(self.device).float().div_(255.0)
+        tb = torch.from_numpy(b)[None, None].to(self.device).float().div_(255.0)
+        logits = self.proposal_net(ta, tb)["logits"][0].float().cpu()
+        return torch.argsort(logits, descending=True).tolist()
+
+    def _try_hypotheses(
+        self, pair: _Pair, a: np.ndarray, b: np.ndarray, hypotheses: Sequence[tuple[float, float]]
+    ) -> tuple[list[float], tuple | None]:
+        """The global network on the ``P×P`` photos under each ``(rotation, zoom)`` hypothesis
+        (one batch): each result's confidence (raw intensities: forgiving of the few pixels a
+        global estimate is off by; ``-1`` for a degenerate one), and the best
+        ``(confidence, H_a_from_b, rotation, zoom)`` (``None`` if all are degenerate)."""
         p = self.patch
-        a, b = resize_area(pair.a, (p, p)), resize_area(pair.b, (p, p))
-        Gs = [_centre_transform(p, r, z) for r, z in self.hypotheses]
+        Gs = [_centre_transform(p, r, z) for r, z in hypotheses]
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         stack_a = np.stack(
             [cv2.warpPerspective(a, G, (p, p), flags=flags, borderMode=cv2.BORDER_REFLECT)
@@ -246,22 +307,44 @@ class CoarseToFineEstimator(PairwiseEstimator):
         offsets = self._offsets(self.global_net, stack_a, np.repeat(b[None], len(Gs), 0))
         to_full = scale_matrix((p, p), size_of(pair.a))
         from_full = scale_matrix(size_of(pair.b), (p, p))
-        best, scores = None, []
-        for (r, z), G, off in zip(self.hypotheses, Gs, offsets, strict=True):
+        scores, best = [], None
+        for hypothesis, G, off in zip(hypotheses, Gs, offsets, strict=True):
             H_patch = self._patch_homography(off)
             if H_patch is None:
                 scores.append(-1.0)
                 continue
             H = normalize_homography(to_full @ G @ H_patch @ from_full)
-            # raw intensities: forgiving of the few pixels a global estimate is off by
             conf = alignment_confidence(pair.a, pair.b, H, self.score_side, band_pass=None)[0]
             scores.append(conf)
             if best is None or conf > best[0]:
-                best = (conf, H, r, z)
+                best = (conf, H, *hypothesis)
+        return scores, best
+
+    def _global(self, pair: _Pair) -> None:
+        p = self.patch
+        a, b = resize_area(pair.a, (p, p)), resize_area(pair.b, (p, p))
+        best = None
+        if self.proposal_net is not None:
+            order = self._proposal_order(a, b)[: self.proposals]
+            tried, best = self._try_hypotheses(pair, a, b, [self.classes[i] for i in order])
+            scores = np.full(len(self.classes), np.nan)
+            scores[order] = tried
+            pair.details["proposal_scores"] = scores
+            floor = self.fallback_confidence
+            # judged as the final answer is (band-passed): proposals whose estimate would fail
+            # the pair are dropped, and the rotation × zoom hypotheses are all tried instead
+            if floor is not None and (
+                best is None
+                or alignment_confidence(pair.a, pair.b, best[1], self.score_side)[0] < floor
+            ):
+                best = None
+                pair.details["global_fallback"] = True
+        if self.proposal_net is None or pair.details.get("global_fallback"):
+            scores_all, best = self._try_hypotheses(pair, a, b, self.hypotheses)
+            pair.details["hypothesis_scores"] = np.array(scores_all)
         if best is not None:
             pair.H = best[1]
             pair.details.update(hypothesis_rotation=best[2], hypothesis_zoom=best[3])
-        pair.details["hypothesis_scores"] = np.array(scores)
 
     @torch.inference_mode()
     def _dense_features(self, images: np.ndarray) -> tuple[torch.Tensor, int]:
@@ -436,8 +519,19 @@ class CoarseToFineEstimator(PairwiseEstimator):
         pair.details["confidence_global"] = alignment_confidence(
             image_a, image_b, pair.H, self.score_side
         )[0]
-        for side in self._level_sides(size_of(image_b)):
-            self._refine_level(pair, side)
+        if (
+            self.swap_zoom is not None
+            and local_similarity(pair.H, _centre(size_of(image_b)))[0] > self.swap_zoom
+        ):
+            # B zoomed out: refine B warped into A's frame, where the shared part is large
+            swapped = _Pair(image_b, image_a, np.linalg.inv(pair.H), pair.details)
+            for side in self._level_sides(size_of(image_a)):
+                self._refine_level(swapped, side)
+            pair.H = normalize_homography(np.linalg.inv(swapped.H))
+            pair.details["refined_swapped"] = True
+        else:
+            for side in self._level_sides(size_of(image_b)):
+                self._refine_level(pair, side)
         reason = judge_confidence(
             image_a, image_b, pair.H, self.min_confidence, pair.details, self.score_side
         )

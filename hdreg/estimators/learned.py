@@ -29,6 +29,7 @@ from hdreg.models.checkpoint import (
     read_checkpoint,
     resolve_checkpoint,
 )
+from hdreg.models.similarity import SimilarityNet
 
 __all__ = [
     "ConfidenceGate",
@@ -192,10 +193,17 @@ def load_checkpoint_estimator(
     spec = ckpt.meta.get("hdreg_estimator")
     if spec is None:
         return HomographyNetEstimator(net, name=name, device=device, min_confidence=min_confidence)
-    params = {k: v for k, v in spec.items() if k not in ("kind", "refine", "name")}
+    params = {k: v for k, v in spec.items() if k not in ("kind", "refine", "name", "proposal")}
     module, cls_name = ESTIMATORS[spec["kind"]]
     cls = getattr(importlib.import_module(module), cls_name)
     refine = load_net(spec["refine"]) if spec.get("refine") else None
+    proposal = spec.get("proposal")  # what proposes rotation × zoom classes
+    if proposal == "global-encoder":  # the global network's own encoder, untrained head
+        params["proposal_net"] = SimilarityNet.around(
+            net.coarse.encoder, patch_size=net.patch_size, input_size=net.input_size
+        )
+    elif proposal:  # a shipped proposal network
+        params["proposal_net"] = load_net(proposal)
     for key in ("rotations", "zooms", "levels"):
         if key in params:
             params[key] = tuple(params[key])

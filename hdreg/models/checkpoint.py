@@ -70,6 +70,7 @@ NETS: dict[str, tuple[str, str]] = {
         "hdreg.models.iterative",
         "IterativeHomographyNet",
     ),
+    "hdreg.models.similarity.SimilarityNet": ("hdreg.models.similarity", "SimilarityNet"),
 }
 #: losses a checkpoint may name
 LOSSES: dict[str, tuple[str, str]] = {
@@ -82,6 +83,10 @@ LOSSES: dict[str, tuple[str, str]] = {
         "SequencePhotometric",
     )
 }
+LOSSES["hdreg.models.similarity.SimilarityCrossEntropy"] = (
+    "hdreg.models.similarity",
+    "SimilarityCrossEntropy",
+)
 #: LightningModules a checkpoint may name
 MODULES: dict[str, tuple[str, str]] = {
     "hdreg.models.supervised.SupervisedHomography": (
@@ -154,9 +159,13 @@ def check_estimator_config(config: Any) -> None:
     for key, value in config.items():
         if not isinstance(key, str) or key.startswith("_") or not _is_plain(value):
             raise ValueError(f"hdreg_estimator.{key} must be a plain keyword argument")
-    refine = config.get("refine")
-    if refine is not None and refine not in shipped_weights():
-        raise ValueError(f"hdreg_estimator.refine names {refine!r}, which is not a shipped model")
+    for key, also in (("refine", ()), ("proposal", ("global-encoder",))):
+        name = config.get(key)
+        if name is not None and name not in shipped_weights() and name not in also:
+            raise ValueError(
+                f"hdreg_estimator.{key} names {name!r}, which is not "
+                + " or ".join(["a shipped model", *(repr(a) for a in also)])
+            )
 
 
 def register(kind: str, cls: type) -> None:

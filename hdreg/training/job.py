@@ -89,23 +89,43 @@ def evaluate_test_split(
     return result.summaries()
 
 
-def init_weights(model: Any, spec: str) -> None:
+def init_weights(model: Any, spec: str, part: str | None = None) -> None:
     """Start from the weights of a checkpoint or shipped model (``init=iterative``): its network
     weights are loaded strictly into ``model.net``; ``ValueError`` naming ``spec`` when they do
     not fit (another architecture). The optimizer, schedule and step count start fresh
-    (``ckpt_path`` resumes a run instead)."""
+    (``ckpt_path`` resumes a run instead).
+
+    ``part="SRC:DST"`` (``init_part=coarse.encoder:encoder``) loads only the source's module
+    ``SRC`` into ``model.net``'s module ``DST`` (strictly: every weight of ``DST``, same shapes),
+    e.g. a new network's encoder from a trained one's; the rest keeps its fresh initialisation.
+    """
     from hdreg.models.checkpoint import load_net
 
     source = load_net(spec)
+    if part is None:
+        target, state = model.net, source.state_dict()
+    else:
+        src, sep, dst = part.partition(":")
+        try:
+            if not sep:
+                raise AttributeError(part)
+            target = model.net.get_submodule(dst)
+            state = source.get_submodule(src).state_dict()
+        except AttributeError:
+            raise ValueError(
+                f"init_part={part}: expected SRC:DST, a module of {spec}'s network and one of "
+                f"model.net ({type(model.net).__name__}), e.g. coarse.encoder:encoder"
+            ) from None
     try:
-        model.net.load_state_dict(source.state_dict())
+        target.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
+        where = "model.net" if part is None else f"model.net.{part.partition(':')[2]}"
         raise ValueError(
-            f"init={spec}: its network does not fit model.net ({type(model.net).__name__} with "
+            f"init={spec}: its network does not fit {where} ({type(model.net).__name__} with "
             f"this config): {first}"
         ) from None
-    log.info("initialized model.net from %s", spec)
+    log.info("initialized model.net%s from %s", "" if part is None else f" ({part})", spec)
 
 
 def train_from_config(cfg: DictConfig) -> float | None:
@@ -127,7 +147,7 @@ def train_from_config(cfg: DictConfig) -> float | None:
     datamodule.setup("fit")  # bad data stops here, before any logger writes a file
     model = build_module(cfg.model)
     if cfg.get("init"):
-        init_weights(model, cfg.init)
+        init_weights(model, cfg.init, cfg.get("init_part"))
     if ckpt_path:
         check_same_model(ckpt_path, model, "ckpt_path")
 
