@@ -351,3 +351,26 @@ def test_data_package_never_composes_hydra_configs():
     for path in sorted(root.rglob("*.py")):
         text = path.read_text(encoding="utf-8")
         assert "compose_config" not in text and "hydra" not in text, path
+
+
+def test_every_pair_stream_checks_its_source_photos_alike():
+    """The DeTone and wide streams, numpy and torch, refuse the same bad inputs in one line."""
+    import torch
+
+    from hdreg.apps.protocols import detone_protocol, wide_protocol
+    from hdreg.data.synthetic.detone import SyntheticPairs
+    from hdreg.data.synthetic.detone_torch import TorchPairGenerator
+    from hdreg.data.synthetic.wide import WidePairs
+    from hdreg.data.synthetic.wide_torch import TorchWideGenerator
+
+    bad = np.zeros((2, 240, 320), np.float32)
+    with pytest.raises(ValueError, match=r"non-empty \(N, H, W\) uint8 array, got float32"):
+        SyntheticPairs(bad, detone_protocol(), seed=0, length=1)
+    with pytest.raises(ValueError, match=r"uint8 array, got uint8 \(0, 240, 320\)"):
+        WidePairs(bad[:0].astype(np.uint8), 128, wide_protocol(), seed=0, length=1)
+    with pytest.raises(ValueError, match="stream must be one of"):
+        WidePairs(bad.astype(np.uint8), 128, wide_protocol(), seed=0, length=1, stream="tran")
+    with pytest.raises(ValueError, match=r"uint8 tensor, got torch.float32"):
+        TorchPairGenerator(torch.from_numpy(bad), detone_protocol(), seed=0)
+    with pytest.raises(ValueError, match=r"uint8 tensor, got torch.float32"):
+        TorchWideGenerator(torch.from_numpy(bad), 128, wide_protocol(), seed=0)

@@ -6,10 +6,24 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["STREAMS", "pair_rng", "single_threaded_opencv", "worker_init_fn"]
+__all__ = ["STREAMS", "check_sources", "pair_rng", "single_threaded_opencv", "worker_init_fn"]
 
 # Independent random streams: the same seed never gives the same pairs in two roles.
 STREAMS = {"benchmark": 0, "train": 1, "val": 2, "test": 3}
+
+
+def check_sources(images, stream: str | None = None) -> None:
+    """``ValueError`` unless ``images`` — the source photos of a pair stream, a numpy array or a
+    torch tensor — is a non-empty ``(N, H, W)`` uint8 stack, and ``stream`` (if given) one of
+    :data:`STREAMS`."""
+    kind = "array" if isinstance(images, np.ndarray) else "tensor"
+    if images.ndim != 3 or str(images.dtype) not in ("uint8", "torch.uint8") or len(images) == 0:
+        raise ValueError(
+            f"images must be a non-empty (N, H, W) uint8 {kind}, got {images.dtype} "
+            f"{tuple(images.shape)}"
+        )
+    if stream is not None and stream not in STREAMS:
+        raise ValueError(f"stream must be one of {sorted(STREAMS)}, got {stream!r}")
 
 
 def pair_rng(seed: int, stream: int, index: int) -> np.random.Generator:

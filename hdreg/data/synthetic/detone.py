@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hdreg.data.seeding import STREAMS, pair_rng
+from hdreg.data.seeding import STREAMS, check_sources, pair_rng
 from hdreg.geometry_np import is_convex, rect_corners
 
 __all__ = ["DeToneProtocol", "PhotometricJitter", "SyntheticPairs", "generate_pair"]
@@ -232,18 +232,12 @@ class SyntheticPairs(Dataset):
         with_full_image: bool = False,
         flips: bool = False,
     ) -> None:
-        if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
-            raise ValueError(
-                f"images must be a non-empty (N, H, W) uint8 array, got {images.dtype} "
-                f"{images.shape}"
-            )
+        check_sources(images, stream)
         w, h = protocol.image_size
         if images.shape[1:] != (h, w):
             raise ValueError(
                 f"images are {images.shape[2]}x{images.shape[1]} but the protocol expects {w}x{h}"
             )
-        if stream not in STREAMS:
-            raise ValueError(f"stream must be one of {sorted(STREAMS)}, got {stream!r}")
         if length < 0 or start < 0:
             raise ValueError(f"length and start must be >= 0, got {length} and {start}")
         self.images = images

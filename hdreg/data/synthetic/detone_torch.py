@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hdreg.data.seeding import check_sources
 from hdreg.data.synthetic.detone import DeToneProtocol, PhotometricJitter
 from hdreg.geometry import (
     four_point_to_homography_ex,
@@ -155,11 +156,7 @@ class TorchPairGenerator:
                 f"images must be a torch.Tensor (N, H, W) uint8, got {type(images).__name__}; "
                 "convert an array with torch.from_numpy(np.array(images))"
             )
-        if images.ndim != 3 or images.dtype != torch.uint8 or images.shape[0] == 0:
-            raise ValueError(
-                f"images must be a non-empty (N, H, W) uint8 tensor, got {images.dtype} "
-                f"{tuple(images.shape)}"
-            )
+        check_sources(images)
         w, h = protocol.image_size
         if tuple(images.shape[1:]) != (h, w):
             raise ValueError(

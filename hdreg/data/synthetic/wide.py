@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hdreg.data.seeding import STREAMS, pair_rng
+from hdreg.data.seeding import STREAMS, check_sources, pair_rng
 from hdreg.data.synthetic.photometric import augment_view
 from hdreg.data.synthetic.render import render_view
 from hdreg.data.synthetic.wide_motion import (
@@ -206,13 +206,7 @@ class WidePairs(Dataset):
         start: int = 0,
         flips: bool = False,
     ) -> None:
-        if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
-            raise ValueError(
-                f"images must be a non-empty (N, H, W) uint8 array, got {images.dtype} "
-                f"{images.shape}"
-            )
-        if stream not in STREAMS:
-            raise ValueError(f"stream must be one of {sorted(STREAMS)}, got {stream!r}")
+        check_sources(images, stream)
         if length < 0 or start < 0:
             raise ValueError(f"length and start must be >= 0, got {length} and {start}")
         check_photo(images[0], protocol, "source images")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hdreg.data.seeding import check_sources
 from hdreg.data.synthetic.detone_torch import batch_seed
 from hdreg.data.synthetic.photometric import ViewAugmentation, draw_augmentation, jpeg_roundtrip
 from hdreg.data.synthetic.wide import check_photo, sample_wide_geometry
@@ -185,11 +186,7 @@ class TorchWideGenerator:
         *,
         flips: bool = False,
     ) -> None:
-        if images.ndim != 3 or images.dtype != torch.uint8 or len(images) == 0:
-            raise ValueError(
-                f"images must be a non-empty (N, H, W) uint8 tensor, got {images.dtype} "
-                f"{tuple(images.shape)}"
-            )
+        check_sources(images)
         check_photo(images[0].cpu().numpy(), protocol, "source images")
         self.patch_size, self.protocol, self.seed, self.flips = (
             int(patch_size),
