@@ -333,12 +333,13 @@ class CoarseToFineEstimator(PairwiseEstimator):
             floor = self.fallback_confidence
             # judged as the final answer is (band-passed): proposals whose estimate would fail
             # the pair are dropped, and the rotation × zoom hypotheses are all tried instead
-            if floor is not None and (
-                best is None
-                or alignment_confidence(pair.a, pair.b, best[1], self.score_side)[0] < floor
-            ):
+            if floor is not None and best is not None:
+                confidence = alignment_confidence(pair.a, pair.b, best[1], self.score_side)[0]
+                pair.details["confidence_global"] = confidence  # of the estimate kept, if kept
+            if floor is not None and (best is None or confidence < floor):
                 best = None
                 pair.details["global_fallback"] = True
+                pair.details.pop("confidence_global", None)
         if self.proposal_net is None or pair.details.get("global_fallback"):
             scores_all, best = self._try_hypotheses(pair, a, b, self.hypotheses)
             pair.details["hypothesis_scores"] = np.array(scores_all)
@@ -516,9 +517,10 @@ class CoarseToFineEstimator(PairwiseEstimator):
             if reason:
                 return PairResult(None, reason, pair.details)
         (self._global_dense if self.global_stage == "dense" else self._global)(pair)
-        pair.details["confidence_global"] = alignment_confidence(
-            image_a, image_b, pair.H, self.score_side
-        )[0]
+        if "confidence_global" not in pair.details:  # (the proposals' check may have it)
+            pair.details["confidence_global"] = alignment_confidence(
+                image_a, image_b, pair.H, self.score_side
+            )[0]
         if (
             self.swap_zoom is not None
             and local_similarity(pair.H, _centre(size_of(image_b)))[0] > self.swap_zoom
