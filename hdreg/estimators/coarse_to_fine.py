@@ -8,10 +8,16 @@ two photos of any size and aspect ratio, and any rotation:
    and a zoom about the centre), A is resampled as ``A'(p) = A(G p)``, the network estimates
    ``H_a'_from_b``, and ``H_a_from_b = G · H_a'_from_b``; each result is scored by its
    *confidence* (below) and the best is kept. Which hypotheses: with a *proposal network*
-   (:class:`hdreg.models.similarity.SimilarityNet`, ``proposal_net``) its rotation × zoom classes,
-   scored once per pair from learned features, and only the ``proposals`` likeliest are tried;
-   without one — or when the proposals' estimate is under ``fallback_confidence`` — every
-   ``rotations`` × ``zooms`` hypothesis, as one batch.
+   (``proposal_net``) its rotation × zoom classes, scored once per pair from learned features,
+   and only the ``proposals`` likeliest are tried; without one — or when the proposals'
+   estimate is under ``fallback_confidence`` — every ``rotations`` × ``zooms`` hypothesis, as one
+   batch. A proposal network that places its classes as well
+   (:class:`hdreg.models.scale_search.ScaleSpaceSearch`, ``gives_homographies``: a whole
+   similarity per class, from a scale space of both photos) gives starts, not centred
+   hypotheses: the photo that shows the shared content smaller is resampled into the other's
+   ``P×P`` frame by each start from its own pixels (sharp, at the same scale as the other), and
+   the network estimates what remains. (:class:`hdreg.models.similarity.SimilarityNet` scores
+   classes about the centres.)
 2. **Refinement levels.** At each level (B's longer side 256, 512, 1024, …, up to full
    resolution or ``max_side``) both photos are resized by the same factor, A is warped into B's
    frame by the current estimate, and the network estimates the residual on a grid of
@@ -153,8 +159,10 @@ class CoarseToFineEstimator(PairwiseEstimator):
             the fit with the most inliers). ``"dense"`` needs an iterative network.
         dense_side: B's longer side for the dense matcher.
         proposal_net: a network that scores rotation × zoom classes of the pair once
-            (:class:`hdreg.models.similarity.SimilarityNet`): the global stage then tries only
-            its ``proposals`` likeliest classes (``rotations`` × ``zooms`` become the fallback).
+            (:class:`hdreg.models.similarity.SimilarityNet`, about the centres; or
+            :class:`hdreg.models.scale_search.ScaleSpaceSearch`, each class placed): the global
+            stage then tries only its ``proposals`` likeliest classes (``rotations`` × ``zooms``
+            become the fallback).
         proposals: how many of the proposal network's classes the global stage tries.
         fallback_confidence: with a proposal network, when the best proposal's estimate has a
             confidence (band-passed, as the final one) under this, the proposals are dropped and
@@ -320,13 +328,80 @@ class CoarseToFineEstimator(PairwiseEstimator):
                 best = (conf, H, *hypothesis)
         return scores, best
 
+    @torch.inference_mode()
+    def _search(self, pair: _Pair) -> tuple[list[int], np.ndarray]:
+        """The search network's classes, likeliest first, and each class's ``H_a_from_b``
+        ``(K, 3, 3)`` in full-resolution pixels (one pass on square thumbnails)."""
+        n = int(self.proposal_net.input_size)
+        ta, tb = (
+            torch.from_numpy(resize_area(im, (n, n)))[None, None].to(self.device).float() / 255.0
+            for im in (pair.a, pair.b)
+        )
+        out = self.proposal_net(ta, tb)
+        order = torch.argsort(out["scores"].float().cpu(), descending=True).tolist()
+        S_a, S_b = scale_matrix((n, n), size_of(pair.a)), scale_matrix(size_of(pair.b), (n, n))
+        return order, S_a @ out["H_a_from_b"].cpu().double().numpy() @ S_b
+
+    def _render(self, image: np.ndarray, K: np.ndarray) -> np.ndarray:
+        """``image`` resampled into a ``P×P`` view, ``view(q) = image(K q)``, from the pyramid
+        level of ``image`` where one view pixel spans about one pixel (sharp where the view
+        magnifies, not aliased where it minifies)."""
+        p = self.patch
+        spread = local_similarity(K, ((p - 1) / 2, (p - 1) / 2))[0]
+        if spread > 1.0:
+            size = scale_size(size_of(image), 1.0 / spread, min_side=8)
+            K = scale_matrix(size_of(image), size) @ K
+            image = resize_area(image, size)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        return cv2.warpPerspective(image, K, (p, p), flags=flags, borderMode=cv2.BORDER_REFLECT)
+
+    def _try_homographies(
+        self, pair: _Pair, a: np.ndarray, b: np.ndarray, starts: np.ndarray
+    ) -> tuple[list[float], tuple | None]:
+        """The global network from each start ``H_a_from_b`` (full resolution; ``a``, ``b`` the
+        ``P×P`` photos), in one batch: the photo that shows the shared content smaller is
+        resampled into the other's ``P×P`` frame by the start, from its own pixels, and the
+        network estimates what remains. Each result's confidence (raw intensities, ``-1`` for a
+        degenerate one) and the best ``(confidence, H_a_from_b, rotation, zoom)``."""
+        p = self.patch
+        to_a, from_b = scale_matrix((p, p), size_of(pair.a)), scale_matrix(size_of(pair.b), (p, p))
+        stack_a, stack_b, frames = [], [], []
+        for H0 in starts:
+            zoom = local_similarity(H0, _centre(size_of(pair.b)))[0]
+            if zoom >= 1:  # B zoomed out: B into A's frame, K: a_p -> b
+                K = np.linalg.inv(H0) @ to_a
+                stack_a.append(a), stack_b.append(self._render(pair.b, K))
+                frames.append((to_a, np.linalg.inv(K)))
+            else:  # B zoomed in: A into B's frame, K: b_p -> a
+                K = H0 @ np.linalg.inv(from_b)
+                stack_a.append(self._render(pair.a, K)), stack_b.append(b)
+                frames.append((K, from_b))
+        offsets = self._offsets(self.global_net, np.stack(stack_a), np.stack(stack_b))
+        scores, best = [], None
+        for H0, (left, right), off in zip(starts, frames, offsets, strict=True):
+            H_patch = self._patch_homography(off)
+            if H_patch is None:
+                scores.append(-1.0)
+                continue
+            H = normalize_homography(left @ H_patch @ right)
+            conf = alignment_confidence(pair.a, pair.b, H, self.score_side, band_pass=None)[0]
+            scores.append(conf)
+            if best is None or conf > best[0]:
+                best = (conf, H, *local_similarity(H0, _centre(size_of(pair.b)))[::-1])
+        return scores, best
+
     def _global(self, pair: _Pair) -> None:
         p = self.patch
         a, b = resize_area(pair.a, (p, p)), resize_area(pair.b, (p, p))
         best = None
         if self.proposal_net is not None:
-            order = self._proposal_order(a, b)[: self.proposals]
-            tried, best = self._try_hypotheses(pair, a, b, [self.classes[i] for i in order])
+            if getattr(self.proposal_net, "gives_homographies", False):
+                order, starts = self._search(pair)
+                order = order[: self.proposals]
+                tried, best = self._try_homographies(pair, a, b, starts[order])
+            else:
+                order = self._proposal_order(a, b)[: self.proposals]
+                tried, best = self._try_hypotheses(pair, a, b, [self.classes[i] for i in order])
             scores = np.full(len(self.classes), np.nan)
             scores[order] = tried
             pair.details["proposal_scores"] = scores

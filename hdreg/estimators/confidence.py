@@ -2,7 +2,8 @@
 
 :func:`alignment_confidence` is the zero-mean normalised cross-correlation between band-passed B
 and A warped onto B over their overlap (invariant to gain and offset of either photo, blind to
-the smooth shading unrelated photos share), times the square root of the overlap's share of B.
+the smooth shading unrelated photos share), times the square root of the overlap's share of the
+photo it covers more of (B; or A, where B is zoomed out and shows all of A in a part of it).
 :func:`judge_confidence` records it in a pair's details and says why a pair under a threshold is
 not trusted; :func:`blank_reason` refuses a photo without texture before any estimate. The
 learned estimators (:mod:`hdreg.estimators.learned`, :mod:`hdreg.estimators.coarse_to_fine`)
@@ -19,6 +20,7 @@ All homographies follow docs/conventions.md: ``H_a_from_b`` maps B's pixels into
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -81,9 +83,10 @@ def alignment_confidence(
     Both are resized by the factor that brings B's longer side to ``side``; ``correlation`` is
     the ZNCC between B and A warped onto B over the pixels of B that map inside A, after a band
     pass (each image minus its Gaussian blur of ``band_pass`` pixels, so that the smooth shading
-    two unrelated photos may share does not count; ``None``: raw intensities), ``overlap`` their
-    share of B, and ``confidence = correlation · √overlap`` (0 when the overlap is empty or
-    flat).
+    two unrelated photos may share does not count; ``None``: raw intensities), ``overlap`` the
+    larger of the shares of B that maps inside A and of A that maps inside B (a zoomed-out B
+    shows all of A in a part of itself: the pair overlaps wholly, from A's side), and
+    ``confidence = correlation · √overlap`` (0 when the overlap is empty or flat).
     """
     f = min(1.0, side / max(size_of(image_b)))
     size_a = scale_size(size_of(image_a), f, min_side=8)
@@ -93,6 +96,9 @@ def alignment_confidence(
     warped = cv2.warpPerspective(a, H, size_b, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     inside = coverage_mask(H, size_a, size_b)
     overlap = float(inside.mean())
+    if overlap < 1.0:
+        with contextlib.suppress(np.linalg.LinAlgError):  # (a singular H: B's share stands)
+            overlap = max(overlap, float(coverage_mask(np.linalg.inv(H), size_b, size_a).mean()))
     if band_pass:
         b, warped = band_passed(b, band_pass), band_passed(warped, band_pass)
         inside = cv2.erode(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
@@ -115,6 +121,6 @@ def judge_confidence(
     if conf >= min_confidence:
         return None
     return (
-        f"confidence {conf:.2f} < {min_confidence} (correlation {corr:.2f} over {overlap:.0%} "
-        "of B): the photos do not match, or the motion is beyond reach"
+        f"confidence {conf:.2f} < {min_confidence} (correlation {corr:.2f}, overlap {overlap:.0%}):"
+        " the photos do not match, or the motion is beyond reach"
     )

@@ -29,6 +29,7 @@ from hdreg.models.checkpoint import (
     read_checkpoint,
     resolve_checkpoint,
 )
+from hdreg.models.scale_search import ScaleSpaceSearch
 from hdreg.models.similarity import SimilarityNet
 
 __all__ = [
@@ -194,6 +195,8 @@ def load_checkpoint_estimator(
     if spec is None:
         return HomographyNetEstimator(net, name=name, device=device, min_confidence=min_confidence)
     params = {k: v for k, v in spec.items() if k not in ("kind", "refine", "name", "proposal")}
+    # the scale-space search's own settings (search_rotations: 16 -> rotations=16)
+    search = {k[len("search_") :]: params.pop(k) for k in list(params) if k.startswith("search_")}
     module, cls_name = ESTIMATORS[spec["kind"]]
     cls = getattr(importlib.import_module(module), cls_name)
     refine = load_net(spec["refine"]) if spec.get("refine") else None
@@ -202,8 +205,18 @@ def load_checkpoint_estimator(
         params["proposal_net"] = SimilarityNet.around(
             net.coarse.encoder, patch_size=net.patch_size, input_size=net.input_size
         )
+    elif proposal == "scale-search":  # the global network's encoder over a scale space
+        try:
+            params["proposal_net"] = ScaleSpaceSearch(net.coarse.encoder, **search)
+        except TypeError as exc:
+            raise ValueError(f"{ckpt.path}: its hdreg_estimator search_* settings: {exc}") from None
     elif proposal:  # a shipped proposal network
         params["proposal_net"] = load_net(proposal)
+    if search and proposal != "scale-search":
+        raise ValueError(
+            f"{ckpt.path}: its hdreg_estimator has {', '.join('search_' + k for k in search)} "
+            f"but its proposal is {proposal!r}, not 'scale-search'"
+        )
     for key in ("rotations", "zooms", "levels"):
         if key in params:
             params[key] = tuple(params[key])

@@ -159,7 +159,7 @@ def check_estimator_config(config: Any) -> None:
     for key, value in config.items():
         if not isinstance(key, str) or key.startswith("_") or not _is_plain(value):
             raise ValueError(f"hdreg_estimator.{key} must be a plain keyword argument")
-    for key, also in (("refine", ()), ("proposal", ("global-encoder",))):
+    for key, also in (("refine", ()), ("proposal", ("global-encoder", "scale-search"))):
         name = config.get(key)
         if name is not None and name not in shipped_weights() and name not in also:
             raise ValueError(

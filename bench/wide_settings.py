@@ -1,0 +1,118 @@
+"""The shipped ``wide`` estimator with some of its settings changed, on a folder of real pairs
+(HPatches or Oxford layout, e.g. those of ``hdreg make-benchmark --protocol wide``): the share of
+pairs under 3 px overall and by how far B is zoomed out or in, AUC@1/3, the mean corner error
+(each pair's clipped at 100 px, so that a few far-off failures do not hide the rest), how often
+the global stage fell back to its hypotheses, and seconds per pair (one thread).
+
+    python bench/wide_settings.py data/benchmarks/wide_full_val ""
+    python bench/wide_settings.py data/benchmarks/wide_full_val "proposals=5,final_passes=1"
+    python bench/wide_settings.py data/benchmarks/wide_full_val "proposals=1" \\
+        --proposal global-encoder
+    python bench/wide_settings.py data/benchmarks/wide_full_val "" --search "rotations=8,steps=1"
+
+Settings are keyword arguments of :class:`hdreg.estimators.coarse_to_fine.CoarseToFineEstimator`
+(Python syntax) that replace those of ``hdreg/configs/estimator/wide.yaml``. ``--proposal``
+replaces the proposal network: ``scale-search`` (``--search``: keyword arguments of
+:class:`hdreg.models.scale_search.ScaleSpaceSearch`), ``global-encoder`` (the rotation × zoom
+classes of :class:`hdreg.models.similarity.SimilarityNet` about the photos' centres) or ``none``.
+The corner error is that of A's corners mapped into B, as in the evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from hdreg.data.real.pairs import find_real_pairs
+from hdreg.estimators.learned import load_checkpoint_estimator
+from hdreg.geometry_np import local_similarity, project, rect_corners
+from hdreg.models.scale_search import ScaleSpaceSearch
+from hdreg.models.similarity import SimilarityNet
+
+
+def _kwargs(text: str) -> dict:
+    call = ast.parse(f"f({text})", mode="eval").body
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+
+
+def _auc(errors: np.ndarray, threshold: float) -> float:
+    """Area under the share-under-``t`` curve for ``t`` in ``[0, threshold]``, percent."""
+    ts = np.linspace(0.0, threshold, 1001)
+    return 100.0 * float(np.mean([(errors <= t).mean() for t in ts]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root")
+    parser.add_argument("settings", help='e.g. "proposals=5,final_passes=1"')
+    parser.add_argument("--proposal", choices=["scale-search", "global-encoder", "none"])
+    parser.add_argument("--search", default="", help='e.g. "rotations=8,steps=1"')
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--save", help="write the per-pair rows to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    est = load_checkpoint_estimator("wide", device="cpu")
+    encoder = est.global_net.coarse.encoder
+    if args.proposal == "scale-search" or (args.search and args.proposal is None):
+        est.proposal_net = ScaleSpaceSearch(encoder, **_kwargs(args.search)).eval()
+    elif args.proposal == "global-encoder":
+        net = est.global_net
+        est.proposal_net = SimilarityNet.around(encoder, net.patch_size, net.input_size).eval()
+    elif args.proposal == "none":
+        est.proposal_net = None
+    est.classes = [] if est.proposal_net is None else list(est.proposal_net.hypotheses())
+    for key, value in _kwargs(args.settings).items():
+        if not hasattr(est, key):
+            raise SystemExit(f"wide has no setting {key!r}")
+        setattr(est, key, value)
+    rows = []
+    for pair in find_real_pairs(Path(args.root))[: args.limit]:
+        a = cv2.imread(str(pair.path_a), cv2.IMREAD_GRAYSCALE)
+        b = cv2.imread(str(pair.path_b), cv2.IMREAD_GRAYSCALE)
+        t0 = time.perf_counter()
+        result = est.estimate_pair(a, b)
+        seconds = time.perf_counter() - t0
+        corners = rect_corners((a.shape[1], a.shape[0]))
+        H = result.H_a_from_b if result.H_a_from_b is not None else np.eye(3)
+        error = np.linalg.norm(
+            project(np.linalg.inv(H), corners) - project(pair.H_b_from_a, corners), axis=1
+        ).mean()
+        centre_b = ((b.shape[1] - 1) / 2, (b.shape[0] - 1) / 2)
+        zoom = local_similarity(np.linalg.inv(pair.H_b_from_a), centre_b)[0]
+        rows.append({"error": float(error), "zoom": zoom, "seconds": seconds,
+                     "fallback": bool(result.details.get("global_fallback")),
+                     "failed": result.H_a_from_b is None})  # fmt: skip
+    if args.save:
+        Path(args.save).write_text(json.dumps(rows))
+    errors = np.array([r["error"] for r in rows])
+    zooms = np.array([r["zoom"] for r in rows])
+    groups = {
+        "B zoomed out > x2": zooms > 2,
+        "zoom within x2": (zooms >= 0.5) & (zooms <= 2),
+        "B zoomed in > x2": zooms < 0.5,
+    }
+    by_zoom = ", ".join(
+        f"{name} {np.mean(errors[keep] < 3):.0%} of {keep.sum()}"
+        for name, keep in groups.items()
+        if keep.any()
+    )
+    print(
+        f"{args.settings or 'as shipped'} {args.proposal or ''} {args.search}: {len(rows)} pairs, "
+        f"under 3 px {np.mean(errors < 3):.1%} ({by_zoom}); AUC@1 {_auc(errors, 1):.1f}, "
+        f"AUC@3 {_auc(errors, 3):.1f}; mean error (clipped at 100 px) "
+        f"{np.minimum(errors, 100).mean():.1f}; failed {np.mean([r['failed'] for r in rows]):.0%}; "
+        f"fallback {np.mean([r['fallback'] for r in rows]):.0%}; "
+        f"{np.mean([r['seconds'] for r in rows]):.2f} s per pair"
+    )
+
+
+if __name__ == "__main__":
+    main()
