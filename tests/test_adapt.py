@@ -124,7 +124,8 @@ class TestAdaptSpecs:
         assert details["refined_by"] == "ecc"  # the refine_* keys are the last refiner's
 
     def test_align_adapt_goes_before_ecc(self):
-        assert _spec(None, None, None, 20).refine == "adapt+ecc"  # the default: sift+ecc
+        default = _spec(None, None, None, 20)  # the default: wide+ecc
+        assert default.refine == "adapt+ecc" and default.text == "wide"
         assert _spec("sift", None, None, 5).refine == "adapt"
         assert _spec(None, "iterative", "ecc", 5).refine == "adapt+ecc"
         with pytest.raises(ValueError, match="--adapt must be"):

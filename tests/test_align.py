@@ -225,6 +225,18 @@ class TestAlign:
         assert cv2.imread(str(out_dir / "b_warped_to_a.png")).shape[:2] == (240, 320)
         assert {*OUTPUT_FILES, RECORD_FILE} == {p.name for p in out_dir.iterdir()}
 
+    def test_the_default_is_wide_refined_by_ecc(self):
+        """Without --method or --checkpoint: the most accurate method measured at the full range
+        of camera motion (docs/results.md)."""
+        spec = _spec(None, None, None)
+        assert (spec.text, spec.method, spec.checkpoint.name, spec.refine) == (
+            "wide",
+            None,
+            "wide.pt",
+            "ecc",
+        )
+        assert _spec(None, None, "adapt").refine == "adapt"
+
     def test_options_change_only_their_parameter_of_the_method_config(self):
         spec = _spec("orb", None, None)
         est = resolve(spec, overrides=_keypoint_overrides(spec, ratio=0.6, robust="magsac"))

@@ -68,10 +68,11 @@ __all__ = [
 ]
 
 KEYPOINT_METHODS = tuple(sorted(DETECTORS))  # akaze, brisk, orb, sift
-#: what ``hdreg align A B`` runs without --method or --checkpoint: SIFT refined by ECC, the most
-#: pairs under 3 px and the highest AUC@1 at the full range of camera motion (zoom 0.25-4, any
-#: rotation; docs/results.md), where ``wide+ecc`` loses the zoom-outs below 0.5
-DEFAULT_METHOD, DEFAULT_REFINE = "sift", "ecc"
+#: what ``hdreg align A B`` runs without --method or --checkpoint: the shipped ``wide`` refined by
+#: ECC, the most pairs under 3 px, the highest AUC@1 and the lowest MACE at the full range of
+#: camera motion (zoom 0.25-4, any rotation) and at the default range, ahead of ``sift+ecc``,
+#: which takes about a fifth of its time (docs/results.md, docs/evaluation.md)
+DEFAULT_CHECKPOINT, DEFAULT_REFINE = "wide", "ecc"
 #: the method configs (the registry, hdreg/configs/method/) and "model" for --checkpoint
 METHODS = (*method_names(), "model")
 # Everything write_alignment may write; files of an earlier run that this run does not write are
@@ -214,7 +215,7 @@ def _spec(
     """The spec of ``hdreg align``'s options, parsed by :mod:`hdreg.estimators.registry`.
     ``adapt`` (steps) puts ``+adapt`` in the chain, before ``+ecc`` when there is one."""
     if method is None and checkpoint is None:  # the default: the most accurate method measured
-        method, refine = DEFAULT_METHOD, refine or DEFAULT_REFINE
+        checkpoint, refine = DEFAULT_CHECKPOINT, refine or DEFAULT_REFINE
     if method is None:
         method = "model"
     if method not in METHODS:
@@ -317,8 +318,8 @@ def align(
 ) -> Alignment:
     """Align image file ``path_b`` to image file ``path_a``.
 
-    ``method=None`` means ``"model"`` with a checkpoint; with neither, SIFT refined by ECC
-    (:data:`DEFAULT_METHOD`, :data:`DEFAULT_REFINE`). ``refine`` (or a
+    ``method=None`` means ``"model"`` with a checkpoint; with neither, the shipped ``wide``
+    refined by ECC (:data:`DEFAULT_CHECKPOINT`, :data:`DEFAULT_REFINE`). ``refine`` (or a
     checkpoint spec ending in ``+ecc``) wraps the estimator in the refinement, whose parameters
     come from ``hdreg/configs/method/ecc.yaml``. ``adapt`` (steps per level) adds the per-pair
     adaptation of :mod:`hdreg.estimators.adapt` before ECC (``hdreg/configs/method/adapt.yaml``;

@@ -265,8 +265,9 @@ def _add_align_parser(sub: argparse._SubParsersAction, full: bool = True) -> Non
     al.add_argument("image_b", help="image B, aligned to A")
     al.add_argument(
         "--method", choices=METHODS, default=None,
-        help="estimator (default: model with --checkpoint; with neither, sift --refine ecc, the "
-        "most accurate at the full range of camera motion); defaults as in hdreg/configs/method/",
+        help="estimator (default: model with --checkpoint; with neither, --checkpoint wide "
+        "--refine ecc, the most accurate at the full range of camera motion); defaults as in "
+        "hdreg/configs/method/",
     )  # fmt: skip
     al.add_argument(
         "--checkpoint",
