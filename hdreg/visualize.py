@@ -76,13 +76,16 @@ def overlay_image(image_a: np.ndarray, warped_b: np.ndarray, covered: np.ndarray
     misaligned shows a green and a magenta fringe; where B does not cover A the picture is
     magenta. Warped B's gain and offset are first matched to A's over the covered region, so
     that a change of exposure between the photos tints nothing."""
-    b = warped_b.astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)  # B's gray levels, mapped by one lookup table
     if covered.any():
-        a_in, b_in = image_a[covered].astype(np.float64), b[covered]
-        gain = a_in.std() / b_in.std() if b_in.std() > 0 else 1.0
-        b = (b - b_in.mean()) * gain + a_in.mean()
-    b = np.where(covered, np.clip(b, 0, 255), 0).astype(np.uint8)
-    return np.dstack([image_a, b, image_a])  # B, G, R channels
+        mask = covered.view(np.uint8) if covered.dtype == bool else covered.astype(np.uint8)
+        (mean_a,), (std_a,) = (v.ravel() for v in cv2.meanStdDev(image_a, mask=mask))
+        (mean_b,), (std_b,) = (v.ravel() for v in cv2.meanStdDev(warped_b, mask=mask))
+        gain = std_a / std_b if std_b > 0 else 1.0
+        levels = (levels - mean_b) * gain + mean_a
+    b = np.clip(levels, 0, 255).astype(np.uint8)[warped_b]
+    b[~covered] = 0
+    return cv2.merge([image_a, b, image_a])  # B, G, R channels
 
 
 def _bgr(gray: np.ndarray) -> np.ndarray:
