@@ -65,8 +65,8 @@ class ScaleSpaceSearch(nn.Module):
 
     ``forward(a, b)`` takes both photos as ``(1, 1, N, N)`` square thumbnails of side
     ``N = template · 2^n`` (values in ``[0, 1]``) and returns ``scores (K,)`` and
-    ``H_a_from_b (K, 3, 3)`` float64 in those thumbnails' pixels, classes in the order of
-    :meth:`hypotheses` (rotation-major).
+    ``H_a_from_b (K, 3, 3)`` float64 (both on the CPU) in those thumbnails' pixels, classes in
+    the order of :meth:`hypotheses` (rotation-major).
     """
 
     #: :meth:`forward` gives each class's homography (position included), not scores alone
@@ -136,7 +136,7 @@ class ScaleSpaceSearch(nn.Module):
         cell's weight (1 where the turned cell lies inside the photo)."""
         t, side = self.template, self.template // self.stride
         R = centre_similarity(t, torch.tensor(angles), torch.ones(len(angles)))
-        grid = warp_grid(R.to(image.dtype), (t, t))
+        grid = warp_grid(R.to(device=image.device, dtype=image.dtype), (t, t))
         mean = image.mean()
         turned = sample_at((image - mean).expand(len(angles), -1, -1, -1), grid) + mean
         weight = F.adaptive_avg_pool2d(inside_mask(grid, (t, t)).to(image.dtype), side) >= 0.5
@@ -154,6 +154,7 @@ class ScaleSpaceSearch(nn.Module):
         out = F.conv2d(F.pad(search, (pad, pad, pad, pad)), kernels)[0]  # (R, h', w')
         out = out / weight.flatten(1).sum(dim=1).clamp_min(1.0)[:, None, None]
         best, index = out.flatten(1).max(dim=1)
+        index = index.cpu()
         w_out = out.shape[-1]
         shift = torch.stack([index % w_out - pad, index // w_out - pad], dim=1)
         return best, shift.double()
@@ -191,5 +192,5 @@ class ScaleSpaceSearch(nn.Module):
                     # B_t(R⁻¹ q) = A_side(q + s·shift): H_a_side_from_b_t = T(s·shift) · R
                     h = _shift(*(s * shift[k]).tolist()) @ R[k]
                     H[k, zi] = _scale(side, n) @ h @ _scale(n, t)
-            scores[:, zi] = best.double()
+            scores[:, zi] = best.double().cpu()
         return {"scores": scores.flatten(), "H_a_from_b": H.flatten(0, 1)}
