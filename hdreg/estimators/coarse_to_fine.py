@@ -370,12 +370,13 @@ class CoarseToFineEstimator(PairwiseEstimator):
             zoom = local_similarity(H0, _centre(size_of(pair.b)))[0]
             if zoom >= 1:  # B zoomed out: B into A's frame, K: a_p -> b
                 K = np.linalg.inv(H0) @ to_a
-                stack_a.append(a), stack_b.append(self._render(pair.b, K))
-                frames.append((to_a, np.linalg.inv(K)))
+                view_a, view_b, frame = a, self._render(pair.b, K), (to_a, np.linalg.inv(K))
             else:  # B zoomed in: A into B's frame, K: b_p -> a
                 K = H0 @ np.linalg.inv(from_b)
-                stack_a.append(self._render(pair.a, K)), stack_b.append(b)
-                frames.append((K, from_b))
+                view_a, view_b, frame = self._render(pair.a, K), b, (K, from_b)
+            stack_a.append(view_a)
+            stack_b.append(view_b)
+            frames.append(frame)
         offsets = self._offsets(self.global_net, np.stack(stack_a), np.stack(stack_b))
         scores, best = [], None
         for H0, (left, right), off in zip(starts, frames, offsets, strict=True):
