@@ -11,7 +11,8 @@ the global stage fell back to its hypotheses, and seconds per pair (one thread).
     python bench/wide_settings.py data/benchmarks/wide_full_val "" --search "rotations=8,steps=1"
 
 Settings are keyword arguments of :class:`hdreg.estimators.coarse_to_fine.CoarseToFineEstimator`
-(Python syntax) that replace those of ``hdreg/configs/estimator/wide.yaml``. ``--proposal``
+(Python syntax) that replace those of ``hdreg/configs/estimator/wide.yaml``; ``--global-net``
+replaces the global stage's network (the search keeps the shipped encoder). ``--proposal``
 replaces the proposal network: ``scale-search`` (``--search``: keyword arguments of
 :class:`hdreg.models.scale_search.ScaleSpaceSearch`), ``global-encoder`` (the rotation × zoom
 classes of :class:`hdreg.models.similarity.SimilarityNet` about the photos' centres) or ``none``.
@@ -33,6 +34,7 @@ import torch
 from hdreg.data.real.pairs import find_real_pairs
 from hdreg.estimators.learned import load_checkpoint_estimator
 from hdreg.geometry_np import local_similarity, project, rect_corners
+from hdreg.models.checkpoint import load_net
 from hdreg.models.scale_search import ScaleSpaceSearch
 from hdreg.models.similarity import SimilarityNet
 
@@ -57,10 +59,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", help="write the per-pair rows to this JSON file")
+    parser.add_argument(
+        "--global-net", help="the global stage's network instead of wide's (a checkpoint)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     est = load_checkpoint_estimator("wide", device="cpu")
-    encoder = est.global_net.coarse.encoder
+    encoder = est.global_net.coarse.encoder  # (the search's, whatever --global-net)
+    if args.global_net:
+        est.global_net = load_net(args.global_net).eval()
     if args.proposal == "scale-search" or (args.search and args.proposal is None):
         est.proposal_net = ScaleSpaceSearch(encoder, **_kwargs(args.search)).eval()
     elif args.proposal == "global-encoder":
