@@ -73,6 +73,7 @@ from hdreg.geometry_np import (
     scale_size,
 )
 from hdreg.images import resize_area, size_of
+from hdreg.models.homographynet import standardize
 
 __all__ = ["CoarseToFineEstimator", "keeps_a_in_front", "scale_matrix"]
 
@@ -301,10 +302,9 @@ class CoarseToFineEstimator(PairwiseEstimator):
     def _try_hypotheses(
         self, pair: _Pair, a: np.ndarray, b: np.ndarray, hypotheses: Sequence[tuple[float, float]]
     ) -> tuple[list[float], tuple | None]:
-        """The global network on the ``P×P`` photos under each ``(rotation, zoom)`` hypothesis
-        (one batch): each result's confidence (raw intensities: forgiving of the few pixels a
-        global estimate is off by; ``-1`` for a degenerate one), and the best
-        ``(confidence, H_a_from_b, rotation, zoom)`` (``None`` if all are degenerate)."""
+        """The global network on the ``P×P`` photos under each ``(rotation, zoom)`` hypothesis,
+        A resampled as ``A'(p) = A(G p)`` (:meth:`_best_of`: each result's confidence and the
+        best)."""
         p = self.patch
         Gs = [_centre_transform(p, r, z) for r, z in hypotheses]
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
@@ -312,20 +312,36 @@ class CoarseToFineEstimator(PairwiseEstimator):
             [cv2.warpPerspective(a, G, (p, p), flags=flags, borderMode=cv2.BORDER_REFLECT)
              for G in Gs]
         )  # fmt: skip
-        offsets = self._offsets(self.global_net, stack_a, np.repeat(b[None], len(Gs), 0))
         to_full = scale_matrix((p, p), size_of(pair.a))
         from_full = scale_matrix(size_of(pair.b), (p, p))
+        frames = [(to_full @ G, from_full) for G in Gs]
+        return self._best_of(pair, stack_a, np.repeat(b[None], len(Gs), 0), frames, hypotheses)
+
+    def _best_of(
+        self,
+        pair: _Pair,
+        stack_a: np.ndarray,
+        stack_b: np.ndarray,
+        frames: Sequence[tuple[np.ndarray, np.ndarray]],
+        labels: Sequence[tuple[float, float]],
+    ) -> tuple[list[float], tuple | None]:
+        """The global network on the ``(N, P, P)`` view stacks (one batch); each view pair's
+        ``H_a_from_b = left · H_patch · right`` (its ``frames``), scored by its confidence (raw
+        intensities: forgiving of the few pixels a global estimate is off by; ``-1`` for a
+        degenerate one); and the best ``(confidence, H_a_from_b, rotation, zoom)`` with its
+        ``(rotation, zoom)`` label (``None`` if all are degenerate)."""
+        offsets = self._offsets(self.global_net, stack_a, stack_b)
         scores, best = [], None
-        for hypothesis, G, off in zip(hypotheses, Gs, offsets, strict=True):
+        for (left, right), label, off in zip(frames, labels, offsets, strict=True):
             H_patch = self._patch_homography(off)
             if H_patch is None:
                 scores.append(-1.0)
                 continue
-            H = normalize_homography(to_full @ G @ H_patch @ from_full)
+            H = normalize_homography(left @ H_patch @ right)
             conf = alignment_confidence(pair.a, pair.b, H, self.score_side, band_pass=None)[0]
             scores.append(conf)
             if best is None or conf > best[0]:
-                best = (conf, H, *hypothesis)
+                best = (conf, H, *label)
         return scores, best
 
     @torch.inference_mode()
@@ -361,13 +377,14 @@ class CoarseToFineEstimator(PairwiseEstimator):
         """The global network from each start ``H_a_from_b`` (full resolution; ``a``, ``b`` the
         ``P×P`` photos), in one batch: the photo that shows the shared content smaller is
         resampled into the other's ``P×P`` frame by the start, from its own pixels, and the
-        network estimates what remains. Each result's confidence (raw intensities, ``-1`` for a
-        degenerate one) and the best ``(confidence, H_a_from_b, rotation, zoom)``."""
+        network estimates what remains (:meth:`_best_of`: each result's confidence and the best,
+        labelled by its start's rotation and zoom)."""
         p = self.patch
         to_a, from_b = scale_matrix((p, p), size_of(pair.a)), scale_matrix(size_of(pair.b), (p, p))
-        stack_a, stack_b, frames = [], [], []
+        stack_a, stack_b, frames, labels = [], [], [], []
         for H0 in starts:
-            zoom = local_similarity(H0, _centre(size_of(pair.b)))[0]
+            zoom, angle = local_similarity(H0, _centre(size_of(pair.b)))
+            labels.append((angle, zoom))
             if zoom >= 1:  # B zoomed out: B into A's frame, K: a_p -> b
                 K = np.linalg.inv(H0) @ to_a
                 view_a, view_b, frame = a, self._render(pair.b, K), (to_a, np.linalg.inv(K))
@@ -377,19 +394,7 @@ class CoarseToFineEstimator(PairwiseEstimator):
             stack_a.append(view_a)
             stack_b.append(view_b)
             frames.append(frame)
-        offsets = self._offsets(self.global_net, np.stack(stack_a), np.stack(stack_b))
-        scores, best = [], None
-        for H0, (left, right), off in zip(starts, frames, offsets, strict=True):
-            H_patch = self._patch_homography(off)
-            if H_patch is None:
-                scores.append(-1.0)
-                continue
-            H = normalize_homography(left @ H_patch @ right)
-            conf = alignment_confidence(pair.a, pair.b, H, self.score_side, band_pass=None)[0]
-            scores.append(conf)
-            if best is None or conf > best[0]:
-                best = (conf, H, *local_similarity(H0, _centre(size_of(pair.b)))[::-1])
-        return scores, best
+        return self._best_of(pair, np.stack(stack_a), np.stack(stack_b), frames, labels)
 
     def _global(self, pair: _Pair) -> None:
         p = self.patch
@@ -429,7 +434,7 @@ class CoarseToFineEstimator(PairwiseEstimator):
         (each standardised as the network standardises its inputs) and the encoder's stride."""
         encoder = self.global_net.coarse.encoder
         x = torch.from_numpy(images)[:, None].to(self.device).float().div_(255.0)
-        x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-3)
+        x = standardize(x)
         return torch.nn.functional.normalize(encoder(x), dim=1), int(encoder.stride)
 
     def _global_dense(self, pair: _Pair) -> None:

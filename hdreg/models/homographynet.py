@@ -23,9 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HomographyNet", "bin_centers", "offsets_to_bins"]
+__all__ = ["HomographyNet", "bin_centers", "offsets_to_bins", "standardize"]
 
 Head = Literal["regression", "classification"]
+
+
+def standardize(x: Tensor) -> Tensor:
+    """Each image of ``x (B, C, H, W)`` at zero mean and unit standard deviation (plus 10⁻³, so
+    that a flat image stays finite): how every hdreg network with ``normalize`` sees its input,
+    and what its encoder's features expect."""
+    return (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-3)
 
 
 def bin_centers(rho: float, num_bins: int, *, like: Tensor) -> Tensor:
@@ -137,9 +144,7 @@ class HomographyNet(nn.Module):
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size,) * 2, mode="area")
         if self.normalize:
-            mean = x.mean(dim=(2, 3), keepdim=True)
-            std = x.std(dim=(2, 3), keepdim=True)
-            x = (x - mean) / (std + 1e-3)
+            x = standardize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -37,6 +37,7 @@ from hdreg.geometry import (
     transform_points,
     warp_grid,
 )
+from hdreg.models.homographynet import standardize
 
 __all__ = ["CorrelationPyramid", "Encoder", "IterativeHomographyNet", "Updater"]
 
@@ -321,7 +322,7 @@ class IterativeHomographyNet(nn.Module):
         if x.shape[-1] != size or x.shape[-2] != size:
             x = F.interpolate(x, size=(size, size), mode="area")
         if self.normalize:
-            x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-3)
+            x = standardize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -32,17 +32,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hdreg.geometry import inside_mask, sample_at, warp_grid
+from hdreg.geometry_np import scale_matrix
+from hdreg.models.homographynet import standardize
 from hdreg.models.similarity import centre_similarity
 
 __all__ = ["ScaleSpaceSearch"]
 
 
 def _scale(size_from: int, size_to: int) -> Tensor:
-    """``(3, 3)`` float64: pixel coordinates of a ``size_from`` square to those of the same
-    square resized to ``size_to`` (pixel centres; edges map to edges)."""
-    s = size_to / size_from
-    return torch.tensor([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5], [0.0, 0.0, 1.0]],
-                        dtype=torch.float64)  # fmt: skip
+    """:func:`~hdreg.geometry_np.scale_matrix` of a ``size_from`` square resized to ``size_to``."""
+    return torch.from_numpy(scale_matrix((size_from, size_from), (size_to, size_to)))
 
 
 def _shift(dx: float, dy: float) -> Tensor:
@@ -127,7 +126,7 @@ class ScaleSpaceSearch(nn.Module):
 
     def _features(self, x: Tensor) -> Tensor:
         if self.normalize:
-            x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-3)
+            x = standardize(x)
         return F.normalize(self.encoder(x), dim=1)
 
     def _turned(self, image: Tensor, angles: list[float]) -> tuple[Tensor, Tensor]:

@@ -37,6 +37,7 @@ from hdreg.geometry import (
     transform_points,
     warp_grid,
 )
+from hdreg.models.homographynet import standardize
 from hdreg.models.iterative import Encoder
 
 __all__ = ["SimilarityCrossEntropy", "SimilarityNet", "centre_similarity", "similarity_of"]
@@ -191,7 +192,7 @@ class SimilarityNet(nn.Module):
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="area")
         if self.normalize:
-            x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-3)
+            x = standardize(x)
         return F.normalize(self.encoder(x).flatten(2), dim=1)
 
     def forward(self, patch_a: Tensor, patch_b: Tensor) -> dict[str, Tensor]:
