@@ -7,6 +7,7 @@ Training runs in this process (``run_train``: the composed config handed to the 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -19,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
@@ -187,7 +189,13 @@ class TestConfigsCompose:
             for bench in ("synthetic", "pairs"):
                 cfg = compose("evaluate", overrides=[f"benchmark={bench}"])
                 assert cfg.methods
+            kornia = importlib.util.find_spec("kornia") is not None
             for key, params in cfg.method_params.items():
+                if not kornia and params["_target_"].endswith(".MatcherEstimator"):
+                    # without hdreg[matchers] (the README's set-up): refused, naming the extra
+                    with pytest.raises(InstantiationException, match=r"hdreg\[matchers\]"):
+                        instantiate(params)
+                    continue
                 # Hydra's keys spell a matcher's '+' as '_' (method_params.disk_lightglue)
                 assert instantiate(params).name.replace("+", "_") == key
 
