@@ -100,6 +100,19 @@ def test_cli_lists_and_exports(tmp_path, capsys):
     assert "usage: hdreg weights export" in capsys.readouterr().err
 
 
+def test_a_closed_pipe_ends_the_listing_quietly():
+    """``hdreg weights | head -1``: the reader gone before the listing is written is no error
+    to report (no traceback), and the status is a shell's for SIGPIPE."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hdreg.apps.cli", "weights"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    proc.stdout.close()  # before the listing is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""
+
+
 def test_export_sets_the_inference_iterations_of_an_iterative_network(tmp_path):
     from hdreg.models.checkpoint import load_net
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import time
 import warnings
@@ -666,6 +667,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except SystemExit as exc:
         return int(exc.code or 0)
+    except BrokenPipeError:  # the reader went away (`hdreg weights | head -1`): nothing to say
+        return _closed_stdout()
+
+
+def _closed_stdout() -> int:
+    """Point stdout at the null device, so that the interpreter's last flush of what the
+    closed pipe did not take raises nothing; the exit status is a shell's for SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 if __name__ == "__main__":
