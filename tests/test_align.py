@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
-from hdreg.apps.align import OUTPUT_FILES, RECORD_FILE, _keypoint_overrides, _spec
+from hdreg.apps.align import OUTPUT_FILES, RECORD_FILE, Alignment, _keypoint_overrides, _spec
 from hdreg.apps.cli import main
 from hdreg.config import compose_config
 from hdreg.data.real.pairs import read_homography_file
 from hdreg.estimators.registry import resolve
 from hdreg.visualize import overlay_image, warp_b_into_a
+from hdreg.weights import shipped
 
 from .conftest import oxford_sequence, textured_image, tiny_module
 
@@ -172,8 +174,9 @@ class TestAlign:
         out_dir = tmp_path / "out"
         # --checkpoint alone implies --method model
         args = [*shifted_pair, "--checkpoint", ckpt, "--refine", "ecc", "--device", "cpu"]
-        code, _, err = run([*args, "--out", out_dir], capsys)
+        code, out, err = run([*args, "--out", out_dir], capsys)
         assert code == 0, err
+        assert out.startswith("tiny.ckpt+ecc, ")  # named by its checkpoint
         result = json.loads((out_dir / "homography.json").read_text())
         assert result["method"] == "model" and result["refine"] == "ecc"
         assert result["checkpoint"] == str(ckpt)
@@ -224,6 +227,14 @@ class TestAlign:
         np.testing.assert_allclose(project(a_from_b, corners((400, 300))), expected, atol=1.0)
         assert cv2.imread(str(out_dir / "b_warped_to_a.png")).shape[:2] == (240, 320)
         assert {*OUTPUT_FILES, RECORD_FILE} == {p.name for p in out_dir.iterdir()}
+
+    def test_a_shipped_model_is_shown_by_its_name(self):
+        def shown(method: str, checkpoint: str | None) -> str:
+            return Alignment.name.fget(SimpleNamespace(method=method, checkpoint=checkpoint))
+
+        assert shown("model", str(shipped("wide").path)) == "wide"
+        assert shown("model", "runs/x/best.ckpt") == "best.ckpt"
+        assert shown("sift", None) == "sift"
 
     def test_the_default_is_wide_refined_by_ecc(self):
         """Without --method or --checkpoint: the most accurate method measured at the full range

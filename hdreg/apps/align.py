@@ -54,6 +54,7 @@ from hdreg.estimators.registry import (
 from hdreg.files import atomic_write, file_sha256
 from hdreg.geometry_np import normalize_homography, scale_matrix
 from hdreg.visualize import format_details, matches_image, overlay_image, warp_b_into_a
+from hdreg.weights import shipped_for_path
 
 __all__ = [
     "KEYPOINT_METHODS",
@@ -145,8 +146,17 @@ class Alignment:
         return self.result.seconds
 
     @property
+    def name(self) -> str:
+        """The method as shown: a model by its checkpoint (``wide`` for the shipped file,
+        ``best.ckpt`` for another), any other method by its name."""
+        if self.method != "model" or not self.checkpoint:
+            return self.method
+        shipped = shipped_for_path(self.checkpoint)
+        return shipped.name if shipped is not None else Path(self.checkpoint).name
+
+    @property
     def label(self) -> str:
-        return f"{self.method}+{self.refine}" if self.refine else self.method
+        return f"{self.name}+{self.refine}" if self.refine else self.name
 
     @property
     def H_a_from_b(self) -> np.ndarray | None:
