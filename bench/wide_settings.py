@@ -9,6 +9,8 @@ the global stage fell back to its hypotheses, and seconds per pair (one thread).
     python bench/wide_settings.py data/benchmarks/wide_full_val "proposals=1" \\
         --proposal global-encoder
     python bench/wide_settings.py data/benchmarks/wide_full_val "" --search "rotations=8,steps=1"
+    python bench/wide_settings.py data/benchmarks/wide_full_val "dense_sides=(256,512)" \\
+        --variant dense
 
 Settings are keyword arguments of :class:`hdreg.estimators.coarse_to_fine.CoarseToFineEstimator`
 (Python syntax) that replace those of ``hdreg/configs/estimator/wide.yaml``; ``--global-net``
@@ -16,7 +18,10 @@ replaces the global stage's network (the search keeps the shipped encoder). ``--
 replaces the proposal network: ``scale-search`` (``--search``: keyword arguments of
 :class:`hdreg.models.scale_search.ScaleSpaceSearch`), ``global-encoder`` (the rotation × zoom
 classes of :class:`hdreg.models.similarity.SimilarityNet` about the photos' centres) or ``none``.
-The corner error is that of A's corners mapped into B, as in the evaluation.
+``--variant`` replaces one step of the estimator by a design that was measured and not shipped
+(``bench/refinement_variants.py``; its attributes are settings too). The corner error is that of
+A's corners mapped into B, as in the evaluation; per zoom group its median is followed by the
+median error of B's corners mapped into A (pixels of A).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from refinement_variants import VARIANTS
 
 from hdreg.data.real.pairs import find_real_pairs
 from hdreg.estimators.learned import load_checkpoint_estimator
@@ -56,6 +62,7 @@ def main() -> None:
     parser.add_argument("settings", help='e.g. "proposals=5,final_passes=1"')
     parser.add_argument("--proposal", choices=["scale-search", "global-encoder", "none"])
     parser.add_argument("--search", default="", help='e.g. "rotations=8,steps=1"')
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="a refinement not shipped")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", help="write the per-pair rows to this JSON file")
@@ -75,6 +82,8 @@ def main() -> None:
         est.proposal_net = SimilarityNet.around(encoder, net.patch_size, net.input_size).eval()
     elif args.proposal == "none":
         est.proposal_net = None
+    if args.variant:
+        est.__class__ = VARIANTS[args.variant]
     est.classes = [] if est.proposal_net is None else list(est.proposal_net.hypotheses())
     for key, value in _kwargs(args.settings).items():
         if not hasattr(est, key):
@@ -92,9 +101,16 @@ def main() -> None:
         error = np.linalg.norm(
             project(np.linalg.inv(H), corners) - project(pair.H_b_from_a, corners), axis=1
         ).mean()
+        # the other way: B's corners mapped into A, in A's pixels (where B is zoomed in, A's
+        # corners lie far outside B and the error above grows with the extrapolation)
+        corners_b = rect_corners((b.shape[1], b.shape[0]))
+        error_in_a = np.linalg.norm(
+            project(H, corners_b) - project(np.linalg.inv(pair.H_b_from_a), corners_b), axis=1
+        ).mean()
         centre_b = ((b.shape[1] - 1) / 2, (b.shape[0] - 1) / 2)
         zoom = local_similarity(np.linalg.inv(pair.H_b_from_a), centre_b)[0]
-        rows.append({"error": float(error), "zoom": zoom, "seconds": seconds,
+        rows.append({"error": float(error), "error_in_a": float(error_in_a), "zoom": zoom,
+                     "seconds": seconds,
                      "fallback": bool(result.details.get("global_fallback")),
                      "failed": result.H_a_from_b is None})  # fmt: skip
     if args.save:
@@ -106,13 +122,16 @@ def main() -> None:
         "zoom within x2": (zooms >= 0.5) & (zooms <= 2),
         "B zoomed in > x2": zooms < 0.5,
     }
+    in_a = np.array([r["error_in_a"] for r in rows])
     by_zoom = ", ".join(
-        f"{name} {np.mean(errors[keep] < 3):.0%} of {keep.sum()}"
+        f"{name} {np.mean(errors[keep] < 3):.0%} of {keep.sum()} (median "
+        f"{np.median(errors[keep]):.1f} px; B's corners in A {np.median(in_a[keep]):.2f} px)"
         for name, keep in groups.items()
         if keep.any()
     )
     print(
-        f"{args.settings or 'as shipped'} {args.proposal or ''} {args.search}: {len(rows)} pairs, "
+        f"{args.settings or 'as shipped'} {args.variant or ''} {args.proposal or ''} "
+        f"{args.search}: {len(rows)} pairs, "
         f"under 3 px {np.mean(errors < 3):.1%} ({by_zoom}); AUC@1 {_auc(errors, 1):.1f}, "
         f"AUC@3 {_auc(errors, 3):.1f}; mean error (clipped at 100 px) "
         f"{np.minimum(errors, 100).mean():.1f}; failed {np.mean([r['failed'] for r in rows]):.0%}; "

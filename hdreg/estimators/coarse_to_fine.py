@@ -588,6 +588,14 @@ class CoarseToFineEstimator(PairwiseEstimator):
         used.append(len(origins))
         pair.H = H_full
 
+    def _refines_swapped(self, pair: _Pair) -> bool:
+        """Whether the refinement levels run on the swapped pair: B zoomed out by more than
+        ``swap_zoom`` by the global estimate (B warped into A's frame, where the shared part is
+        large)."""
+        if self.swap_zoom is None:
+            return False
+        return local_similarity(pair.H, _centre(size_of(pair.b)))[0] > self.swap_zoom
+
     # -- the estimator ---------------------------------------------------------------------------
     def estimate_pair(self, image_a: np.ndarray, image_b: np.ndarray) -> PairResult:
         pair = _Pair(image_a, image_b, np.eye(3), {})
@@ -602,11 +610,7 @@ class CoarseToFineEstimator(PairwiseEstimator):
             pair.details["confidence_global"] = alignment_confidence(
                 image_a, image_b, pair.H, self.score_side
             )[0]
-        if (
-            self.swap_zoom is not None
-            and local_similarity(pair.H, _centre(size_of(image_b)))[0] > self.swap_zoom
-        ):
-            # B zoomed out: refine B warped into A's frame, where the shared part is large
+        if self._refines_swapped(pair):
             swapped = _Pair(image_b, image_a, np.linalg.inv(pair.H), pair.details)
             for side in self._level_sides(size_of(image_a)):
                 self._refine_level(swapped, side)
