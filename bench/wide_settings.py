@@ -11,6 +11,7 @@ the global stage fell back to its hypotheses, and seconds per pair (one thread).
     python bench/wide_settings.py data/benchmarks/wide_full_val "" --search "rotations=8,steps=1"
     python bench/wide_settings.py data/benchmarks/wide_full_val "dense_sides=(256,512)" \\
         --variant dense
+    python bench/wide_settings.py data/benchmarks/wide_full_val "grid=4,final_passes=1" --ecc
 
 Settings are keyword arguments of :class:`hdreg.estimators.coarse_to_fine.CoarseToFineEstimator`
 (Python syntax) that replace those of ``hdreg/configs/estimator/wide.yaml``; ``--global-net``
@@ -19,9 +20,10 @@ replaces the proposal network: ``scale-search`` (``--search``: keyword arguments
 :class:`hdreg.models.scale_search.ScaleSpaceSearch`), ``global-encoder`` (the rotation × zoom
 classes of :class:`hdreg.models.similarity.SimilarityNet` about the photos' centres) or ``none``.
 ``--variant`` replaces one step of the estimator by a design that was measured and not shipped
-(``bench/refinement_variants.py``; its attributes are settings too). The corner error is that of
-A's corners mapped into B, as in the evaluation; per zoom group its median is followed by the
-median error of B's corners mapped into A (pixels of A).
+(``bench/refinement_variants.py``; its attributes are settings too); ``--ecc`` refines each
+estimate by ECC as ``wide+ecc`` does. The corner error is that of A's corners mapped into B, as
+in the evaluation; per zoom group its median is followed by the median error of B's corners
+mapped into A (pixels of A).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from refinement_variants import VARIANTS
 
 from hdreg.data.real.pairs import find_real_pairs
 from hdreg.estimators.learned import load_checkpoint_estimator
+from hdreg.estimators.registry import parse_spec, resolve
 from hdreg.geometry_np import local_similarity, project, rect_corners
 from hdreg.models.checkpoint import load_net
 from hdreg.models.scale_search import ScaleSpaceSearch
@@ -63,6 +66,7 @@ def main() -> None:
     parser.add_argument("--proposal", choices=["scale-search", "global-encoder", "none"])
     parser.add_argument("--search", default="", help='e.g. "rotations=8,steps=1"')
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="a refinement not shipped")
+    parser.add_argument("--ecc", action="store_true", help="ECC after it, as wide+ecc")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save", help="write the per-pair rows to this JSON file")
@@ -89,15 +93,20 @@ def main() -> None:
         if not hasattr(est, key):
             raise SystemExit(f"wide has no setting {key!r}")
         setattr(est, key, value)
+    run = est
+    if args.ecc:  # as `wide+ecc`: ECC (hdreg/configs/method/ecc.yaml) after this estimator
+        run = resolve(parse_spec("wide+ecc"), device="cpu")
+        run.base = est
     rows = []
     for pair in find_real_pairs(Path(args.root))[: args.limit]:
         a = cv2.imread(str(pair.path_a), cv2.IMREAD_GRAYSCALE)
         b = cv2.imread(str(pair.path_b), cv2.IMREAD_GRAYSCALE)
         t0 = time.perf_counter()
-        result = est.estimate_pair(a, b)
+        out = run.estimate([a], [b])
         seconds = time.perf_counter() - t0
+        details, failed = out.details[0], bool(out.failed[0])
         corners = rect_corners((a.shape[1], a.shape[0]))
-        H = result.H_a_from_b if result.H_a_from_b is not None else np.eye(3)
+        H = np.eye(3) if failed else np.asarray(out.H_a_from_b[0], np.float64)
         error = np.linalg.norm(
             project(np.linalg.inv(H), corners) - project(pair.H_b_from_a, corners), axis=1
         ).mean()
@@ -111,8 +120,8 @@ def main() -> None:
         zoom = local_similarity(np.linalg.inv(pair.H_b_from_a), centre_b)[0]
         rows.append({"error": float(error), "error_in_a": float(error_in_a), "zoom": zoom,
                      "seconds": seconds,
-                     "fallback": bool(result.details.get("global_fallback")),
-                     "failed": result.H_a_from_b is None})  # fmt: skip
+                     "fallback": bool(details.get("global_fallback")),
+                     "failed": failed})  # fmt: skip
     if args.save:
         Path(args.save).write_text(json.dumps(rows))
     errors = np.array([r["error"] for r in rows])
@@ -130,7 +139,8 @@ def main() -> None:
         if keep.any()
     )
     print(
-        f"{args.settings or 'as shipped'} {args.variant or ''} {args.proposal or ''} "
+        f"{args.settings or 'as shipped'}{' +ecc' if args.ecc else ''} {args.variant or ''} "
+        f"{args.proposal or ''} "
         f"{args.search}: {len(rows)} pairs, "
         f"under 3 px {np.mean(errors < 3):.1%} ({by_zoom}); AUC@1 {_auc(errors, 1):.1f}, "
         f"AUC@3 {_auc(errors, 3):.1f}; mean error (clipped at 100 px) "
