@@ -113,6 +113,17 @@ def test_a_closed_pipe_ends_the_listing_quietly():
     assert err == ""
 
 
+def test_a_broken_pipe_that_is_not_stdout_is_reported(monkeypatch):
+    import hdreg.apps.cli as cli
+
+    def fails(args):
+        raise BrokenPipeError(32, "Broken pipe")  # e.g. a socket, with stdout still open
+
+    monkeypatch.setattr(cli, "_cmd_weights", fails)
+    with pytest.raises(BrokenPipeError):
+        hdreg_main(["weights"])
+
+
 def test_export_sets_the_inference_iterations_of_an_iterative_network(tmp_path):
     from hdreg.models.checkpoint import load_net
 

@@ -667,16 +667,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except SystemExit as exc:
         return int(exc.code or 0)
-    except BrokenPipeError:  # the reader went away (`hdreg weights | head -1`): nothing to say
-        return _closed_stdout()
+    except BrokenPipeError:
+        if not _stdout_closed():  # another pipe: an error to report
+            raise
+        # the reader went away (`hdreg weights | head -1`): nothing to say. stdout now points at
+        # the null device, so that the interpreter's last flush of what the pipe did not take
+        # raises nothing; the status is a shell's for SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
-def _closed_stdout() -> int:
-    """Point stdout at the null device, so that the interpreter's last flush of what the
-    closed pipe did not take raises nothing; the exit status is a shell's for SIGPIPE."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    return 141
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (its write end polls as an error)."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (e.g. captured)
+        return False
+    if not hasattr(select, "poll"):  # (Windows) no way to tell: the reader is taken as gone
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 if __name__ == "__main__":
