@@ -144,3 +144,56 @@ def test_the_confidence_of_a_zoomed_out_pair_counts_the_overlap_from_a(photo):
     assert confidence > 0.5 and confidence == pytest.approx(correlation * math.sqrt(overlap))
     wrong = G @ centre_similarity(photo.shape[0], torch.tensor(90.0), torch.tensor(1.0)).numpy()
     assert alignment_confidence(photo, b, wrong)[0] < 0.2
+
+
+def test_letterbox_shows_the_whole_photo_at_its_own_aspect_ratio():
+    from hdreg.estimators.coarse_to_fine import letterbox
+    from hdreg.geometry_np import scale_matrix
+    from hdreg.images import resize_area
+
+    image = np.random.default_rng(0).integers(0, 256, (480, 640), dtype=np.uint8)
+    square, valid, photo_from_square = letterbox(image, 256)
+    assert square.shape == valid.shape == (256, 256)
+    rows = np.flatnonzero(valid.any(axis=1))
+    assert (rows[0], rows[-1], valid.sum()) == (32, 223, 256 * 192)  # centred, 256×192
+    np.testing.assert_array_equal(square[32:224], resize_area(image, (256, 192)))
+    # the square's pixel (x, y + 32) is the 256×192 thumbnail's (x, y), in the photo's pixels
+    corners = np.array([[0.0, 0.0], [255.0, 191.0]])
+    np.testing.assert_allclose(
+        project(photo_from_square, corners + np.array([0.0, 32.0])),
+        project(scale_matrix((256, 192), (640, 480)), corners),
+        atol=1e-12,
+    )
+
+
+def test_a_wide_photo_turned_a_quarter_is_placed():
+    """A 16:9 view and the same scene turned by 90°: the search sees both photos at their own
+    aspect ratio (stretched to the square, a turn of one would be no turn of the other), and
+    its first class places B's middle within a few pixels of the truth."""
+    from hdreg.estimators.coarse_to_fine import _Pair
+    from hdreg.estimators.learned import load_checkpoint_estimator
+
+    skimage_data = pytest.importorskip("skimage.data")
+    w, h = 768, 432
+    source = cv2.resize(
+        skimage_data.astronaut()[..., 1], (1024, 1024), interpolation=cv2.INTER_AREA
+    )
+    src_from_a = np.array([[1.0, 0.0, 128.0], [0.0, 1.0, 296.0], [0.0, 0.0, 1.0]])
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # B: A turned by 90° about its centre (B's pixel q shows A's pixel H_a_from_b q)
+    H_a_from_b = np.array([[0.0, -1.0, cx + cy], [1.0, 0.0, cy - cx], [0.0, 0.0, 1.0]])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    a = cv2.warpPerspective(source, src_from_a, (w, h), flags=flags)
+    b = cv2.warpPerspective(source, src_from_a @ H_a_from_b, (w, h), flags=flags)
+    wide = load_checkpoint_estimator("wide", device="cpu")
+    order, starts = wide._search(_Pair(a, b, np.eye(3), {}))
+    box = np.array([[0.3 * w, 0.3 * h], [0.7 * w, 0.3 * h], [0.7 * w, 0.7 * h], [0.3 * w, 0.7 * h]])
+    error = np.linalg.norm(project(starts[order[0]], box) - project(H_a_from_b, box), axis=1)
+    assert error.max() < 12.0, error  # a cell of the 256-px search is 3 px of the photo per side
+
+
+def test_the_masks_must_match_the_thumbnails(search):
+    n = search.input_size
+    a = torch.zeros(1, 1, n, n)
+    with pytest.raises(ValueError, match="valid_a and valid_b must have the thumbnails' shapes"):
+        search(a, a, valid_a=torch.ones(1, 1, 64, 64))

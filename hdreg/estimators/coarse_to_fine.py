@@ -71,11 +71,12 @@ from hdreg.geometry_np import (
     rect_corners,
     scale_matrix,
     scale_size,
+    scaled_size,
 )
 from hdreg.images import resize_area, size_of
 from hdreg.models.homographynet import standardize
 
-__all__ = ["CoarseToFineEstimator", "keeps_a_in_front", "scale_matrix"]
+__all__ = ["CoarseToFineEstimator", "keeps_a_in_front", "letterbox", "scale_matrix"]
 
 
 #: robust fits of the residual: OpenCV's RANSAC, or MAGSAC++ (USAC)
@@ -110,6 +111,20 @@ def keeps_a_in_front(H_a_from_b: np.ndarray, size_a: tuple[int, int], ratio: flo
     depth = points @ b_from_a[2]
     centre = float(np.array([(w - 1) / 2, (h - 1) / 2, 1.0]) @ b_from_a[2])
     return bool(centre != 0 and np.all(depth / centre >= ratio))
+
+
+def letterbox(image: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``image`` shown whole on an ``n×n`` square at its own aspect ratio (its longer side
+    ``n``, centred, the rest its mean gray): the square, the ``(n, n)`` float32 mask of the
+    pixels that show the photo, and ``photo_from_square`` (3×3)."""
+    size = scaled_size(size_of(image), n)
+    x0, y0 = (n - size[0]) // 2, (n - size[1]) // 2
+    square = np.full((n, n), round(float(image.mean())), np.uint8)
+    square[y0 : y0 + size[1], x0 : x0 + size[0]] = resize_area(image, size)
+    valid = np.zeros((n, n), np.float32)
+    valid[y0 : y0 + size[1], x0 : x0 + size[0]] = 1.0
+    shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+    return square, valid, scale_matrix(size, size_of(image)) @ shift
 
 
 def _centre(size: tuple[int, int]) -> tuple[float, float]:
@@ -347,16 +362,17 @@ class CoarseToFineEstimator(PairwiseEstimator):
     @torch.inference_mode()
     def _search(self, pair: _Pair) -> tuple[list[int], np.ndarray]:
         """The search network's classes, likeliest first, and each class's ``H_a_from_b``
-        ``(K, 3, 3)`` in full-resolution pixels (one pass on square thumbnails)."""
+        ``(K, 3, 3)`` in full-resolution pixels (one pass on square thumbnails that show each
+        photo at its own aspect ratio: :func:`letterbox`)."""
         n = int(self.proposal_net.input_size)
-        ta, tb = (
-            torch.from_numpy(resize_area(im, (n, n)))[None, None].to(self.device).float() / 255.0
-            for im in (pair.a, pair.b)
+        (a, valid_a, photo_a), (b, valid_b, photo_b) = letterbox(pair.a, n), letterbox(pair.b, n)
+        tensor = lambda x: torch.from_numpy(x)[None, None].to(self.device).float()  # noqa: E731
+        out = self.proposal_net(
+            tensor(a) / 255.0, tensor(b) / 255.0, tensor(valid_a), tensor(valid_b)
         )
-        out = self.proposal_net(ta, tb)
         order = torch.argsort(out["scores"].float().cpu(), descending=True).tolist()
-        S_a, S_b = scale_matrix((n, n), size_of(pair.a)), scale_matrix(size_of(pair.b), (n, n))
-        return order, S_a @ out["H_a_from_b"].cpu().double().numpy() @ S_b
+        H = out["H_a_from_b"].cpu().double().numpy()
+        return order, photo_a @ H @ np.linalg.inv(photo_b)
 
     def _render(self, image: np.ndarray, K: np.ndarray) -> np.ndarray:
         """``image`` resampled into a ``P×P`` view, ``view(q) = image(K q)``, from the pyramid

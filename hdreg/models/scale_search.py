@@ -62,10 +62,13 @@ class ScaleSpaceSearch(nn.Module):
         overhang: how far the template may overhang the search image, share of its side.
         normalize: standardise each image to zero mean, unit variance before the encoder.
 
-    ``forward(a, b)`` takes both photos as ``(1, 1, N, N)`` square thumbnails of side
-    ``N = template · 2^n`` (values in ``[0, 1]``) and returns ``scores (K,)`` and
-    ``H_a_from_b (K, 3, 3)`` float64 (both on the CPU) in those thumbnails' pixels, classes in
-    the order of :meth:`hypotheses` (rotation-major).
+    ``forward(a, b, valid_a=None, valid_b=None)`` takes both photos as ``(1, 1, N, N)`` square
+    thumbnails of side ``N = template · 2^n`` (values in ``[0, 1]``), with masks of the pixels
+    that show the photo (a photo that is not square is best shown at its own aspect ratio on
+    the square, not stretched to it: a turn of a stretched photo is no turn of the photo; the
+    rest of the square takes no part), and returns ``scores (K,)`` and ``H_a_from_b (K, 3, 3)``
+    float64 (both on the CPU) in those thumbnails' pixels, classes in the order of
+    :meth:`hypotheses` (rotation-major).
     """
 
     #: :meth:`forward` gives each class's homography (position included), not scores alone
@@ -124,21 +127,29 @@ class ScaleSpaceSearch(nn.Module):
         """``(angle_deg, zoom)`` of every class, in the order of the scores."""
         return [(r, z) for r in self.angles for z in self.zooms]
 
-    def _features(self, x: Tensor) -> Tensor:
+    def _features(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """L2-normalised encoder features; cells mostly outside the photo (``valid``, a pixel
+        mask of ``x``'s size) are zero, as the overhang's are."""
         if self.normalize:
             x = standardize(x)
-        return F.normalize(self.encoder(x), dim=1)
+        feats = F.normalize(self.encoder(x), dim=1)
+        if valid is not None:
+            feats = feats * (F.adaptive_avg_pool2d(valid, feats.shape[-2:]) >= 0.5).to(feats.dtype)
+        return feats
 
-    def _turned(self, image: Tensor, angles: list[float]) -> tuple[Tensor, Tensor]:
+    def _turned(self, image: Tensor, valid: Tensor, angles: list[float]) -> tuple[Tensor, Tensor]:
         """The ``template``-pixel thumbnail ``image (1, 1, t, t)`` turned by each angle about its
         centre (``T_k(q) = image(R_k q)``, flat outside the photo), through the encoder, and each
-        cell's weight (1 where the turned cell lies inside the photo)."""
+        cell's weight (1 where the turned cell lies inside the photo: inside the thumbnail and
+        on its ``valid`` pixels)."""
         t, side = self.template, self.template // self.stride
         R = centre_similarity(t, torch.tensor(angles), torch.ones(len(angles)))
         grid = warp_grid(R.to(device=image.device, dtype=image.dtype), (t, t))
         mean = image.mean()
         turned = sample_at((image - mean).expand(len(angles), -1, -1, -1), grid) + mean
-        weight = F.adaptive_avg_pool2d(inside_mask(grid, (t, t)).to(image.dtype), side) >= 0.5
+        inside = inside_mask(grid, (t, t)).to(image.dtype)
+        inside = inside * sample_at(valid.expand(len(angles), -1, -1, -1), grid)
+        weight = F.adaptive_avg_pool2d(inside, side) >= 0.5
         return self._features(turned), weight.to(image.dtype)
 
     def _correlate(
@@ -159,20 +170,32 @@ class ScaleSpaceSearch(nn.Module):
         return best, shift.double()
 
     @torch.inference_mode()
-    def forward(self, a: Tensor, b: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, a: Tensor, b: Tensor, valid_a: Tensor | None = None, valid_b: Tensor | None = None
+    ) -> dict[str, Tensor]:
         n, t, s = self.input_size, self.template, self.stride
         if a.shape[-2:] != (n, n) or b.shape[-2:] != (n, n):
             raise ValueError(
                 f"a and b must be {n}x{n} thumbnails, got {tuple(a.shape)} and {tuple(b.shape)}"
             )
+        valid_a = torch.ones_like(a) if valid_a is None else valid_a.to(a)
+        valid_b = torch.ones_like(b) if valid_b is None else valid_b.to(b)
+        if valid_a.shape != a.shape or valid_b.shape != b.shape:
+            raise ValueError(
+                f"valid_a and valid_b must have the thumbnails' shapes {tuple(a.shape)} and "
+                f"{tuple(b.shape)}, got {tuple(valid_a.shape)} and {tuple(valid_b.shape)}"
+            )
         levels = {self._side(j) for j in range(self.zoom_octaves * self.steps + 1)}
-        pyr_a = {side: F.interpolate(a, size=(side, side), mode="area") for side in levels}
-        pyr_b = {side: F.interpolate(b, size=(side, side), mode="area") for side in levels}
-        feats_a = {side: self._features(x) for side, x in pyr_a.items()}
-        feats_b = {side: self._features(x) for side, x in pyr_b.items()}
+
+        def pyramid(x: Tensor) -> dict[int, Tensor]:
+            return {side: F.interpolate(x, size=(side, side), mode="area") for side in levels}
+
+        pyr_a, pyr_b, in_a, in_b = pyramid(a), pyramid(b), pyramid(valid_a), pyramid(valid_b)
+        feats_a = {side: self._features(x, in_a[side]) for side, x in pyr_a.items()}
+        feats_b = {side: self._features(x, in_b[side]) for side, x in pyr_b.items()}
         angles = self.angles
-        templ_a, weight_a = self._turned(pyr_a[t], angles)
-        templ_b, weight_b = self._turned(pyr_b[t], [-r for r in angles])
+        templ_a, weight_a = self._turned(pyr_a[t], in_a[t], angles)
+        templ_b, weight_b = self._turned(pyr_b[t], in_b[t], [-r for r in angles])
         R = centre_similarity(t, torch.tensor(angles), torch.ones(len(angles)))  # b-turn to a
         scores = torch.empty(len(angles), len(self.zooms), dtype=torch.float64)
         H = torch.empty(len(angles), len(self.zooms), 3, 3, dtype=torch.float64)
