@@ -2,7 +2,9 @@
 (HPatches or Oxford layout, e.g. those of ``hdreg make-benchmark --protocol wide``): the share of
 pairs under 3 px overall and by how far B is zoomed out or in, AUC@1/3, the mean corner error
 (each pair's clipped at 100 px, so that a few far-off failures do not hide the rest), how often
-the global stage fell back to its hypotheses, and seconds per pair (one thread).
+the global stage fell back to its hypotheses, and seconds per pair (one thread); the share
+under 3 px also by how far B is turned from 0° or 180° (where photos that are not square
+differ most from their turned selves: 90°).
 
     python bench/wide_settings.py data/benchmarks/wide_full_val ""
     python bench/wide_settings.py data/benchmarks/wide_full_val "proposals=5,final_passes=1"
@@ -117,8 +119,10 @@ def main() -> None:
             project(H, corners_b) - project(np.linalg.inv(pair.H_b_from_a), corners_b), axis=1
         ).mean()
         centre_b = ((b.shape[1] - 1) / 2, (b.shape[0] - 1) / 2)
-        zoom = local_similarity(np.linalg.inv(pair.H_b_from_a), centre_b)[0]
+        zoom, angle = local_similarity(np.linalg.inv(pair.H_b_from_a), centre_b)
+        turn = abs((angle + 90.0) % 180.0 - 90.0)  # from the nearest of 0° and 180°: 0-90°
         rows.append({"error": float(error), "error_in_a": float(error_in_a), "zoom": zoom,
+                     "turn": turn,
                      "seconds": seconds,
                      "fallback": bool(details.get("global_fallback")),
                      "failed": failed})  # fmt: skip
@@ -138,11 +142,19 @@ def main() -> None:
         for name, keep in groups.items()
         if keep.any()
     )
+    turns = np.array([r["turn"] for r in rows])
+    by_turn = ", ".join(
+        f"{lo}-{hi} {np.mean(errors[keep] < 3):.0%} of {keep.sum()} (failed "
+        f"{np.mean(np.array([r['failed'] for r in rows])[keep]):.0%})"
+        for lo, hi in ((0, 30), (30, 60), (60, 90))
+        if (keep := (turns >= lo) & (turns < hi if hi < 90 else turns <= hi)).any()
+    )
     print(
         f"{args.settings or 'as shipped'}{' +ecc' if args.ecc else ''} {args.variant or ''} "
         f"{args.proposal or ''} "
         f"{args.search}: {len(rows)} pairs, "
-        f"under 3 px {np.mean(errors < 3):.1%} ({by_zoom}); AUC@1 {_auc(errors, 1):.1f}, "
+        f"under 3 px {np.mean(errors < 3):.1%} ({by_zoom}; turned from 0/180 degrees by "
+        f"{by_turn}); AUC@1 {_auc(errors, 1):.1f}, "
         f"AUC@3 {_auc(errors, 3):.1f}; mean error (clipped at 100 px) "
         f"{np.minimum(errors, 100).mean():.1f}; failed {np.mean([r['failed'] for r in rows]):.0%}; "
         f"fallback {np.mean([r['fallback'] for r in rows]):.0%}; "
