@@ -30,17 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hdreg.estimators.coarse_to_fine import CoarseToFineEstimator, _centre, keeps_a_in_front
-from hdreg.estimators.confidence import band_passed, texture, zncc_masked
-from hdreg.geometry_np import (
-    check_homography,
-    coverage_mask,
-    local_similarity,
-    normalize_homography,
-    scale_matrix,
-    scale_size,
-)
-from hdreg.images import resize_area, size_of
+from hdreg.estimators.coarse_to_fine import CoarseToFineEstimator, _centre
+from hdreg.geometry_np import check_homography, local_similarity
+from hdreg.images import size_of
 from hdreg.models.homographynet import standardize
 
 
@@ -57,19 +49,10 @@ class DenseLevels(CoarseToFineEstimator):
         x = torch.from_numpy(np.stack(images))[:, None].float().div_(255.0)
         return F.normalize(encoder(standardize(x)), dim=1), int(encoder.stride)
 
-    def _refine_level(self, pair, side: int) -> None:
-        if side not in self.dense_sides:
-            return super()._refine_level(pair, side)
-        used = pair.details.setdefault("level_windows", [])
-        f = side / max(size_of(pair.b))
-        size_a, size_b = scale_size(size_of(pair.a), f), scale_size(size_of(pair.b), f)
-        a, b = resize_area(pair.a, size_a), resize_area(pair.b, size_b)
-        S_a, S_b = scale_matrix(size_of(pair.a), size_a), scale_matrix(size_of(pair.b), size_b)
-        H_level = S_a @ pair.H @ np.linalg.inv(S_b)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        warped = cv2.warpPerspective(a, H_level, size_b, flags=flags)
-        inside = coverage_mask(H_level, size_a, size_b)
-        feats, stride = self._features([warped, b])
+    def _residual(self, level) -> tuple[np.ndarray | None, int]:
+        if max(level.b.shape) not in self.dense_sides:  # (the level's B side is its `side`)
+            return super()._residual(level)
+        feats, stride = self._features([level.warped, level.b])
         f_w, f_b = feats
         _, h, w = f_b.shape
         r, k = self.radius, 2 * self.radius + 1
@@ -79,7 +62,8 @@ class DenseLevels(CoarseToFineEstimator):
         flat = corr.reshape(k * k, h, w)
         best, score = flat.argmax(0), flat.max(0)
         by, bx = best // k, best % k
-        covered = cv2.resize(inside.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        inside = level.inside.astype(np.float32)
+        covered = cv2.resize(inside, (w, h), interpolation=cv2.INTER_AREA)
         keep = (by > 0) & (by < k - 1) & (bx > 0) & (bx < k - 1)
         keep &= (score > self.min_score) & (covered > 0.99)
         ys, xs = np.nonzero(keep)
@@ -96,48 +80,37 @@ class DenseLevels(CoarseToFineEstimator):
         pts_b = np.c_[xs, ys].astype(np.float64) * stride + (stride - 1) / 2
         pts_w = pts_b + np.c_[dx, dy] * stride
         if len(pts_b) < 8:
-            used.append(0)
-            return None
+            return None, 0
         R, mask = cv2.findHomography(pts_b, pts_w, cv2.RANSAC, 0.5 * stride, maxIters=2000,
                                      confidence=0.999)  # fmt: skip
         if R is None or check_homography(R) or int(mask.sum()) < 8:
-            used.append(0)
-            return None
-        b_band = band_passed(b, 2.0)
-        before = zncc_masked(b_band, band_passed(warped, 2.0), inside)
-        H_new = H_level @ R
-        warped_new = cv2.warpPerspective(a, H_new, size_b, flags=flags)
-        after = zncc_masked(b_band, band_passed(warped_new, 2.0),
-                            coverage_mask(H_new, size_a, size_b))  # fmt: skip
-        H_full = normalize_homography(np.linalg.inv(S_a) @ H_new @ S_b)
-        if not after >= before - 1e-3 or not keeps_a_in_front(H_full, size_of(pair.a)):
-            used.append(-int(mask.sum()))
-            return None
-        used.append(int(mask.sum()))
-        pair.H = H_full
-        return None
+            return None, 0
+        return R, int(mask.sum())  # the inlier cells, as the windows' count
 
 
-class CapZoomIn(CoarseToFineEstimator):
+class _Capped(CoarseToFineEstimator):
+    """The refinement's finest level capped at ``_cap`` pixels (``None``: not capped), as the
+    subclass sets it for the pair at hand."""
+
+    _cap: int | None = None
+
+    def _level_sides(self, size: tuple[int, int]) -> list[int]:
+        if self._cap is None:
+            return super()._level_sides(size)
+        top = min(max(size), self.max_side or max(size), self._cap)
+        return [*[s for s in self.levels if s < top], *[top] * self.final_passes]
+
+
+class CapZoomIn(_Capped):
     """``cap-zoom-in``: see the module docstring."""
 
     cap_zoom = 1.5
 
-    def estimate_pair(self, image_a: np.ndarray, image_b: np.ndarray):
-        self._cap: int | None = None
-        return super().estimate_pair(image_a, image_b)
-
     def _global(self, pair) -> None:
         super()._global(pair)
         zoom = local_similarity(pair.H, _centre(size_of(pair.b)))[0]
-        if zoom < 1 / self.cap_zoom:
-            self._cap = max(self.levels[0], round(max(size_of(pair.b)) * zoom))
-
-    def _level_sides(self, size_b: tuple[int, int]) -> list[int]:
-        if self._cap is None:
-            return super()._level_sides(size_b)
-        top = min(max(size_b), self.max_side or max(size_b), self._cap)
-        return [*[s for s in self.levels if s < top], *[top] * self.final_passes]
+        capped = zoom < 1 / self.cap_zoom
+        self._cap = max(self.levels[0], round(max(size_of(pair.b)) * zoom)) if capped else None
 
 
 class SwapZoomIn(CoarseToFineEstimator):
@@ -149,28 +122,20 @@ class SwapZoomIn(CoarseToFineEstimator):
         zoom = local_similarity(pair.H, _centre(size_of(pair.b)))[0]
         return super()._refines_swapped(pair) or zoom < 1 / self.swap_in
 
-    def _windows(
-        self, warped: np.ndarray, b: np.ndarray, inside: np.ndarray
-    ) -> list[tuple[int, int]]:
-        p = self.patch
-        h, w = b.shape
+    def _lattice(self, shape: tuple[int, int], inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p, (h, w) = self.patch, shape
         ys, xs = np.nonzero(inside)
         if len(xs) == 0:
-            return []
+            return np.array([], int), np.array([], int)
         # the grid spans the covered box (at least one window), inside the image
         x_lo, y_lo = int(xs.min()), int(ys.min())
         x_hi, y_hi = max(int(xs.max()) + 1, x_lo + p), max(int(ys.max()) + 1, y_lo + p)
         x_lo, y_lo = max(0, min(x_lo, w - p)), max(0, min(y_lo, h - p))
         x_hi, y_hi = min(x_hi, w), min(y_hi, h)
-        out = []
-        for y0 in np.unique(np.linspace(y_lo, y_hi - p, self.grid).round().astype(int)):
-            for x0 in np.unique(np.linspace(x_lo, x_hi - p, self.grid).round().astype(int)):
-                if inside[y0 : y0 + p, x0 : x0 + p].mean() < self.min_coverage:
-                    continue
-                win_a, win_b = warped[y0 : y0 + p, x0 : x0 + p], b[y0 : y0 + p, x0 : x0 + p]
-                if min(texture(win_a), texture(win_b)) >= self.min_texture:
-                    out.append((int(x0), int(y0)))
-        return out
+        return (
+            np.unique(np.linspace(x_lo, x_hi - p, self.grid).round().astype(int)),
+            np.unique(np.linspace(y_lo, y_hi - p, self.grid).round().astype(int)),
+        )
 
 
 class BlurZoomIn(CoarseToFineEstimator):
@@ -187,7 +152,7 @@ class BlurZoomIn(CoarseToFineEstimator):
         return super()._refines_swapped(pair)
 
 
-class CapZoomOut(CoarseToFineEstimator):
+class CapZoomOut(_Capped):
     """``cap-zoom-out``: see the module docstring."""
 
     def _refines_swapped(self, pair) -> bool:
@@ -196,12 +161,6 @@ class CapZoomOut(CoarseToFineEstimator):
         zoom = local_similarity(pair.H, _centre(size_of(pair.b)))[0]
         self._cap = max(self.levels[0], round(max(size_of(pair.a)) / zoom)) if swapped else None
         return swapped
-
-    def _level_sides(self, size: tuple[int, int]) -> list[int]:
-        if getattr(self, "_cap", None) is None:
-            return super()._level_sides(size)
-        top = min(max(size), self.max_side or max(size), self._cap)
-        return [*[s for s in self.levels if s < top], *[top] * self.final_passes]
 
 
 VARIANTS = {

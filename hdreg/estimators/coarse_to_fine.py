@@ -141,6 +141,34 @@ class _Pair:
     details: dict[str, Any]
 
 
+_WARP = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+
+
+@dataclass
+class _Level:
+    """One refinement level of a pair: both photos resized by the factor that gives B's longer
+    side ``side`` (``S_a``, ``S_b``: full resolution → level), the current estimate at this
+    level ``H`` (``a_level_from_b_level``), A warped into B's level frame and where it covers."""
+
+    a: np.ndarray
+    b: np.ndarray
+    S_a: np.ndarray
+    S_b: np.ndarray
+    H: np.ndarray
+    warped: np.ndarray
+    inside: np.ndarray
+
+    @classmethod
+    def of(cls, pair: _Pair, side: int) -> _Level:
+        f = side / max(size_of(pair.b))
+        size_a, size_b = scale_size(size_of(pair.a), f), scale_size(size_of(pair.b), f)
+        a, b = resize_area(pair.a, size_a), resize_area(pair.b, size_b)
+        S_a, S_b = scale_matrix(size_of(pair.a), size_a), scale_matrix(size_of(pair.b), size_b)
+        H = S_a @ pair.H @ np.linalg.inv(S_b)
+        warped = cv2.warpPerspective(a, H, size_b, flags=_WARP)
+        return cls(a, b, S_a, S_b, H, warped, coverage_mask(H, size_a, size_b))
+
+
 class CoarseToFineEstimator(PairwiseEstimator):
     """A patch network as a whole-image estimator (see the module docstring).
 
@@ -529,12 +557,10 @@ class CoarseToFineEstimator(PairwiseEstimator):
     def _windows(
         self, warped: np.ndarray, b: np.ndarray, inside: np.ndarray
     ) -> list[tuple[int, int]]:
-        """Top-left corners of the ``P×P`` windows of B worth asking the network about: on a
-        ``grid×grid`` lattice, mostly covered by the warped A, textured in both."""
+        """Top-left corners of the ``P×P`` windows of B worth asking the network about: on
+        :meth:`_lattice`, mostly covered by the warped A, textured in both."""
         p = self.patch
-        h, w = b.shape
-        xs = np.unique(np.linspace(0, w - p, self.grid).round().astype(int))
-        ys = np.unique(np.linspace(0, h - p, self.grid).round().astype(int))
+        xs, ys = self._lattice(b.shape, inside)
         out = []
         for y0 in ys:
             for x0 in xs:
@@ -545,26 +571,41 @@ class CoarseToFineEstimator(PairwiseEstimator):
                     out.append((int(x0), int(y0)))
         return out
 
+    def _lattice(self, shape: tuple[int, int], inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Left and top edges of the ``grid×grid`` candidate windows, spread over an image of
+        ``shape`` (``inside``: where the warped A covers it, for lattices that follow it)."""
+        p, (h, w) = self.patch, shape
+        xs = np.unique(np.linspace(0, w - p, self.grid).round().astype(int))
+        ys = np.unique(np.linspace(0, h - p, self.grid).round().astype(int))
+        return xs, ys
+
     def _refine_level(self, pair: _Pair, side: int) -> None:
-        """One refinement level at B's longer side ``side`` (see the module docstring); the
-        residual is kept only if it does not lower the correlation at this level."""
-        f = side / max(size_of(pair.b))
-        size_a, size_b = scale_size(size_of(pair.a), f), scale_size(size_of(pair.b), f)
-        p = self.patch
+        """One refinement level at B's longer side ``side`` (see the module docstring): the
+        residual of the current estimate (:meth:`_residual`), kept only if it does not lower
+        the correlation at this level (:meth:`_keeps`). ``level_windows`` records how many
+        windows gave it (negative: estimated, not kept; 0: none estimated)."""
         used = pair.details.setdefault("level_windows", [])
-        if min(size_b) < p:
+        level = _Level.of(pair, side)
+        if min(level.b.shape) < self.patch:
             used.append(0)
             return
-        a, b = resize_area(pair.a, size_a), resize_area(pair.b, size_b)
-        S_a, S_b = scale_matrix(size_of(pair.a), size_a), scale_matrix(size_of(pair.b), size_b)
-        H_level = S_a @ pair.H @ np.linalg.inv(S_b)  # a_level_from_b_level
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        warped = cv2.warpPerspective(a, H_level, size_b, flags=flags)
-        inside = coverage_mask(H_level, size_a, size_b)
-        origins = self._windows(warped, b, inside)
+        R, count = self._residual(level)
+        if R is None:
+            used.append(0)
+        elif self._keeps(pair, level, R):
+            used.append(count)
+        else:
+            used.append(-count)
+
+    def _residual(self, level: _Level) -> tuple[np.ndarray | None, int]:
+        """The residual ``R`` (B's level pixels → the warped A's) from the network on the
+        level's windows, a robust fit of their correspondences, and how many windows were
+        asked (``R`` is ``None`` when too few windows or inliers give none)."""
+        p = self.patch
+        warped, b = level.warped, level.b
+        origins = self._windows(warped, b, level.inside)
         if len(origins) < 2:
-            used.append(0)
-            return
+            return None, 0
         wins_a = np.stack([warped[y : y + p, x : x + p] for x, y in origins])
         wins_b = np.stack([b[y : y + p, x : x + p] for x, y in origins])
         offsets = self._offsets(self.refine_net, wins_a, wins_b, **self.refine_iterations)
@@ -582,27 +623,30 @@ class CoarseToFineEstimator(PairwiseEstimator):
             pts_b.append(inner + origin)
             pts_w.append(q[:, :2] / q[:, 2:] + origin)
         if len(pts_b) < 2:
-            used.append(0)
-            return
+            return None, 0
         R, mask = cv2.findHomography(
             np.concatenate(pts_b), np.concatenate(pts_w), _ROBUST[self.robust],
             self.ransac_threshold, maxIters=2000, confidence=0.999,
         )  # fmt: skip
         if R is None or check_homography(R) or int(mask.sum()) < 6:
-            used.append(0)
-            return
-        b_band = band_passed(b, 2.0)
-        before = zncc_masked(b_band, band_passed(warped, 2.0), inside)
-        H_new = H_level @ R
-        warped_new = cv2.warpPerspective(a, H_new, size_b, flags=flags)
+            return None, 0
+        return R, len(origins)
+
+    def _keeps(self, pair: _Pair, level: _Level, R: np.ndarray) -> bool:
+        """Apply the residual ``R`` to ``pair.H`` if the band-passed correlation at this level
+        does not drop and all of A stays in front of the horizon; whether it was applied."""
+        b_band = band_passed(level.b, 2.0)
+        before = zncc_masked(b_band, band_passed(level.warped, 2.0), level.inside)
+        H_new = level.H @ R
+        size_a, size_b = size_of(level.a), size_of(level.b)
+        warped_new = cv2.warpPerspective(level.a, H_new, size_b, flags=_WARP)
         inside_new = coverage_mask(H_new, size_a, size_b)
         after = zncc_masked(b_band, band_passed(warped_new, 2.0), inside_new)
-        H_full = normalize_homography(np.linalg.inv(S_a) @ H_new @ S_b)
+        H_full = normalize_homography(np.linalg.inv(level.S_a) @ H_new @ level.S_b)
         if not after >= before - 1e-3 or not keeps_a_in_front(H_full, size_of(pair.a)):
-            used.append(-len(origins))  # estimated, not kept
-            return
-        used.append(len(origins))
+            return False
         pair.H = H_full
+        return True
 
     def _refines_swapped(self, pair: _Pair) -> bool:
         """Whether the refinement levels run on the swapped pair: B zoomed out by more than
