@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from hdreg.estimators.coarse_to_fine import CoarseToFineEstimator, _centre_transform, scale_matrix
+from hdreg.estimators.coarse_to_fine import (
+    CoarseToFineEstimator,
+    _centre_transform,
+    _Pair,
+    scale_matrix,
+)
 from hdreg.estimators.confidence import alignment_confidence, zncc_masked
 from hdreg.estimators.learned import load_checkpoint_estimator
 from hdreg.geometry import resize_matrix
@@ -154,6 +159,21 @@ class TestShippedWide:
         result = wide.estimate_pair(a, b)
         assert result.H_a_from_b is not None, result.reason
         assert _corner_error(result.H_a_from_b, b_from_a) < 1.0
+
+    @pytest.mark.parametrize("changes", [True, False])
+    def test_a_final_pass_that_keeps_nothing_ends_them(self, wide, monkeypatch, changes):
+        """A repeated pass at the finest level runs only after one that changed the estimate:
+        from the same estimate it would see the same windows and repeat the same result."""
+        sides = []
+
+        def level(pair, side):
+            sides.append(side)
+            return changes
+
+        monkeypatch.setattr(wide, "final_passes", 3)
+        monkeypatch.setattr(wide, "_refine_level", level)
+        wide._refine(_Pair(*_render(0.0, 1.0)[:2], np.eye(3), {}))
+        assert sides == ([256, 512, W, W, W] if changes else [256, 512, W])
 
     def test_beats_the_identity_and_reports_its_confidence(self, wide):
         a, b, b_from_a = _render(-15.0, 1.2)

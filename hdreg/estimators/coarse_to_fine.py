@@ -184,7 +184,8 @@ class CoarseToFineEstimator(PairwiseEstimator):
             ``max_side`` (or the photo's own size) are replaced by one level at that size.
         max_side: finest resolution used (B's longer side); ``None``: full resolution.
         grid: windows per side at each refinement level (``grid²`` windows, overlapping).
-        final_passes: refinement passes at the finest level (each starts from the last).
+        final_passes: refinement passes at the finest level (each starts from the last; one
+            that kept no residual ends them, as the next would repeat it exactly).
         refine_iterations: ``(coarse, fine)`` iterations of an iterative refinement network
             (default: as trained).
         min_coverage: share of a window that the warped A must cover for it to be used.
@@ -579,23 +580,24 @@ class CoarseToFineEstimator(PairwiseEstimator):
         ys = np.unique(np.linspace(0, h - p, self.grid).round().astype(int))
         return xs, ys
 
-    def _refine_level(self, pair: _Pair, side: int) -> None:
+    def _refine_level(self, pair: _Pair, side: int) -> bool:
         """One refinement level at B's longer side ``side`` (see the module docstring): the
         residual of the current estimate (:meth:`_residual`), kept only if it does not lower
         the correlation at this level (:meth:`_keeps`). ``level_windows`` records how many
-        windows gave it (negative: estimated, not kept; 0: none estimated)."""
+        windows gave it (negative: estimated, not kept; 0: none estimated). Returns whether
+        the estimate changed."""
         used = pair.details.setdefault("level_windows", [])
         level = _Level.of(pair, side)
         if min(level.b.shape) < self.patch:
             used.append(0)
-            return
+            return False
         R, count = self._residual(level)
         if R is None:
             used.append(0)
-        elif self._keeps(pair, level, R):
-            used.append(count)
-        else:
-            used.append(-count)
+            return False
+        kept = self._keeps(pair, level, R)
+        used.append(count if kept else -count)
+        return kept
 
     def _residual(self, level: _Level) -> tuple[np.ndarray | None, int]:
         """The residual ``R`` (B's level pixels → the warped A's) from the network on the
@@ -648,6 +650,15 @@ class CoarseToFineEstimator(PairwiseEstimator):
         pair.H = H_full
         return True
 
+    def _refine(self, pair: _Pair) -> None:
+        """The refinement levels, coarse to fine. A pass at the finest level that left the
+        estimate as it was ends them: the next would see the same windows and repeat it."""
+        changed, previous = True, None
+        for side in self._level_sides(size_of(pair.b)):
+            if side == previous and not changed:
+                break
+            changed, previous = self._refine_level(pair, side), side
+
     def _refines_swapped(self, pair: _Pair) -> bool:
         """Whether the refinement levels run on the swapped pair: B zoomed out by more than
         ``swap_zoom`` by the global estimate (B warped into A's frame, where the shared part is
@@ -672,13 +683,11 @@ class CoarseToFineEstimator(PairwiseEstimator):
             )[0]
         if self._refines_swapped(pair):
             swapped = _Pair(image_b, image_a, np.linalg.inv(pair.H), pair.details)
-            for side in self._level_sides(size_of(image_a)):
-                self._refine_level(swapped, side)
+            self._refine(swapped)
             pair.H = normalize_homography(np.linalg.inv(swapped.H))
             pair.details["refined_swapped"] = True
         else:
-            for side in self._level_sides(size_of(image_b)):
-                self._refine_level(pair, side)
+            self._refine(pair)
         reason = judge_confidence(
             image_a, image_b, pair.H, self.min_confidence, pair.details, self.score_side
         )
