@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import time
@@ -353,7 +354,12 @@ def align(
         # Before decoding possibly large images: the cheapest error first.
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     overrides = _keypoint_overrides(spec, ratio, robust, reproj_threshold)
-    image_a, image_b = load_gray(path_a), load_gray(path_b)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # A model needs PyTorch, whose import takes about a second: it runs while the photos
+        # are decoded (which releases the interpreter), not after.
+        if spec.checkpoint is not None:
+            pool.submit(importlib.import_module, "hdreg.estimators.learned")
+        image_a, image_b = load_gray(path_a), load_gray(path_b)
     estimator = resolve(
         spec, device=device, max_side=max_side, min_confidence=ALIGN_MIN_CONFIDENCE,
         overrides=overrides,
