@@ -111,11 +111,48 @@ class DenseFeatures(nn.Module):
         (the distribution's mean) and the distribution's peak ``(N, h, w)``."""
         return self.match_features(self(a), self(b))
 
-    def match_features(self, f_a: Tensor, f_b: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`match` from the features of A and B."""
-        prob = self.window_logits(f_a, f_b).softmax(dim=1)
+    def match_features(
+        self, f_a: Tensor, f_b: Tensor, subcell: str = "mean"
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`match` from the features of A and B. ``subcell="parabola"``: the match is
+        the most likely cell moved by the vertex of a parabola through its logit and its two
+        neighbours' on each axis (0 where the peak is on the window's edge or not curved),
+        instead of the distribution's mean."""
+        logits = self.window_logits(f_a, f_b)
+        if subcell == "parabola":
+            return _parabola_offsets(logits, self.radius), logits.softmax(dim=1).amax(dim=1)
+        if subcell != "mean":
+            raise ValueError(f"subcell must be 'mean' or 'parabola', got {subcell!r}")
+        prob = logits.softmax(dim=1)
         mean = torch.einsum("nkhw,kc->nchw", prob, self.offsets().to(prob))
         return mean, prob.amax(dim=1)
+
+
+def _vertex(before: Tensor, peak: Tensor, after: Tensor) -> Tensor:
+    curvature = before - 2 * peak + after
+    curved = curvature < -1e-6
+    return torch.where(curved, 0.5 * (before - after) / torch.where(curved, curvature, -1.0), 0.0)
+
+
+def _parabola_offsets(logits: Tensor, radius: int) -> Tensor:
+    """``(N, 2, h, w)``: the most likely window cell of ``logits (N, (2r+1)², h, w)`` plus the
+    vertex of the parabola through its neighbours on each axis (see ``match_features``)."""
+    k = 2 * radius + 1
+    n, _, h, w = logits.shape
+    grid = logits.reshape(n, k, k, h, w)
+    best = logits.argmax(dim=1)
+    by, bx = best // k, best % k
+    inner = (bx > 0) & (bx < k - 1) & (by > 0) & (by < k - 1)
+    cy, cx = by.clamp(1, k - 2), bx.clamp(1, k - 2)
+
+    def at(dy: int, dx: int) -> Tensor:
+        index = ((cy + dy) * k + (cx + dx))[:, None]
+        return grid.reshape(n, k * k, h, w).gather(1, index)[:, 0]
+
+    peak = at(0, 0)
+    dx = torch.where(inner, _vertex(at(0, -1), peak, at(0, 1)), 0.0)
+    dy = torch.where(inner, _vertex(at(-1, 0), peak, at(1, 0)), 0.0)
+    return torch.stack([bx - radius + dx, by - radius + dy], dim=1).float()
 
 
 def _pair_batch(images: np.ndarray, protocol: DeToneProtocol, rng: np.random.Generator, n: int,

@@ -25,6 +25,8 @@
   of B in the warped A (the mean of its distribution over the window), and RANSAC over the
   cells whose distribution peaks over ``min_peak`` and that the warped A covers (the
   ``max_points`` with the highest peaks). B's features are computed once per level.
+  ``subcell="parabola"``: each match from a parabola through the logits around the most likely
+  cell instead of the distribution's mean.
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ class DenseTrained(CoarseToFineEstimator):
     min_peak = 0.3
     max_points = 3000
     dense_sides: Sequence[int] | None = None  # (None: every level)
+    subcell = "mean"  # or "parabola" (DenseFeatures.match_features)
 
     def _residual(self, level) -> tuple[np.ndarray | None, int]:
         from dense_features import load  # (bench/, beside this file)
@@ -193,7 +196,9 @@ class DenseTrained(CoarseToFineEstimator):
             key = (level.b.shape, hash(level.b.tobytes()))
             if getattr(self, "_features_b", (None,))[0] != key:
                 self._features_b = (key, net(tensor(level.b)))
-            mean, peak = net.match_features(net(tensor(level.warped)), self._features_b[1])
+            mean, peak = net.match_features(
+                net(tensor(level.warped)), self._features_b[1], self.subcell
+            )
         mean, peak = mean[0].numpy(), peak[0].numpy()
         h, w = peak.shape
         s = net.stride

@@ -11,7 +11,7 @@ import torch
 from .conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from dense_features import DenseFeatures, _targets, loss_of
+from dense_features import DenseFeatures, _parabola_offsets, _targets, loss_of
 
 
 def test_targets_of_a_translation_and_of_a_zoom_about_a_cell():
@@ -78,3 +78,16 @@ def test_a_training_step_lowers_the_loss_on_its_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.8 * first.item()
+
+
+def test_the_parabola_finds_the_vertex_of_quadratic_logits():
+    """Logits ``-(dx - 0.3)² - (dy + 1.2)²`` over a 5×5 window: the vertex, (0.3, -1.2) cells;
+    a peak on the window's edge keeps its whole cell."""
+    d = torch.arange(-2.0, 3.0)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    inside = -((dx - 0.3) ** 2) - (dy + 1.2) ** 2
+    edge = -((dx - 2.4) ** 2) - dy**2  # most likely cell: dx = 2, on the edge
+    logits = torch.stack([inside, edge]).reshape(2, 25, 1, 1)
+    out = _parabola_offsets(logits, 2)[:, :, 0, 0]
+    torch.testing.assert_close(out[0], torch.tensor([0.3, -1.2]))
+    torch.testing.assert_close(out[1], torch.tensor([2.0, 0.0]))
