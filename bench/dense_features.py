@@ -143,16 +143,13 @@ def _parabola_offsets(logits: Tensor, radius: int) -> Tensor:
     """``(N, 2, h, w)``: the most likely window cell of ``logits (N, (2r+1)², h, w)`` plus the
     vertex of the parabola through its neighbours on each axis (see ``match_features``)."""
     k = 2 * radius + 1
-    n, _, h, w = logits.shape
-    grid = logits.reshape(n, k, k, h, w)
     best = logits.argmax(dim=1)
     by, bx = best // k, best % k
     inner = (bx > 0) & (bx < k - 1) & (by > 0) & (by < k - 1)
     cy, cx = by.clamp(1, k - 2), bx.clamp(1, k - 2)
 
     def at(dy: int, dx: int) -> Tensor:
-        index = ((cy + dy) * k + (cx + dx))[:, None]
-        return grid.reshape(n, k * k, h, w).gather(1, index)[:, 0]
+        return logits.gather(1, ((cy + dy) * k + (cx + dx))[:, None])[:, 0]
 
     peak = at(0, 0)
     dx = torch.where(inner, _vertex(at(0, -1), peak, at(0, 1)), 0.0)

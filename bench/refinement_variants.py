@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,6 +173,13 @@ class CapZoomOut(_Capped):
         return swapped
 
 
+@functools.cache
+def _dense_net(weights: str) -> torch.nn.Module:
+    from dense_features import load  # (bench/, beside this file)
+
+    return load(weights)
+
+
 class DenseTrained(CoarseToFineEstimator):
     """``dense-trained``: see the module docstring."""
 
@@ -182,14 +190,9 @@ class DenseTrained(CoarseToFineEstimator):
     subcell = "mean"  # or "parabola" (DenseFeatures.match_features)
 
     def _residual(self, level) -> tuple[np.ndarray | None, int]:
-        from dense_features import load  # (bench/, beside this file)
-
         if self.dense_sides is not None and max(level.b.shape) not in self.dense_sides:
             return super()._residual(level)
-
-        if getattr(self, "_loaded", (None,))[0] != self.weights:
-            self._loaded = (self.weights, load(self.weights))
-        net = self._loaded[1]
+        net = _dense_net(self.weights)
         tensor = lambda im: torch.from_numpy(im)[None, None].float() / 255.0  # noqa: E731
         with torch.inference_mode():
             # B's features are the same at every pass of a level: computed once per pair and side
