@@ -50,4 +50,5 @@ def _entry(name: str) -> _Callable[..., _nn.Module]:
     return load
 
 
-globals().update({name: _entry(name) for name in _weights.shipped_weights()})
+# (a network that is only a part of another model, as wide's dense matcher, has no entry)
+globals().update({n: _entry(n) for n, w in _weights.shipped_weights().items() if not w.part_of})

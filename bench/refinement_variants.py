@@ -1,6 +1,8 @@
 """Refinement designs for ``wide`` that were measured and not shipped, kept runnable: each is a
 :class:`~hdreg.estimators.coarse_to_fine.CoarseToFineEstimator` with one step replaced, for
-``bench/wide_settings.py --variant NAME`` (results in docs/methods.md).
+``bench/wide_settings.py --variant NAME`` (results in docs/methods.md). They were measured on
+the levels as ``wide`` ran them before its dense matcher, the iterative network on windows
+(``dense_net=None``), and replace a step of that design.
 
 - ``dense``: the levels listed in ``dense_sides`` (B's longer side) are one dense pass instead
   of windows through the iterative network: the refinement network's fine encoder on the
@@ -19,21 +21,11 @@
 - ``blur-zoom-in``: B zoomed in by more than ``blur_in``: B is low-passed to A's resolution for
   the refinement levels (a Gaussian of ``blur_k / zoom`` pixels), so that the windows compare
   two equally sharp views.
-- ``dense-trained``: the levels listed in ``dense_sides`` (``None``: every level) one dense pass
-  of the encoder that ``bench/dense_features.py`` trains for sub-pixel matching (``weights``:
-  its file, by default the one measured, ``bench/dense_features.pt``): the match of every cell
-  of B in the warped A (the mean of its distribution over the window), and RANSAC over the
-  cells whose distribution peaks over ``min_peak`` and that the warped A covers (the
-  ``max_points`` with the highest peaks). B's features are computed once per level.
-  ``subcell="parabola"``: each match from a parabola through the logits around the most likely
-  cell instead of the distribution's mean.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -173,60 +165,10 @@ class CapZoomOut(_Capped):
         return swapped
 
 
-@functools.cache
-def _dense_net(weights: str) -> torch.nn.Module:
-    from dense_features import load  # (bench/, beside this file)
-
-    return load(weights)
-
-
-class DenseTrained(CoarseToFineEstimator):
-    """``dense-trained``: see the module docstring."""
-
-    weights = str(Path(__file__).with_name("dense_features.pt"))  # (as trained and measured)
-    min_peak = 0.3
-    max_points = 3000
-    dense_sides: Sequence[int] | None = None  # (None: every level)
-    subcell = "mean"  # or "parabola" (DenseFeatures.match_features)
-
-    def _residual(self, level) -> tuple[np.ndarray | None, int]:
-        if self.dense_sides is not None and max(level.b.shape) not in self.dense_sides:
-            return super()._residual(level)
-        net = _dense_net(self.weights)
-        tensor = lambda im: torch.from_numpy(im)[None, None].float() / 255.0  # noqa: E731
-        with torch.inference_mode():
-            # B's features are the same at every pass of a level: computed once per pair and side
-            key = (level.b.shape, hash(level.b.tobytes()))
-            if getattr(self, "_features_b", (None,))[0] != key:
-                self._features_b = (key, net(tensor(level.b)))
-            mean, peak = net.match_features(
-                net(tensor(level.warped)), self._features_b[1], self.subcell
-            )
-        mean, peak = mean[0].numpy(), peak[0].numpy()
-        h, w = peak.shape
-        s = net.stride
-        # cell j is centred on pixel s·j; it is kept where the warped A covers its s×s block
-        covered = cv2.resize(level.inside.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-        ys, xs = np.nonzero((peak > self.min_peak) & (covered > 0.99))
-        if len(xs) > self.max_points:
-            best = np.argsort(-peak[ys, xs])[: self.max_points]
-            ys, xs = ys[best], xs[best]
-        if len(xs) < 8:
-            return None, 0
-        pts_b = np.c_[xs, ys].astype(np.float64) * s
-        pts_w = pts_b + mean[:, ys, xs].T.astype(np.float64) * s
-        R, mask = cv2.findHomography(pts_b, pts_w, cv2.RANSAC, self.ransac_threshold,
-                                     maxIters=2000, confidence=0.999)  # fmt: skip
-        if R is None or check_homography(R) or int(mask.sum()) < 8:
-            return None, 0
-        return R, int(mask.sum())  # the inlier cells, as the windows' count
-
-
 VARIANTS = {
     "cap-zoom-out": CapZoomOut,
     "dense": DenseLevels,
     "cap-zoom-in": CapZoomIn,
     "swap-zoom-in": SwapZoomIn,
     "blur-zoom-in": BlurZoomIn,
-    "dense-trained": DenseTrained,
 }

@@ -14,6 +14,7 @@ differ most from their turned selves: 90°).
     python bench/wide_settings.py data/benchmarks/wide_full_val "dense_sides=(256,512)" \\
         --variant dense
     python bench/wide_settings.py data/benchmarks/wide_full_val "grid=4,final_passes=1" --ecc
+    python bench/wide_settings.py data/benchmarks/wide_full_val "final_passes=2" --windows
 
 Settings are keyword arguments of :class:`hdreg.estimators.coarse_to_fine.CoarseToFineEstimator`
 (Python syntax) that replace those of ``hdreg/configs/estimator/wide.yaml``; ``--global-net``
@@ -21,8 +22,10 @@ replaces the global stage's network (the search keeps the shipped encoder). ``--
 replaces the proposal network: ``scale-search`` (``--search``: keyword arguments of
 :class:`hdreg.models.scale_search.ScaleSpaceSearch`), ``global-encoder`` (the rotation × zoom
 classes of :class:`hdreg.models.similarity.SimilarityNet` about the photos' centres) or ``none``.
-``--variant`` replaces one step of the estimator by a design that was measured and not shipped
-(``bench/refinement_variants.py``; its attributes are settings too); ``--ecc`` refines each
+``--windows`` runs the refinement levels as ``wide`` did before its dense matcher: the iterative
+network on windows (``dense_net=None``). ``--variant`` replaces one step of that design by one
+that was measured and not shipped (``bench/refinement_variants.py``; its attributes are settings
+too; the windows are implied, as measured); ``--ecc`` refines each
 estimate by ECC as ``wide+ecc`` does. The corner error is that of A's corners mapped into B, as
 in the evaluation; per zoom group its median is followed by the median error of B's corners
 mapped into A (pixels of A).
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--proposal", choices=["scale-search", "global-encoder", "none"])
     parser.add_argument("--search", default="", help='e.g. "rotations=8,steps=1"')
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="a refinement not shipped")
+    parser.add_argument("--windows", action="store_true", help="levels on windows, not dense")
     parser.add_argument("--ecc", action="store_true", help="ECC after it, as wide+ecc")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -88,6 +92,8 @@ def main() -> None:
         est.proposal_net = SimilarityNet.around(encoder, net.patch_size, net.input_size).eval()
     elif args.proposal == "none":
         est.proposal_net = None
+    if args.windows or args.variant:  # (the variants were measured on the windows)
+        est.dense_net = None
     if args.variant:
         est.__class__ = VARIANTS[args.variant]
     est.classes = [] if est.proposal_net is None else list(est.proposal_net.hypotheses())

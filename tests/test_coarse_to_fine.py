@@ -124,7 +124,7 @@ class TestShippedWide:
         config = estimator_config("wide")
         # (``name`` is the file's label in tables, whatever the constructor's default)
         repeated = {k for k, v in config.items() if k != "name" and defaults.get(k, v) == v}
-        assert not repeated - {"kind", "refine", "proposal"}
+        assert not repeated - {"kind", "refine", "proposal", "dense"}
         shipped = read_checkpoint("wide").meta["hdreg_estimator"]
         assert {**{k: defaults[k] for k in shipped if k in defaults}, **config} == shipped
 
@@ -174,6 +174,39 @@ class TestShippedWide:
         monkeypatch.setattr(wide, "_refine_level", level)
         wide._refine(_Pair(*_render(0.0, 1.0)[:2], np.eye(3), {}))
         assert sides == ([256, 512, W, W, W] if changes else [256, 512, W])
+
+    def test_its_levels_match_every_cell_with_the_dense_matcher(self, wide, monkeypatch):
+        """Every level is matched cell by cell (inlier cells, far more than a grid's 25
+        windows), B's features computed once per level whatever the passes, and the render is
+        recovered to under a pixel."""
+        a, b, b_from_a = _render(12.0, 1.1)
+        result = wide.estimate_pair(a, b)
+        assert result.H_a_from_b is not None, result.reason
+        used = result.details["level_windows"]
+        assert abs(used[0]) > 100 and abs(used[-1]) > 100
+        assert _corner_error(result.H_a_from_b, b_from_a) < 1.0
+        calls = []
+        forward = wide.dense_net.forward
+        monkeypatch.setattr(
+            wide.dense_net, "forward", lambda x: calls.append(x.shape) or forward(x)
+        )
+        pair = _Pair(a, b, np.linalg.inv(b_from_a), {})
+        wide._refine(pair)
+        sides = [max(shape[-2:]) for shape in calls]
+        assert sorted(k[0] for k in pair.features_b) == [256, 512, W]
+        assert sides.count(W) == len(pair.details["level_windows"]) - 2 + 1  # B once, A per pass
+
+    def test_a_level_of_many_pixels_is_matched_inside_windows(self, wide, monkeypatch):
+        """Over ``dense_max_pixels`` a level is matched inside the grid's P×P windows (a photo of
+        many megapixels at full resolution), with the same result quality."""
+        monkeypatch.setattr(wide, "dense_max_pixels", 300 * 300)
+        a, b, b_from_a = _render(-20.0, 0.9)
+        pair = _Pair(a, b, np.linalg.inv(b_from_a) @ _motion(1.0, 1.01), {})
+        wide._refine(pair)
+        windowed = [k for k in pair.features_b if len(k[1]) > 1]
+        assert [k[0] for k in windowed] == [512, W]  # 256 × 192 fits; the others do not
+        assert all(len(k[1]) <= wide.grid**2 for k in windowed)
+        assert _corner_error(pair.H, b_from_a) < 1.0
 
     def test_beats_the_identity_and_reports_its_confidence(self, wide):
         a, b, b_from_a = _render(-15.0, 1.2)

@@ -318,7 +318,8 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     if args.action in ("install", "download"):
         return _install_weights(args)
     for w in shipped_weights().values():
-        print(f"{w.name}: {w.description}")
+        part = f" (a part of {w.part_of}, not a method of its own)" if w.part_of else ""
+        print(f"{w.name}{part}: {w.description}")
         print(f"  file:    {w.path} ({w.path.stat().st_size / 1e6:.1f} MB)")
         print(f"  trained: {w.command}")
         print(f"  data:    {w.data}")
@@ -396,7 +397,7 @@ def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from hdreg.models.checkpoint import check_output_is_not_input, load_net
+    from hdreg.models.checkpoint import check_output_is_not_input, load_net, require_pair_net
     from hdreg.models.onnx import check_onnx, export_onnx, require_onnx
 
     check_output_is_not_input(args.out, args.checkpoint)  # never overwrite what is exported
@@ -405,7 +406,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         print(f"hdreg export: error: {exc}", file=sys.stderr)
         return 2
-    net = load_net(args.checkpoint)
+    net = require_pair_net(load_net(args.checkpoint), args.checkpoint)
     t0 = time.perf_counter()
     path = export_onnx(net, args.out, opset=args.opset)
     p = int(net.patch_size)

@@ -27,6 +27,13 @@ two photos of any size and aspect ratio, and any rotation:
    the correlation at that level does not drop and all of A stays in front of the horizon
    (:func:`keeps_a_in_front`). The final
    precision is thus set by the photos' pixels, not by the network's input size.
+   With a *dense matcher* (``dense_net``, :class:`hdreg.models.dense_matcher.DenseMatcher`)
+   the windows are replaced by matching every cell: the matcher's features of the whole
+   warped A and B at the level (B's computed once per level), the match of each cell of B in
+   the warped A read by a parabola, and the robust fit of the distinct matches (those whose
+   softmax peaks over ``dense_min_peak``, where the warped A covers) is the residual. A level
+   larger than ``dense_max_pixels`` (a photo of many megapixels at full resolution) is
+   matched inside the ``P×P`` windows instead of whole.
    When the global estimate shows B zoomed out by more than ``swap_zoom`` (A's content small in
    B: few windows of B are covered by the warped A), the levels run on the swapped pair — B
    warped into A's frame, where the shared part fills the windows — and the result is inverted.
@@ -46,7 +53,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -139,6 +146,7 @@ class _Pair:
     b: np.ndarray
     H: np.ndarray
     details: dict[str, Any]
+    features_b: dict[Any, torch.Tensor] = field(default_factory=dict)  # the dense matcher's
 
 
 _WARP = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
@@ -213,6 +221,13 @@ class CoarseToFineEstimator(PairwiseEstimator):
             confidence (band-passed, as the final one) under this, the proposals are dropped and
             the global stage tries every ``rotations`` × ``zooms`` hypothesis instead, as
             without a proposal network (``None``: never).
+        dense_net: a dense matcher (:class:`hdreg.models.dense_matcher.DenseMatcher`): the
+            refinement levels match every cell with it instead of asking ``refine_net`` about
+            windows (see the module docstring); ``None``: windows.
+        dense_min_peak: a cell's match is used when its softmax peaks over this.
+        dense_max_points: at most this many matches per level (the most distinct) are fitted.
+        dense_max_pixels: a level with more pixels in B is matched inside the ``P×P`` windows
+            of the ``grid`` (textured, covered) instead of whole.
         swap_zoom: when the global estimate shows B zoomed out by more than this factor (one
             pixel of B spans more than ``swap_zoom`` pixels of A), the refinement levels run on
             the swapped pair (B warped into A's frame, where the shared part is large), and the
@@ -246,6 +261,10 @@ class CoarseToFineEstimator(PairwiseEstimator):
         proposals: int = 3,
         fallback_confidence: float | None = None,
         swap_zoom: float | None = None,
+        dense_net: torch.nn.Module | None = None,
+        dense_min_peak: float = 0.3,
+        dense_max_points: int = 3000,
+        dense_max_pixels: int = 1_500_000,
         device: str | torch.device = "cpu",
     ) -> None:
         if not rotations or not zooms:
@@ -307,6 +326,17 @@ class CoarseToFineEstimator(PairwiseEstimator):
         if swap_zoom is not None and not swap_zoom >= 1:
             raise ValueError(f"swap_zoom must be >= 1 (or None), got {swap_zoom}")
         self.swap_zoom = None if swap_zoom is None else float(swap_zoom)
+        self.dense_net = None if dense_net is None else dense_net.to(self.device).eval()
+        if not 0 <= dense_min_peak < 1:
+            raise ValueError(f"dense_min_peak must be in [0, 1), got {dense_min_peak}")
+        if dense_max_points < 8 or dense_max_pixels < self.patch**2:
+            raise ValueError(
+                f"dense_max_points must be >= 8 and dense_max_pixels >= {self.patch**2}, got "
+                f"{dense_max_points} and {dense_max_pixels}"
+            )
+        self.dense_min_peak = float(dense_min_peak)
+        self.dense_max_points = int(dense_max_points)
+        self.dense_max_pixels = int(dense_max_pixels)
 
     def __repr__(self) -> str:
         return f"CoarseToFineEstimator(name={self.name!r}, levels={self.levels})"
@@ -584,14 +614,18 @@ class CoarseToFineEstimator(PairwiseEstimator):
         """One refinement level at B's longer side ``side`` (see the module docstring): the
         residual of the current estimate (:meth:`_residual`), kept only if it does not lower
         the correlation at this level (:meth:`_keeps`). ``level_windows`` records how many
-        windows gave it (negative: estimated, not kept; 0: none estimated). Returns whether
+        windows gave it, or with a dense matcher how many matches were its inliers (negative:
+        estimated, not kept; 0: none estimated). Returns whether
         the estimate changed."""
         used = pair.details.setdefault("level_windows", [])
         level = _Level.of(pair, side)
         if min(level.b.shape) < self.patch:
             used.append(0)
             return False
-        R, count = self._residual(level)
+        if self.dense_net is not None:
+            R, count = self._dense_residual(pair, level, side)
+        else:
+            R, count = self._residual(level)
         if R is None:
             used.append(0)
             return False
@@ -633,6 +667,52 @@ class CoarseToFineEstimator(PairwiseEstimator):
         if R is None or check_homography(R) or int(mask.sum()) < 6:
             return None, 0
         return R, len(origins)
+
+    @torch.inference_mode()
+    def _dense_residual(
+        self, pair: _Pair, level: _Level, side: int
+    ) -> tuple[np.ndarray | None, int]:
+        """The residual ``R`` from the dense matcher (see ``dense_net``) and how many matches
+        it keeps as inliers (``R`` is ``None`` when too few matches or inliers give none)."""
+        net, p = self.dense_net, self.patch
+        assert net is not None
+        if level.b.size > self.dense_max_pixels:  # many megapixels: inside the windows
+            origins = self._windows(level.warped, level.b, level.inside)
+            if not origins:
+                return None, 0
+            crop = lambda im: np.stack([im[y : y + p, x : x + p] for x, y in origins])  # noqa: E731
+            warped, b, inside = crop(level.warped), crop(level.b), crop(level.inside)
+        else:
+            origins = [(0, 0)]
+            warped, b, inside = level.warped[None], level.b[None], level.inside[None]
+        tensor = lambda im: torch.from_numpy(im)[:, None].to(self.device).float() / 255.0  # noqa: E731
+        key = (side, tuple(origins))  # B's features are the same at every pass of a level
+        if key not in pair.features_b:
+            pair.features_b[key] = net(tensor(b))
+        offsets, peaks = net.match(net(tensor(warped)), pair.features_b[key])
+        offsets, peaks = offsets.float().cpu().numpy(), peaks.float().cpu().numpy()
+        s = int(net.stride)
+        pts_b, pts_w, strength = [], [], []
+        for (x0, y0), offset, peak, covers in zip(origins, offsets, peaks, inside, strict=True):
+            h, w = peak.shape
+            # cell j is centred on pixel s·j; kept where the warped A covers its s×s block
+            covered = cv2.resize(covers.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+            ys, xs = np.nonzero((peak > self.dense_min_peak) & (covered > 0.99))
+            at_b = np.c_[xs, ys].astype(np.float64) * s + np.array([x0, y0], np.float64)
+            pts_b.append(at_b)
+            pts_w.append(at_b + offset[:, ys, xs].T.astype(np.float64) * s)
+            strength.append(peak[ys, xs])
+        pts_b, pts_w, strength = map(np.concatenate, (pts_b, pts_w, strength))
+        if len(pts_b) > self.dense_max_points:
+            best = np.argsort(-strength)[: self.dense_max_points]
+            pts_b, pts_w = pts_b[best], pts_w[best]
+        if len(pts_b) < 8:
+            return None, 0
+        R, mask = cv2.findHomography(pts_b, pts_w, _ROBUST[self.robust], self.ransac_threshold,
+                                     maxIters=2000, confidence=0.999)  # fmt: skip
+        if R is None or check_homography(R) or int(mask.sum()) < 8:
+            return None, 0
+        return R, int(mask.sum())
 
     def _keeps(self, pair: _Pair, level: _Level, R: np.ndarray) -> bool:
         """Apply the residual ``R`` to ``pair.H`` if the band-passed correlation at this level

@@ -27,6 +27,7 @@ from hdreg.models.checkpoint import (
     load_net,
     net_from_checkpoint,
     read_checkpoint,
+    require_pair_net,
     resolve_checkpoint,
 )
 from hdreg.models.scale_search import ScaleSpaceSearch
@@ -190,16 +191,19 @@ def load_checkpoint_estimator(
     Builds plain networks (no PyTorch Lightning). ``min_confidence`` applies to a plain
     network (:class:`HomographyNetEstimator`); a whole-image estimator has its own."""
     ckpt = read_checkpoint(path)
-    net = net_from_checkpoint(ckpt)
+    net = require_pair_net(net_from_checkpoint(ckpt), ckpt.path)
     spec = ckpt.meta.get("hdreg_estimator")
     if spec is None:
         return HomographyNetEstimator(net, name=name, device=device, min_confidence=min_confidence)
-    params = {k: v for k, v in spec.items() if k not in ("kind", "refine", "name", "proposal")}
+    named = ("kind", "refine", "name", "proposal", "dense")  # (not constructor arguments)
+    params = {k: v for k, v in spec.items() if k not in named}
     # the scale-space search's own settings (search_rotations: 16 -> rotations=16)
     search = {k[len("search_") :]: params.pop(k) for k in list(params) if k.startswith("search_")}
     module, cls_name = ESTIMATORS[spec["kind"]]
     cls = getattr(importlib.import_module(module), cls_name)
     refine = load_net(spec["refine"]) if spec.get("refine") else None
+    if spec.get("dense"):  # the refinement levels' dense matcher, a shipped network
+        params["dense_net"] = load_net(spec["dense"])
     proposal = spec.get("proposal")  # what proposes rotation × zoom classes
     if proposal == "global-encoder":  # the global network's own encoder, untrained head
         params["proposal_net"] = SimilarityNet.around(

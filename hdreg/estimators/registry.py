@@ -164,7 +164,8 @@ def _unknown(spec: object) -> ValueError:
 
     return ValueError(
         f"unknown method {spec!r}: valid methods are {', '.join(method_names())}; shipped "
-        f"models: {', '.join(sorted(shipped_weights()))}; or the path of an existing checkpoint "
+        f"models: {', '.join(sorted(n for n, w in shipped_weights().items() if not w.part_of))}; "
+        "or the path of an existing checkpoint "
         f"file; each optionally followed by +{' or +'.join(REFINEMENTS)}"
     )
 

@@ -52,13 +52,16 @@ __all__ = [
     "check_model_config",
     "check_output_is_not_input",
     "export_weights",
+    "is_network_only",
     "load_module",
     "load_net",
     "load_torch_file",
     "non_pytorch_format",
     "read_checkpoint",
     "register",
+    "require_pair_net",
     "resolve_checkpoint",
+    "save_net",
     "save_weights",
     "tensors_sha256",
 ]
@@ -71,6 +74,7 @@ NETS: dict[str, tuple[str, str]] = {
         "IterativeHomographyNet",
     ),
     "hdreg.models.similarity.SimilarityNet": ("hdreg.models.similarity", "SimilarityNet"),
+    "hdreg.models.dense_matcher.DenseMatcher": ("hdreg.models.dense_matcher", "DenseMatcher"),
 }
 #: losses a checkpoint may name
 LOSSES: dict[str, tuple[str, str]] = {
@@ -140,10 +144,24 @@ def check_model_config(config: Any) -> None:
     wrong (nothing is imported or built here)."""
     if not isinstance(config, dict):
         raise ValueError(f"'hdreg_model' must be a mapping, got {type(config).__name__}")
+    if is_network_only(config):  # a network trained outside a LightningModule (save_net)
+        unknown = sorted(set(config) - {"name", "net"})
+        if unknown or not isinstance(config.get("name", ""), str):
+            raise ValueError(
+                f"hdreg_model of a network-only file has only 'name' and 'net', got {unknown}"
+            )
+        _check_part(config.get("net"), "hdreg_model.net", NETS)
+        return
     top = {k: v for k, v in config.items() if k not in ("net", "loss")}
     _check_part(top, "hdreg_model", MODULES)
     _check_part(config.get("net"), "hdreg_model.net", NETS)
     _check_part(config.get("loss"), "hdreg_model.loss", LOSSES)
+
+
+def is_network_only(config: dict[str, Any]) -> bool:
+    """Whether an ``hdreg_model`` config is a network's alone (``{"name", "net"}``, written by
+    :func:`save_net`), with no LightningModule or loss to rebuild."""
+    return "_target_" not in config and "loss" not in config
 
 
 def check_estimator_config(config: Any) -> None:
@@ -159,7 +177,8 @@ def check_estimator_config(config: Any) -> None:
     for key, value in config.items():
         if not isinstance(key, str) or key.startswith("_") or not _is_plain(value):
             raise ValueError(f"hdreg_estimator.{key} must be a plain keyword argument")
-    for key, also in (("refine", ()), ("proposal", ("global-encoder", "scale-search"))):
+    shipped_keys = (("refine", ()), ("dense", ()), ("proposal", ("global-encoder", "scale-search")))
+    for key, also in shipped_keys:
         name = config.get(key)
         if name is not None and name not in shipped_weights() and name not in also:
             raise ValueError(
@@ -314,6 +333,17 @@ def load_net(spec: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     return net_from_checkpoint(read_checkpoint(spec)).to(device)
 
 
+def require_pair_net(net: nn.Module, spec: str | Path) -> nn.Module:
+    """``net`` if it estimates a homography from a pair of patches (it has a ``patch_size``);
+    ``ValueError`` for a network that is a part of an estimator (a dense matcher)."""
+    if not hasattr(net, "patch_size"):
+        raise ValueError(
+            f"{spec} holds {type(net).__name__}, a part of a whole-image estimator (e.g. wide's "
+            "refinement), not a network that estimates a homography from a pair of patches"
+        )
+    return net
+
+
 def load_module(spec: str | Path, device: str | torch.device = "cpu") -> Any:
     """Rebuild the LightningModule saved in an hdreg checkpoint, weights loaded, in eval mode.
 
@@ -326,6 +356,11 @@ def load_module(spec: str | Path, device: str | torch.device = "cpu") -> Any:
     """
     device = resolve_device(device)
     ckpt = read_checkpoint(spec)
+    if is_network_only(ckpt.config):
+        raise ValueError(
+            f"{ckpt.path} holds a network only ({ckpt.config['net']['_target_']}), no training "
+            "module to rebuild: load it with hdreg.models.checkpoint.load_net"
+        )
     module = build_module_from_config(ckpt.config)
     _load_state(module, ckpt.state_dict, ckpt.path)
     best = float(ckpt.meta.get("val_mace_best", math.inf))
@@ -344,6 +379,21 @@ def save_weights(module: Any, path: str | Path, extra: dict[str, Any] | None = N
     module.on_save_checkpoint(checkpoint)  # adds hdreg_model and val_mace_best
     checkpoint.update(extra or {})
     torch.save(checkpoint, path)
+    return path
+
+
+def save_net(net: nn.Module, net_config: dict[str, Any], path: str | Path, name: str) -> Path:
+    """Write a network trained outside a LightningModule as a file :func:`load_net` reads
+    (atomically): ``hdreg_model`` ``{"name": name, "net": net_config}`` (``net_config``: its
+    allow-listed ``_target_`` and plain constructor arguments), its weights and their checksum.
+    """
+    config = {"name": name, "net": dict(net_config)}
+    check_model_config(config)
+    state = {f"net.{k}": v.detach().cpu() for k, v in net.state_dict().items()}
+    path = Path(path).expanduser()
+    with atomic_write(path) as tmp:
+        torch.save({"hdreg_model": config, "state_dict": state,
+                    "tensors_sha256": tensors_sha256(state)}, tmp)  # fmt: skip
     return path
 
 

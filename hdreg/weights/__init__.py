@@ -32,6 +32,7 @@ class Shipped:
     data: str
     results: dict[str, Any]
     sha256: str | None = None  # of the file, checked whenever it is loaded
+    part_of: str | None = None  # a network that is a part of another model's estimator only
 
 
 def shipped_weights() -> dict[str, Shipped]:
@@ -43,7 +44,7 @@ def shipped_weights() -> dict[str, Shipped]:
         if path.is_file():
             out[name] = Shipped(
                 name, path, entry["description"], entry["command"], entry["data"],
-                entry.get("results", {}), entry.get("sha256"),
+                entry.get("results", {}), entry.get("sha256"), entry.get("part_of"),
             )  # fmt: skip
     return out
 
