@@ -2,7 +2,7 @@
 :class:`~hdreg.estimators.coarse_to_fine.CoarseToFineEstimator` with one step replaced, for
 ``bench/wide_settings.py --variant NAME`` (results in docs/methods.md). They were measured on
 the levels as ``wide`` ran them before its dense matcher, the iterative network on windows
-(``dense_net=None``), and replace a step of that design.
+(``dense_net=None``, ``final_passes=2``), and replace a step of that design.
 
 - ``dense``: the levels listed in ``dense_sides`` (B's longer side) are one dense pass instead
   of windows through the iterative network: the refinement network's fine encoder on the

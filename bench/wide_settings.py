@@ -23,7 +23,8 @@ replaces the proposal network: ``scale-search`` (``--search``: keyword arguments
 :class:`hdreg.models.scale_search.ScaleSpaceSearch`), ``global-encoder`` (the rotation × zoom
 classes of :class:`hdreg.models.similarity.SimilarityNet` about the photos' centres) or ``none``.
 ``--windows`` runs the refinement levels as ``wide`` did before its dense matcher: the iterative
-network on windows (``dense_net=None``). ``--variant`` replaces one step of that design by one
+network on windows (``dense_net=None``), two passes at full resolution (``final_passes=2``).
+``--variant`` replaces one step of that design by one
 that was measured and not shipped (``bench/refinement_variants.py``; its attributes are settings
 too; the windows are implied, as measured); ``--ecc`` refines each
 estimate by ECC as ``wide+ecc`` does. The corner error is that of A's corners mapped into B, as
@@ -93,7 +94,7 @@ def main() -> None:
     elif args.proposal == "none":
         est.proposal_net = None
     if args.windows or args.variant:  # (the variants were measured on the windows)
-        est.dense_net = None
+        est.dense_net, est.final_passes = None, 2
     if args.variant:
         est.__class__ = VARIANTS[args.variant]
     est.classes = [] if est.proposal_net is None else list(est.proposal_net.hypotheses())

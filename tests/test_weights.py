@@ -20,7 +20,7 @@ from hdreg.geometry import patch_corners, transform_points
 from hdreg.models.checkpoint import export_weights, load_module, resolve_checkpoint
 from hdreg.weights import shipped, shipped_weights
 
-SHIPPED = ["homographynet", "iterative", "unsupervised", "wide"]
+SHIPPED = ["dense-matcher", "homographynet", "iterative", "unsupervised", "wide"]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def test_every_shipped_file_is_listed():
     assert sorted(shipped_weights()) == SHIPPED
     for w in shipped_weights().values():
         assert w.path.is_file() and w.path.stat().st_size < 5e6  # weights only: a few MB
-        assert "python train.py" in w.command and w.data
+        trained_by = "python -m hdreg.training." if w.part_of else "python train.py"
+        assert trained_by in w.command and w.data
 
 
 def test_the_shipped_lookup_imports_nothing_else_of_hdreg():
@@ -77,7 +78,7 @@ def test_an_existing_file_wins_over_a_shipped_name(tmp_path, monkeypatch):
     assert resolve_checkpoint("no-such-model").resolve() == tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         load_module("no-such-model")
-    with pytest.raises(KeyError, match="available: homographynet, iterative"):
+    with pytest.raises(KeyError, match="available: dense-matcher, homographynet, iterative"):
         shipped("no-such-model")
 
 
@@ -92,7 +93,8 @@ def test_export_keeps_only_the_weights(tmp_path):
 def test_cli_lists_and_exports(tmp_path, capsys):
     assert hdreg_main(["weights"]) == 0
     listing = capsys.readouterr().out
-    assert all(f"{name}: " in listing for name in SHIPPED)
+    assert all(f"\n{name}: " in f"\n{listing}" for name in SHIPPED if name != "dense-matcher")
+    assert "\ndense-matcher (a part of wide, not a method of its own): " in listing
     assert "experiment=iterative_cpu" in listing
     assert hdreg_main(["weights", "export", "homographynet", str(tmp_path / "h.pt")]) == 0
     assert (tmp_path / "h.pt").is_file()

@@ -685,7 +685,15 @@ class CoarseToFineEstimator(PairwiseEstimator):
         else:
             origins = [(0, 0)]
             warped, b, inside = level.warped[None], level.b[None], level.inside[None]
-        tensor = lambda im: torch.from_numpy(im)[:, None].to(self.device).float() / 255.0  # noqa: E731
+
+        def tensor(images: np.ndarray) -> torch.Tensor:  # (a copy where the photo is read-only)
+            return (
+                torch.from_numpy(np.require(images, requirements="W"))[:, None]
+                .to(self.device)
+                .float()
+                / 255.0
+            )
+
         key = (side, tuple(origins))  # B's features are the same at every pass of a level
         if key not in pair.features_b:
             pair.features_b[key] = net(tensor(b))
