@@ -29,6 +29,9 @@ from hdreg.models.homographynet import standardize
 
 __all__ = ["DenseMatcher", "dense_match_loss", "parabola_offsets"]
 
+#: rows of cells per block of the correlation at inference (see ``DenseMatcher.window_logits``)
+_ROWS = 8
+
 
 def _block(c_in: int, c_out: int, stride: int = 1, k: int = 3) -> list[nn.Module]:
     return [
@@ -69,15 +72,29 @@ class DenseMatcher(nn.Module):
 
     def window_logits(self, f_a: Tensor, f_b: Tensor) -> Tensor:
         """``(N, (2r+1)², h, w)``: the correlation of each cell of B with A's cells around the
-        same position (zero outside A), over the temperature; row-major ``(dy, dx)`` order."""
+        same position (zero outside A), over the temperature; row-major ``(dy, dx)`` order.
+
+        Without gradients (inference) it runs over blocks of ``_ROWS`` rows of cells, writing
+        into one tensor: the products then stay in the CPU's cache, about twice as fast on a
+        whole photo as one product per shift over the whole map (which training uses, as
+        ``out=`` has no gradient)."""
         r = self.radius
         k = 2 * r + 1
-        h, w = f_b.shape[-2:]
+        n, _, h, w = f_b.shape
         padded = F.pad(f_a, (r, r, r, r))
-        corr = torch.stack(
-            [(f_b * padded[:, :, dy : dy + h, dx : dx + w]).sum(1) for dy in range(k)
-             for dx in range(k)], dim=1,
-        )  # fmt: skip
+        if torch.is_grad_enabled() and (f_a.requires_grad or f_b.requires_grad):
+            corr = torch.stack(
+                [(f_b * padded[:, :, dy : dy + h, dx : dx + w]).sum(1) for dy in range(k)
+                 for dx in range(k)], dim=1,
+            )  # fmt: skip
+            return corr / self.log_temperature.exp()
+        corr = f_b.new_empty(n, k * k, h, w)
+        for y0 in range(0, h, _ROWS):
+            rows, b = slice(y0, min(h, y0 + _ROWS)), f_b[:, :, y0 : y0 + _ROWS]
+            for dy in range(k):
+                band = padded[:, :, y0 + dy : rows.stop + dy]
+                for dx in range(k):
+                    torch.sum(b * band[..., dx : dx + w], 1, out=corr[:, dy * k + dx, rows])
         return corr / self.log_temperature.exp()
 
     def offsets(self) -> Tensor:
