@@ -60,6 +60,21 @@ def test_the_window_finds_a_shift_of_whole_cells(subcell):
         net.match(*_one_hot(8, (0, 0)), subcell="max")
 
 
+@pytest.mark.parametrize("size", [(48, 64), (37, 53), (8, 8)])
+def test_the_inference_correlation_is_the_training_one(size):
+    """Over blocks of rows (inference) the correlation is the one training differentiates
+    through, to float32 rounding, on maps whose height is no multiple of the block (and a
+    single short block)."""
+    torch.manual_seed(0)
+    net = DenseMatcher(channels=(8, 16), dim=16, radius=3)
+    f_a, f_b = torch.nn.functional.normalize(torch.randn(2, 2, 16, *size), dim=2).unbind(0)
+    with torch.no_grad():
+        fast = net.window_logits(f_a, f_b)
+    slow = net.window_logits(f_a.clone().requires_grad_(True), f_b)
+    assert slow.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=1e-5)  # (float32 rounding)
+
+
 def test_the_parabola_finds_the_vertex_of_quadratic_logits():
     """Logits ``-(dx - 0.3)² - (dy + 1.2)²`` over a 5×5 window: the vertex, (0.3, -1.2) cells;
     a peak on the window's edge keeps its whole cell."""
