@@ -31,7 +31,7 @@ from torch import Tensor
 from hdreg.data.decoding import load_images
 from hdreg.data.sources import all_sample_source
 from hdreg.data.synthetic.detone import DeToneProtocol, PhotometricJitter, generate_pair
-from hdreg.geometry_np import project
+from hdreg.geometry_np import four_point_homography, project
 from hdreg.models.checkpoint import save_net
 from hdreg.models.dense_matcher import DenseMatcher, dense_match_loss
 
@@ -50,7 +50,7 @@ def pair_batch(images: np.ndarray, protocol: DeToneProtocol, rng: np.random.Gene
             image = np.ascontiguousarray(image[:: -1 if flip & 2 else 1, :: -1 if flip & 1 else 1])
         pair = generate_pair(image, protocol, rng)
         local = pair["corners"] - pair["corners"][0]
-        Hs.append(cv2.getPerspectiveTransform(local, local + pair["offsets"]).astype(np.float64))
+        Hs.append(four_point_homography(local, local + pair["offsets"]))
         views = []
         for view in (pair["patch_a"], pair["patch_b"]):
             sigma = rng.uniform(0, blur)
